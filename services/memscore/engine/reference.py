@@ -1,0 +1,47 @@
+"""The plain PyTorch loop: one model, one `nn.Module`, one optimiser, step by step.
+
+It is the baseline the vectorised trainer is measured against (`bench/throughput.py`) and the
+definition it is checked against (`tests/engine/test_ensemble.py`): the same initial weights,
+batch order, schedule and loss as `ensemble.train_ensemble` for a model id, written the
+ordinary way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .datasets import Dataset
+from .ensemble import BatchStream, Recipe, init_model, lr_factor, total_steps
+from .subsets import subset_indices
+
+
+def train_single(ds: Dataset, arch: str, k: int, ratio: float, seed: int, recipe: Recipe) -> dict[str, np.ndarray]:
+    """Train model k alone on the CPU; return its mask, correctness and true-class probability
+    on the train and test sets (the fields of one row of a `Trace`)."""
+    subset = subset_indices(ds.n_train, ratio, seed, k)
+    batch = min(recipe.batch_size, len(subset))
+    steps = total_steps(recipe, len(subset))
+    model = init_model(arch, ds, seed, k)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    stream = BatchStream(subset, batch, seed, k)
+    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = recipe.lr * lr_factor(step, steps, recipe.warmup)
+        idx = stream.next(1)[0]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    mask = np.zeros(ds.n_train, dtype=bool)
+    mask[subset] = True
+    with torch.no_grad():
+        out = {"mask": mask}
+        for split, xs, ys in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+            p = model(torch.from_numpy(xs)).softmax(-1)
+            yt = torch.from_numpy(ys)
+            out[f"{split}_correct"] = (p.argmax(-1) == yt).numpy()
+            out[f"{split}_prob"] = p.gather(1, yt[:, None]).squeeze(1).numpy()
+    return out

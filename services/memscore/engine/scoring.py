@@ -1,0 +1,325 @@
+"""A scoring job from spec to result files: the steps the workers and `memscore run` share.
+
+    plan = make_plan(ds, spec)                       # arch, recipe, shards
+    out = train_shard(ds, spec, plan, s)             # one shard of G models -> TrainOutput
+    reducer = Reducer(ds, spec, plan); reducer.add(out.trace) ...
+    result = reducer.result()                        # scores, influence, summary
+    files = result.to_files()                        # {"scores.parquet": bytes, ...}
+
+The engine writes bytes, never to a store: the services decide where bytes go.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .datasets import Dataset
+from .ensemble import Recipe, TrainOutput, make_recipe, resolve_arch, train_ensemble
+from .estimators import InfluenceAccumulator, InfluenceResult, ScoreAccumulator
+from .spec import ScoringSpec
+from .subsets import num_shards, shard_model_ids, subset_size
+
+DEFAULT_SHARD_SIZE = 64  # models per shard when the spec says 0: fits 2 CPU cores; set more on a GPU
+MEM_THRESHOLDS = (0.25, 0.5)  # FZ 2020 use mem >= 0.25 for "memorized"
+HIST_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
+
+SCORE_COLUMNS = (
+    "index",
+    "label",
+    "memorization",
+    "memorization_stderr",
+    "memorization_soft",
+    "memorization_soft_stderr",
+    "in_sample_accuracy",
+    "heldout_accuracy",
+    "n_in",
+    "n_out",
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    arch: str
+    recipe: Recipe
+    shard_size: int
+    num_shards: int
+    subset_size: int
+
+    def model_ids(self, shard: int, total_models: int) -> list[int]:
+        return shard_model_ids(total_models, self.shard_size, shard)
+
+
+def prepare_dataset(ds: Dataset, spec: ScoringSpec) -> tuple[Dataset, np.ndarray]:
+    """The dataset the job trains on: with `label_noise`, a seeded fraction of training labels
+    flipped (returns their indices; empty otherwise)."""
+    if spec.label_noise <= 0:
+        return ds, np.zeros(0, np.int64)
+    from .datasets import flip_labels
+
+    return flip_labels(ds, spec.label_noise, spec.seed)
+
+
+def make_plan(ds: Dataset, spec: ScoringSpec) -> Plan:
+    problems = spec.validate()
+    if problems:
+        raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
+    arch = resolve_arch(spec.model, ds)
+    g = min(spec.models, spec.shard_size or DEFAULT_SHARD_SIZE)
+    return Plan(
+        arch=arch,
+        recipe=make_recipe(arch, spec.epochs, spec.batch_size, spec.lr),
+        shard_size=g,
+        num_shards=num_shards(spec.models, g),
+        subset_size=subset_size(ds.n_train, spec.ratio),
+    )
+
+
+def train_shard(
+    ds: Dataset,
+    spec: ScoringSpec,
+    plan: Plan,
+    shard: int,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainOutput:
+    """Train shard `shard`'s models; the trace's meta records the shard and dataset."""
+    if not 0 <= shard < plan.num_shards:
+        raise ValueError(f"shard {shard} out of range 0..{plan.num_shards - 1}")
+    out = train_ensemble(
+        ds,
+        plan.arch,
+        plan.model_ids(shard, spec.models),
+        spec.ratio,
+        spec.seed,
+        plan.recipe,
+        device=device,
+        progress=progress,
+        should_stop=should_stop,
+        keep_weights=spec.keep_checkpoints,
+    )
+    out.trace.meta.update(shard=shard, dataset=ds.fingerprint())
+    return out
+
+
+@dataclass
+class ScoringResult:
+    scores: dict[str, np.ndarray]  # SCORE_COLUMNS (+ label_flipped with label noise)
+    influence: InfluenceResult | None
+    summary: dict
+    y_train: np.ndarray = field(repr=False, default=None)
+    y_test: np.ndarray = field(repr=False, default=None)
+
+    def scores_table(self):
+        import pyarrow as pa
+
+        return pa.table({k: self.scores[k] for k in self.scores})
+
+    def influence_table(self):
+        """One row per (train, test) pair kept: each test example's top-k training examples
+        (`topk_rank` 1..k) and every pair at or above the threshold (`above_threshold`)."""
+        import pyarrow as pa
+
+        inf = self.influence
+        if inf is None:
+            return pa.table({c: pa.array([], t) for c, t in _INFLUENCE_SCHEMA})
+        m, k = inf.topk_train.shape
+        j = np.repeat(np.arange(m), k)
+        rank = np.tile(np.arange(1, k + 1), m)
+        i = inf.topk_train.ravel()
+        ok = i >= 0
+        rows: dict[tuple[int, int], list] = {}
+        for ii, jj, v, se, r in zip(i[ok], j[ok], inf.topk_value.ravel()[ok], inf.topk_stderr.ravel()[ok], rank[ok]):
+            rows[(int(ii), int(jj))] = [float(v), float(se), int(r), False]
+        for ii, jj, v, se in zip(inf.pairs_train, inf.pairs_test, inf.pairs_value, inf.pairs_stderr):
+            rows.setdefault((int(ii), int(jj)), [float(v), float(se), 0, False])[3] = True
+        keys = sorted(rows, key=lambda key: (key[1], -rows[key][0], key[0]))
+        tr = np.array([a for a, _ in keys], np.int64)
+        te = np.array([b for _, b in keys], np.int64)
+        vals = [rows[key] for key in keys]
+        return pa.table(
+            {
+                "train_index": tr,
+                "test_index": te,
+                "influence": np.array([v[0] for v in vals], np.float32),
+                "influence_stderr": np.array([v[1] for v in vals], np.float32),
+                "topk_rank": np.array([v[2] for v in vals], np.int32),
+                "above_threshold": np.array([v[3] for v in vals], bool),
+                "train_label": self.y_train[tr] if len(tr) else np.zeros(0, np.int64),
+                "test_label": self.y_test[te] if len(te) else np.zeros(0, np.int64),
+            }
+        )
+
+    def to_files(self) -> dict[str, bytes]:
+        import pyarrow.parquet as pq
+
+        out = {}
+        for name, table in (("scores.parquet", self.scores_table()), ("influence.parquet", self.influence_table())):
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            out[name] = buf.getvalue()
+        out["summary.json"] = json.dumps(self.summary, indent=2, sort_keys=True, default=_json_default).encode()
+        return out
+
+    def most_memorized(self, top: int = 10) -> list[dict]:
+        mem = self.scores["memorization"]
+        order = np.argsort(-np.nan_to_num(mem, nan=-np.inf), kind="stable")[:top]
+        return [{c: _py(self.scores[c][i]) for c in self.scores} for i in order]
+
+
+_INFLUENCE_SCHEMA = (
+    ("train_index", "int64"),
+    ("test_index", "int64"),
+    ("influence", "float32"),
+    ("influence_stderr", "float32"),
+    ("topk_rank", "int32"),
+    ("above_threshold", "bool"),
+    ("train_label", "int64"),
+    ("test_label", "int64"),
+)
+
+
+def _py(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+class Reducer:
+    """Merges traces one at a time (FZ estimators) and produces the job's results. Works on any
+    subset of shards, so running jobs can serve anytime estimates."""
+
+    def __init__(self, ds: Dataset, spec: ScoringSpec, plan: Plan, flipped: np.ndarray | None = None):
+        self.ds, self.spec, self.plan = ds, spec, plan
+        self.flipped = np.zeros(0, np.int64) if flipped is None else flipped
+        self.scores = ScoreAccumulator(ds.n_train, ds.n_test)
+        self.influence = InfluenceAccumulator(ds.n_train, ds.n_test)
+        self.train_seconds = 0.0
+        self.shards: set[int] = set()
+        self.devices: set[str] = set()
+
+    def add(self, trace) -> None:
+        fp = trace.meta.get("dataset")
+        if fp is not None and fp != self.ds.fingerprint():
+            raise ValueError("trace was computed on a different dataset than this job's")
+        self.scores.add(trace)
+        self.influence.add(trace)
+        self.train_seconds += float(trace.meta.get("total_seconds", 0.0))
+        if "shard" in trace.meta:
+            self.shards.add(int(trace.meta["shard"]))
+        self.devices.add(str(trace.meta.get("device", "")))
+
+    def result(self, with_influence: bool = True) -> ScoringResult:
+        t0 = time.perf_counter()
+        s = self.scores.scores()
+        scores = {"index": np.arange(self.ds.n_train, dtype=np.int64), "label": self.ds.y_train.astype(np.int64)}
+        scores.update(s)
+        if len(self.flipped):
+            flipped = np.zeros(self.ds.n_train, bool)
+            flipped[self.flipped] = True
+            scores["label_flipped"] = flipped
+        infl = None
+        if with_influence and self.spec.influence_top_k + self.spec.max_influence_pairs > 0:
+            infl = self.influence.compute(
+                self.spec.influence_top_k, self.spec.influence_threshold, self.spec.max_influence_pairs
+            )
+        mem = s["memorization"]
+        finite = mem[np.isfinite(mem)]
+        test_acc = np.array(list(self.scores.test_accuracy.values()))
+        hist, _ = np.histogram(finite, bins=HIST_EDGES)
+        summary = {
+            "spec": self.spec.to_dict(),
+            "arch": self.plan.arch,
+            "recipe": asdict(self.plan.recipe),
+            "dataset": {
+                "name": self.ds.name,
+                "fingerprint": self.ds.fingerprint(),
+                "n_train": self.ds.n_train,
+                "n_test": self.ds.n_test,
+                "num_classes": self.ds.num_classes,
+                "feature_shape": list(self.ds.feature_shape),
+                "kind": self.ds.kind,
+                "labels_flipped": int(len(self.flipped)),
+            },
+            "models_done": self.scores.num_models,
+            "models_total": self.spec.models,
+            "shards_done": len(self.shards),
+            "shards_total": self.plan.num_shards,
+            "final": self.scores.num_models == self.spec.models,
+            "mean_test_accuracy": float(test_acc.mean()) if len(test_acc) else None,
+            "std_test_accuracy": float(test_acc.std()) if len(test_acc) else None,
+            "mean_in_sample_accuracy": _nanmean(s["in_sample_accuracy"]),
+            "mean_heldout_accuracy": _nanmean(s["heldout_accuracy"]),
+            "mean_memorization": _nanmean(mem),
+            "fraction_memorization_ge": {str(t): float((finite >= t).mean()) if len(finite) else None for t in MEM_THRESHOLDS},
+            "examples_without_estimate": int((~np.isfinite(mem)).sum()),
+            "memorization_histogram": {"edges": HIST_EDGES.tolist(), "counts": hist.tolist()},
+            "influence_pairs_above_threshold": int(len(infl.pairs_value)) if infl is not None else 0,
+            "timings": {"train_seconds": self.train_seconds, "reduce_seconds": time.perf_counter() - t0},
+            "environment": {"devices": sorted(self.devices), "python": platform.python_version(), "torch": _torch_version()},
+        }
+        return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test)
+
+
+def _nanmean(a: np.ndarray):
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if len(a) else None
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def run_scoring(
+    ds: Dataset,
+    spec: ScoringSpec,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    traces_out: list | None = None,
+) -> ScoringResult:
+    """The whole job in-process: train every shard, merge, reduce. `progress(models_done,
+    models_total)`."""
+    t0 = time.perf_counter()
+    ds, flipped = prepare_dataset(ds, spec)
+    plan = make_plan(ds, spec)
+    reducer = Reducer(ds, spec, plan, flipped)
+    done = 0
+    for shard in range(plan.num_shards):
+        g = len(plan.model_ids(shard, spec.models))
+
+        def shard_progress(step, steps, done=done, g=g):
+            if progress is not None:
+                progress(done + g * step / steps, spec.models)
+
+        out = train_shard(ds, spec, plan, shard, device, shard_progress)
+        reducer.add(out.trace)
+        if traces_out is not None:
+            traces_out.append(out.trace)
+        done += g
+    result = reducer.result()
+    result.summary["timings"]["wall_seconds"] = time.perf_counter() - t0
+    return result
+
+
+def merge_traces(ds: Dataset, spec: ScoringSpec, traces: Iterable, flipped=None) -> ScoringResult:
+    """Reduce already-computed traces (any order, each once)."""
+    plan = make_plan(ds, spec)
+    reducer = Reducer(ds, spec, plan, flipped)
+    for t in traces:
+        reducer.add(t)
+    return reducer.result()

@@ -1,0 +1,71 @@
+"""What a scoring job asks for. Shared by `memscore run`, the gateway and the workers.
+
+`validate()` returns *every* problem at once as (field, message) pairs, so the gateway can
+answer INVALID_ARGUMENT naming each bad field and the CLI can print them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+ARCHS = ("auto", "mlp", "cnn1d", "resnet")
+
+
+@dataclass
+class ScoringSpec:
+    dataset: str  # built-in name (mnist1d, digits, longtail), a local path, or datasets/<sha256>.npz in the store
+    model: str = "auto"  # one of ARCHS; auto picks by data kind
+    models: int = 64  # K, number of subset models
+    ratio: float = 0.7  # subset ratio r: each model trains on round(r*n) examples
+    epochs: int = 0  # 0 = the recipe's default for the arch
+    seed: int = 0
+    batch_size: int = 0  # 0 = recipe default
+    lr: float = 0.0  # 0 = recipe default (peak learning rate)
+    shard_size: int = 0  # G models trained at once per shard; 0 = auto
+    influence_top_k: int = 10  # per test example, its top-k training examples
+    influence_threshold: float = 0.15  # global pairs kept when influence >= this (paper: 0.15)
+    max_influence_pairs: int = 100_000
+    label_noise: float = 0.0  # fraction of training labels flipped (for validation experiments)
+    keep_checkpoints: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScoringSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown spec fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def validate(self, max_models: int = 100_000) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if not self.dataset:
+            problems.append(("dataset", "is required"))
+        if self.model not in ARCHS:
+            problems.append(("model", f"unknown model {self.model!r}; choose one of {', '.join(ARCHS)}"))
+        if not 2 <= self.models <= max_models:
+            problems.append(("models", f"must be between 2 and {max_models}, got {self.models}"))
+        if not 0.0 < self.ratio < 1.0:
+            problems.append(("ratio", f"must be strictly between 0 and 1, got {self.ratio}"))
+        if not 0 <= self.epochs <= 10_000:
+            problems.append(("epochs", f"must be between 0 (default) and 10000, got {self.epochs}"))
+        if self.seed < 0:
+            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        if not 0 <= self.batch_size <= 65_536:
+            problems.append(("batch_size", f"must be between 0 (default) and 65536, got {self.batch_size}"))
+        if not (self.lr >= 0.0 and self.lr < 100.0):  # also rejects NaN
+            problems.append(("lr", f"must be >= 0 (0 = default) and < 100, got {self.lr}"))
+        if not 0 <= self.shard_size <= 4096:
+            problems.append(("shard_size", f"must be between 0 (auto) and 4096, got {self.shard_size}"))
+        if not 0 <= self.influence_top_k <= 1000:
+            problems.append(("influence_top_k", f"must be between 0 and 1000, got {self.influence_top_k}"))
+        if not (-1.0 <= self.influence_threshold <= 1.0):
+            problems.append(("influence_threshold", f"must be in [-1, 1], got {self.influence_threshold}"))
+        if not 0 <= self.max_influence_pairs <= 10_000_000:
+            problems.append(("max_influence_pairs", f"must be between 0 and 10000000, got {self.max_influence_pairs}"))
+        if not 0.0 <= self.label_noise < 1.0:
+            problems.append(("label_noise", f"must be in [0, 1), got {self.label_noise}"))
+        return problems

@@ -1,0 +1,69 @@
+"""Every setting memscore reads from the environment, in one place.
+
+Services (gateway, results, worker) are configured only by these variables; the CLI's flags
+override them. `docs/configuration.md` documents each one; a test checks that the deploy files
+set only variables listed here (`ENV_VARS`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# name -> (default, meaning). The single source of truth for docs and deploy checks.
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "MEMSCORE_HOME": ("~/.memscore", "root of the embedded local store and state"),
+    "MEMSCORE_BROKER_URL": ("", "Celery broker, e.g. redis://redis:6379/0; empty = embedded"),
+    "MEMSCORE_RESULT_BACKEND": ("", "Celery result backend; empty = same as the broker"),
+    "MEMSCORE_REDIS_URL": ("", "job-state store, e.g. redis://redis:6379/1; empty = in-memory/local"),
+    "MEMSCORE_STORE": ("", "object store: s3://BUCKET (uses MEMSCORE_S3_*) or a directory; empty = $MEMSCORE_HOME/store"),
+    "MEMSCORE_S3_ENDPOINT": ("", "S3/MinIO endpoint host:port, e.g. minio:9000"),
+    "MEMSCORE_S3_ACCESS_KEY": ("", "S3 access key"),
+    "MEMSCORE_S3_SECRET_KEY": ("", "S3 secret key"),
+    "MEMSCORE_S3_SECURE": ("false", "use TLS to the S3 endpoint (true/false)"),
+    "MEMSCORE_S3_REGION": ("", "S3 region (optional)"),
+    "MEMSCORE_GATEWAY_PORT": ("50051", "gRPC port of the Scoring service"),
+    "MEMSCORE_RESULTS_PORT": ("50052", "gRPC port of the Results service"),
+    "MEMSCORE_BIND": ("0.0.0.0", "address the gRPC servers listen on"),
+    "MEMSCORE_DEVICE": ("auto", "torch device for workers: auto, cpu, cuda, cuda:N"),
+    "MEMSCORE_QUEUE": ("gpu", "Celery queue that train_shard/reduce/exposure tasks use"),
+    "MEMSCORE_MAX_TRAIN_EXAMPLES": ("2000000", "largest training set a job may use"),
+    "MEMSCORE_MAX_MODELS": ("100000", "most models one job may train"),
+    "MEMSCORE_MAX_UPLOAD_BYTES": ("4294967296", "largest dataset upload in bytes"),
+    "MEMSCORE_SHARD_TIMEOUT_S": ("21600", "longest a shard may run; Redis visibility timeout is set above it"),
+    "MEMSCORE_MAX_ATTEMPTS": ("3", "deliveries of one shard before its job fails"),
+    "MEMSCORE_LOG_LEVEL": ("INFO", "log level of the services"),
+}
+
+
+def env(name: str) -> str:
+    """The value of a memscore variable, or its documented default."""
+    if name not in ENV_VARS:
+        raise KeyError(f"{name} is not a memscore setting (see settings.ENV_VARS)")
+    return os.environ.get(name, ENV_VARS[name][0])
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path(os.path.expanduser(env("MEMSCORE_HOME"))))
+    broker_url: str = field(default_factory=lambda: env("MEMSCORE_BROKER_URL"))
+    result_backend: str = field(default_factory=lambda: env("MEMSCORE_RESULT_BACKEND"))
+    redis_url: str = field(default_factory=lambda: env("MEMSCORE_REDIS_URL"))
+    store: str = field(default_factory=lambda: env("MEMSCORE_STORE"))
+    s3_endpoint: str = field(default_factory=lambda: env("MEMSCORE_S3_ENDPOINT"))
+    s3_access_key: str = field(default_factory=lambda: env("MEMSCORE_S3_ACCESS_KEY"))
+    s3_secret_key: str = field(default_factory=lambda: env("MEMSCORE_S3_SECRET_KEY"))
+    s3_secure: bool = field(default_factory=lambda: env("MEMSCORE_S3_SECURE").lower() in ("1", "true", "yes"))
+    s3_region: str = field(default_factory=lambda: env("MEMSCORE_S3_REGION"))
+    gateway_port: int = field(default_factory=lambda: int(env("MEMSCORE_GATEWAY_PORT")))
+    results_port: int = field(default_factory=lambda: int(env("MEMSCORE_RESULTS_PORT")))
+    bind: str = field(default_factory=lambda: env("MEMSCORE_BIND"))
+    device: str = field(default_factory=lambda: env("MEMSCORE_DEVICE"))
+    queue: str = field(default_factory=lambda: env("MEMSCORE_QUEUE"))
+    max_train_examples: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_TRAIN_EXAMPLES")))
+    max_models: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_MODELS")))
+    max_upload_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_UPLOAD_BYTES")))
+    shard_timeout_s: int = field(default_factory=lambda: int(env("MEMSCORE_SHARD_TIMEOUT_S")))
+    max_attempts: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_ATTEMPTS")))
+    log_level: str = field(default_factory=lambda: env("MEMSCORE_LOG_LEVEL"))
