@@ -1,0 +1,566 @@
+"""Job state: what the gateway, workers and results server share about each job.
+
+A job is a `JobRecord`. Every change goes through one atomic read-modify-write that bumps the
+record's `version`, so WatchJob can poll `get(job_id).version` cheaply (`wait_for_change`).
+Rules every backend keeps:
+
+- `create` is idempotent per request id (AIP-155): the same request id returns the job it
+  created first, `created=False`, even when many callers race.
+- Terminal states (SUCCEEDED, FAILED, CANCELLED) stick: `update` on a terminal job changes
+  nothing and returns the record. Only `reopen` moves a SUCCEEDED job back to QUEUED, on
+  purpose (ExtendJob).
+- `mark_shard_done` counts each shard once, however often a redelivered task reports it.
+
+Backends: `RedisJobStore` (services) and `SqliteJobStore` (embedded; a file under
+MEMSCORE_HOME, safe across threads and processes). `open_job_store(settings)` picks one.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import dataclasses
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from memscore.settings import Settings
+
+STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+KINDS = ("scoring", "exposure")
+MAX_PAGE_SIZE = 1000
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # safe inside object keys jobs/<id>/
+# Fields only the store itself sets; `update` refuses them.
+_STORE_FIELDS = frozenset(
+    {"job_id", "kind", "request_id", "created_at", "updated_at", "version", "cancel_requested",
+     "shards_done", "models_done"}
+)
+
+
+class JobNotFound(KeyError):
+    """No job has this id."""
+
+
+class InvalidPageToken(ValueError):
+    """The page token is malformed or belongs to a different query."""
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    kind: str = "scoring"  # one of KINDS
+    state: str = "QUEUED"  # one of STATES
+    spec: dict = field(default_factory=dict)  # ScoringSpec.to_dict() or the exposure spec
+    request_id: str = ""  # the client's idempotency key; "" = none
+    created_at: float = 0.0  # unix seconds; 0 = set by create
+    updated_at: float = 0.0  # unix seconds of the last change
+    shards_total: int = 0
+    shards_done: int = 0  # distinct shards reported by mark_shard_done
+    models_total: int = 0
+    models_done: int = 0  # models in the shards counted in shards_done
+    error: str = ""  # why the job FAILED (or was CANCELLED)
+    results: dict = field(default_factory=dict)  # artifact name -> object key
+    eta_s: float | None = None  # estimated seconds to completion; None = unknown
+    summary: dict = field(default_factory=dict)  # anytime summary, e.g. {"mean_memorization": 0.1}
+    message: str = ""  # latest human-readable progress note
+    cancel_requested: bool = False
+    version: int = 0  # +1 on every change
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JobRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})  # tolerate fields from newer versions
+
+    @classmethod
+    def from_json(cls, s: str | bytes) -> "JobRecord":
+        return cls.from_dict(json.loads(s))
+
+
+def _check_new_record(record: JobRecord) -> None:
+    if not isinstance(record.job_id, str) or not _JOB_ID.fullmatch(record.job_id):
+        raise ValueError(f"job_id {record.job_id!r} must match {_JOB_ID.pattern}")
+    if record.kind not in KINDS:
+        raise ValueError(f"kind {record.kind!r} must be one of {', '.join(KINDS)}")
+    if record.state not in STATES:
+        raise ValueError(f"state {record.state!r} must be one of {', '.join(STATES)}")
+
+
+def _apply_update(rec: JobRecord, fields: dict[str, Any]) -> JobRecord | None:
+    """The record after `update(**fields)`, or None when nothing may change (terminal)."""
+    bad = sorted(set(fields) - ({f.name for f in dataclasses.fields(JobRecord)} - _STORE_FIELDS))
+    if bad:
+        raise ValueError(f"update cannot set {', '.join(bad)}")
+    if "state" in fields and fields["state"] not in STATES:
+        raise ValueError(f"state {fields['state']!r} must be one of {', '.join(STATES)}")
+    if rec.terminal:
+        return None
+    return dataclasses.replace(rec, **fields)
+
+
+def _encode_token(created_at: float, job_id: str, state: str | None) -> str:
+    raw = json.dumps([created_at, job_id, state or ""], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str, state: str | None) -> tuple[float, str] | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created_at, job_id, token_state = json.loads(raw)
+        created_at = float(created_at)
+        if not isinstance(job_id, str):
+            raise TypeError
+    except (ValueError, TypeError):
+        raise InvalidPageToken("page_token is not one this server issued") from None
+    if token_state != (state or ""):
+        raise InvalidPageToken("page_token was issued for a different state filter")
+    return created_at, job_id
+
+
+def _check_list_args(state: str | None, page_size: int) -> int:
+    if state is not None and state not in STATES:
+        raise ValueError(f"state filter {state!r} must be one of {', '.join(STATES)}")
+    if page_size < 0:
+        raise ValueError("page_size must be >= 0")
+    return min(page_size or 50, MAX_PAGE_SIZE)
+
+
+class JobStore(abc.ABC):
+    """Job records with atomic, idempotent updates."""
+
+    @abc.abstractmethod
+    def create(self, record: JobRecord, request_id: str | None = None) -> tuple[JobRecord, bool]:
+        """Store a new job. With a request id (default: record.request_id) already used,
+        return that job and False instead. A job id already taken raises ValueError."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> JobRecord:
+        """The record. Raises JobNotFound."""
+
+    @abc.abstractmethod
+    def _mutate(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
+        """Atomically apply `change` (None = leave as is); bump version and updated_at."""
+
+    def update(self, job_id: str, **fields: Any) -> JobRecord:
+        """Set fields (state, spec, shards_total, models_total, error, results, eta_s, summary,
+        message). A terminal job is returned unchanged."""
+        return self._mutate(job_id, lambda rec: _apply_update(rec, fields))
+
+    def mark_shard_done(self, job_id: str, shard: int, models: int) -> JobRecord:
+        """Count shard `shard` (holding `models` models) as done, once. Ignored on terminal jobs."""
+        return self.count_shard(job_id, shard, models)[0]
+
+    @abc.abstractmethod
+    def count_shard(self, job_id: str, shard: int, models: int) -> tuple[JobRecord, bool]:
+        """As mark_shard_done, also saying whether this call counted the shard (False for a
+        repeat or a terminal job): exactly one caller sees the count reach shards_total."""
+
+    @abc.abstractmethod
+    def list(
+        self, state: str | None = None, page_size: int = 50, page_token: str = ""
+    ) -> tuple[list[JobRecord], str]:
+        """Jobs newest first (by created_at, then job id), optionally in one state. Returns the
+        page and the token of the next page ("" at the end). page_size 0 = 50, at most 1000."""
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Raise the cancel flag (workers check it between epochs). No effect on terminal jobs."""
+        return self._mutate(job_id, lambda rec: None if rec.terminal or rec.cancel_requested
+                            else dataclasses.replace(rec, cancel_requested=True))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.get(job_id).cancel_requested
+
+    def reopen(self, job_id: str, **fields: Any) -> JobRecord:
+        """Move a SUCCEEDED job back to QUEUED (to train more models), setting `fields`.
+        Any other state raises ValueError."""
+        def change(rec: JobRecord) -> JobRecord:
+            if rec.state != "SUCCEEDED":
+                raise ValueError(f"only a SUCCEEDED job can be reopened; job {job_id} is {rec.state}")
+            new = _apply_update(dataclasses.replace(rec, state="QUEUED"), {**fields, "state": "QUEUED"})
+            assert new is not None
+            return dataclasses.replace(new, error="", eta_s=None, cancel_requested=False)
+        return self._mutate(job_id, change)
+
+    @abc.abstractmethod
+    def incr_attempts(self, job_id: str, shard: int) -> int:
+        """Count one more delivery of a shard; returns the count (1 on the first)."""
+
+    @abc.abstractmethod
+    def delete(self, job_id: str) -> None:
+        """Forget the job, its request id, shard set and attempt counts. Missing is no error."""
+
+    def wait_for_change(self, job_id: str, after_version: int, timeout_s: float, poll_s: float = 0.25) -> JobRecord:
+        """The record once its version exceeds `after_version` or it is terminal, or when
+        `timeout_s` has passed (whichever first). Polls; cheap for both backends."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rec = self.get(job_id)
+            if rec.version > after_version or rec.terminal or time.monotonic() >= deadline:
+                return rec
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+    def close(self) -> None:
+        pass
+
+    @abc.abstractmethod
+    def describe(self) -> str: ...
+
+
+# --- Redis -------------------------------------------------------------------------------
+
+
+class RedisJobStore(JobStore):
+    """Records as JSON strings; optimistic transactions (WATCH/MULTI) for every change.
+
+    Keys (P = prefix): P:job:<id> record, P:req:<request id> job id, P:jobs and P:jobs:<STATE>
+    sorted sets scored by created_at, P:job:<id>:shards set, P:job:<id>:attempts hash."""
+
+    def __init__(self, url: str, prefix: str = "memscore"):
+        import redis
+
+        self.url = url
+        self.prefix = prefix
+        self._r = redis.Redis.from_url(url, decode_responses=True)
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def describe(self) -> str:
+        kw = self._r.connection_pool.connection_kwargs  # no password in the description
+        return f"redis://{kw.get('host', '')}:{kw.get('port', '')}/{kw.get('db', 0)} prefix {self.prefix}"
+
+    def close(self) -> None:
+        self._r.close()
+
+    def create(self, record: JobRecord, request_id: str | None = None) -> tuple[JobRecord, bool]:
+        _check_new_record(record)
+        request_id = record.request_id if request_id is None else request_id
+        now = time.time()
+        new = dataclasses.replace(
+            record, request_id=request_id, created_at=record.created_at or now, updated_at=now,
+            version=1, shards_done=0, models_done=0, cancel_requested=False,
+        )
+        job_key = self._k("job", new.job_id)
+        req_key = self._k("req", request_id) if request_id else None
+        out: list[tuple[JobRecord, bool]] = []
+
+        def tx(pipe) -> None:
+            out.clear()
+            if req_key:
+                existing = pipe.get(req_key)
+                if existing:
+                    raw = pipe.get(self._k("job", existing))
+                    if raw is not None:
+                        out.append((JobRecord.from_json(raw), False))
+                        return
+            if pipe.exists(job_key):
+                raise ValueError(f"job id {new.job_id} already exists")
+            pipe.multi()
+            if req_key:
+                pipe.set(req_key, new.job_id)
+            pipe.set(job_key, new.to_json())
+            pipe.zadd(self._k("jobs"), {new.job_id: new.created_at})
+            pipe.zadd(self._k("jobs", new.state), {new.job_id: new.created_at})
+            out.append((new, True))
+
+        watches = [job_key] + ([req_key] if req_key else [])
+        self._r.transaction(tx, *watches)
+        return out[0]
+
+    def get(self, job_id: str) -> JobRecord:
+        raw = self._r.get(self._k("job", job_id))
+        if raw is None:
+            raise JobNotFound(job_id)
+        return JobRecord.from_json(raw)
+
+    def _write(self, pipe, old: JobRecord, new: JobRecord) -> JobRecord:
+        new = dataclasses.replace(new, version=old.version + 1, updated_at=time.time())
+        pipe.set(self._k("job", new.job_id), new.to_json())
+        if new.state != old.state:
+            pipe.zrem(self._k("jobs", old.state), new.job_id)
+            pipe.zadd(self._k("jobs", new.state), {new.job_id: new.created_at})
+        return new
+
+    def _mutate(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
+        job_key = self._k("job", job_id)
+        out: list[JobRecord] = []
+
+        def tx(pipe) -> None:
+            out.clear()
+            raw = pipe.get(job_key)
+            if raw is None:
+                raise JobNotFound(job_id)
+            old = JobRecord.from_json(raw)
+            new = change(old)
+            if new is None:
+                out.append(old)
+                return
+            pipe.multi()
+            out.append(self._write(pipe, old, new))
+
+        self._r.transaction(tx, job_key)
+        return out[0]
+
+    def count_shard(self, job_id: str, shard: int, models: int) -> tuple[JobRecord, bool]:
+        job_key, shards_key = self._k("job", job_id), self._k("job", job_id, "shards")
+        out: list[tuple[JobRecord, bool]] = []
+
+        def tx(pipe) -> None:
+            out.clear()
+            raw = pipe.get(job_key)
+            if raw is None:
+                raise JobNotFound(job_id)
+            old = JobRecord.from_json(raw)
+            if old.terminal or pipe.sismember(shards_key, str(int(shard))):
+                out.append((old, False))
+                return
+            pipe.multi()
+            pipe.sadd(shards_key, str(int(shard)))
+            new = dataclasses.replace(old, shards_done=old.shards_done + 1, models_done=old.models_done + int(models))
+            out.append((self._write(pipe, old, new), True))
+
+        self._r.transaction(tx, job_key, shards_key)
+        return out[0]
+
+    def list(self, state: str | None = None, page_size: int = 50, page_token: str = "") -> tuple[list[JobRecord], str]:
+        page_size = _check_list_args(state, page_size)
+        after = _decode_token(page_token, state)
+        zkey = self._k("jobs", state) if state else self._k("jobs")
+        ids: list[tuple[str, float]] = []
+        offset, batch = 0, page_size + 1
+        top: float | str = after[0] if after else "+inf"
+        while len(ids) <= page_size:
+            rows = self._r.zrevrangebyscore(zkey, top, "-inf", start=offset, num=batch, withscores=True)
+            for job_id, score in rows:
+                # Ties on created_at come in descending job id order; skip those already served.
+                if after and score == after[0] and job_id >= after[1]:
+                    continue
+                ids.append((job_id, score))
+            if len(rows) < batch:
+                break
+            offset += batch
+        ids = ids[: page_size + 1]
+        page, more = ids[:page_size], len(ids) > page_size
+        raws = self._r.mget([self._k("job", j) for j, _ in page]) if page else []
+        records = [JobRecord.from_json(r) for r in raws if r is not None]
+        token = _encode_token(page[-1][1], page[-1][0], state) if more else ""
+        return records, token
+
+    def incr_attempts(self, job_id: str, shard: int) -> int:
+        if not self._r.exists(self._k("job", job_id)):
+            raise JobNotFound(job_id)
+        return int(self._r.hincrby(self._k("job", job_id, "attempts"), str(int(shard)), 1))
+
+    def delete(self, job_id: str) -> None:
+        raw = self._r.get(self._k("job", job_id))
+        if raw is None:
+            return
+        rec = JobRecord.from_json(raw)
+        pipe = self._r.pipeline(transaction=True)
+        if rec.request_id:
+            pipe.delete(self._k("req", rec.request_id))
+        pipe.delete(self._k("job", job_id), self._k("job", job_id, "shards"), self._k("job", job_id, "attempts"))
+        pipe.zrem(self._k("jobs"), job_id)
+        for s in STATES:
+            pipe.zrem(self._k("jobs", s), job_id)
+        pipe.execute()
+
+
+# --- SQLite ------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    request_id TEXT UNIQUE,            -- NULL when the client sent none
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL               -- JobRecord as JSON
+);
+CREATE INDEX IF NOT EXISTS jobs_by_time ON jobs (created_at, job_id);
+CREATE INDEX IF NOT EXISTS jobs_by_state_time ON jobs (state, created_at, job_id);
+CREATE TABLE IF NOT EXISTS shards (job_id TEXT NOT NULL, shard INTEGER NOT NULL, PRIMARY KEY (job_id, shard));
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL, shard INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (job_id, shard)
+);
+"""
+
+
+class SqliteJobStore(JobStore):
+    """One SQLite file (or ":memory:"). Threads share one connection behind a lock; processes
+    coordinate through SQLite's file locks (every change is a BEGIN IMMEDIATE transaction)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self.path = str(Path(self.path).expanduser())
+        self._lock = threading.RLock()
+        self._connect()
+
+    def _connect(self) -> None:
+        self._pid = os.getpid()
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    def _db(self) -> sqlite3.Connection:
+        if os.getpid() != self._pid:  # a connection must not cross fork (Celery prefork)
+            if self.path == ":memory:":
+                raise RuntimeError("an in-memory job store cannot be shared with a forked process")
+            self._connect()
+        return self._conn
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _transaction(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+    @staticmethod
+    def _read(db: sqlite3.Connection, job_id: str) -> JobRecord:
+        row = db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(job_id)
+        return JobRecord.from_json(row[0])
+
+    @staticmethod
+    def _write(db: sqlite3.Connection, old: JobRecord, new: JobRecord) -> JobRecord:
+        new = dataclasses.replace(new, version=old.version + 1, updated_at=time.time())
+        db.execute("UPDATE jobs SET state = ?, record = ? WHERE job_id = ?", (new.state, new.to_json(), new.job_id))
+        return new
+
+    def create(self, record: JobRecord, request_id: str | None = None) -> tuple[JobRecord, bool]:
+        _check_new_record(record)
+        request_id = record.request_id if request_id is None else request_id
+        now = time.time()
+        new = dataclasses.replace(
+            record, request_id=request_id, created_at=record.created_at or now, updated_at=now,
+            version=1, shards_done=0, models_done=0, cancel_requested=False,
+        )
+
+        def body(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
+            if request_id:
+                row = db.execute("SELECT record FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+                if row is not None:
+                    return JobRecord.from_json(row[0]), False
+            if db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (new.job_id,)).fetchone():
+                raise ValueError(f"job id {new.job_id} already exists")
+            db.execute(
+                "INSERT INTO jobs (job_id, request_id, state, created_at, record) VALUES (?, ?, ?, ?, ?)",
+                (new.job_id, request_id or None, new.state, new.created_at, new.to_json()),
+            )
+            return new, True
+
+        return self._transaction(body)
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            return self._read(self._db(), job_id)
+
+    def _mutate(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
+        def body(db: sqlite3.Connection) -> JobRecord:
+            old = self._read(db, job_id)
+            new = change(old)
+            return old if new is None else self._write(db, old, new)
+
+        return self._transaction(body)
+
+    def count_shard(self, job_id: str, shard: int, models: int) -> tuple[JobRecord, bool]:
+        def body(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
+            old = self._read(db, job_id)
+            if old.terminal:
+                return old, False
+            cur = db.execute("INSERT OR IGNORE INTO shards (job_id, shard) VALUES (?, ?)", (job_id, int(shard)))
+            if cur.rowcount == 0:
+                return old, False
+            new = dataclasses.replace(old, shards_done=old.shards_done + 1, models_done=old.models_done + int(models))
+            return self._write(db, old, new), True
+
+        return self._transaction(body)
+
+    def list(self, state: str | None = None, page_size: int = 50, page_token: str = "") -> tuple[list[JobRecord], str]:
+        page_size = _check_list_args(state, page_size)
+        after = _decode_token(page_token, state)
+        where, args = [], []
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if after:
+            where.append("(created_at < ? OR (created_at = ? AND job_id < ?))")
+            args += [after[0], after[0], after[1]]
+        sql = "SELECT record FROM jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at DESC, job_id DESC LIMIT ?"
+        with self._lock:
+            rows = self._db().execute(sql, (*args, page_size + 1)).fetchall()
+        records = [JobRecord.from_json(r[0]) for r in rows[:page_size]]
+        token = ""
+        if len(rows) > page_size:
+            token = _encode_token(records[-1].created_at, records[-1].job_id, state)
+        return records, token
+
+    def incr_attempts(self, job_id: str, shard: int) -> int:
+        def body(db: sqlite3.Connection) -> int:
+            self._read(db, job_id)
+            db.execute(
+                "INSERT INTO attempts (job_id, shard, n) VALUES (?, ?, 1) "
+                "ON CONFLICT (job_id, shard) DO UPDATE SET n = n + 1",
+                (job_id, int(shard)),
+            )
+            return int(db.execute("SELECT n FROM attempts WHERE job_id = ? AND shard = ?", (job_id, int(shard))).fetchone()[0])
+
+        return self._transaction(body)
+
+    def delete(self, job_id: str) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            for table in ("jobs", "shards", "attempts"):
+                db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+
+        self._transaction(body)
+
+
+def open_job_store(settings: "Settings | None" = None) -> JobStore:
+    """Redis when MEMSCORE_REDIS_URL is set, else SQLite at $MEMSCORE_HOME/jobs.sqlite3."""
+    if settings is None:
+        from memscore.settings import Settings
+
+        settings = Settings()
+    if settings.redis_url:
+        return RedisJobStore(settings.redis_url)
+    return SqliteJobStore(Path(settings.home).expanduser() / "jobs.sqlite3")

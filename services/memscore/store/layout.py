@@ -1,0 +1,47 @@
+"""Object keys (DESIGN.md, "Object layout"). Every writer and reader names objects through
+these functions, so the layout lives in one place. Keys are deterministic, which is what makes
+a redelivered shard idempotent: it overwrites the same object with the same bytes."""
+
+from __future__ import annotations
+
+DATASETS = "datasets/"
+
+
+def dataset_key(sha256: str, suffix: str = "npz") -> str:
+    return f"{DATASETS}{sha256}.{suffix}"
+
+
+def is_dataset_key(ref: str) -> bool:
+    return ref.startswith(DATASETS)
+
+
+def job_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/"
+
+
+def spec_key(job_id: str) -> str:
+    return f"jobs/{job_id}/spec.json"
+
+
+def shard_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/shards/"
+
+
+def trace_key(job_id: str, shard: int) -> str:
+    return f"jobs/{job_id}/shards/{shard:06d}/trace.npz"
+
+
+def checkpoint_key(job_id: str, shard: int) -> str:
+    return f"jobs/{job_id}/shards/{shard:06d}/checkpoint.pt"
+
+
+def result_key(job_id: str, name: str) -> str:
+    return f"jobs/{job_id}/results/{name}"
+
+
+def shard_of_trace_key(key: str) -> int | None:
+    """The shard number of a trace key, None for any other key."""
+    parts = key.split("/")
+    if len(parts) == 5 and parts[2] == "shards" and parts[4] == "trace.npz" and parts[3].isdigit():
+        return int(parts[3])
+    return None

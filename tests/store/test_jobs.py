@@ -1,0 +1,233 @@
+"""The job-store contract, checked on Redis (a real server, test db) and on SQLite."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import uuid
+
+import pytest
+
+from memscore.store.jobs import (
+    InvalidPageToken,
+    JobNotFound,
+    JobRecord,
+    RedisJobStore,
+    SqliteJobStore,
+    open_job_store,
+)
+
+
+@pytest.fixture(params=["redis", "sqlite"])
+def jobs(request, tmp_path):
+    if request.param == "redis":
+        store = RedisJobStore(request.getfixturevalue("redis_db"), prefix=f"t{uuid.uuid4().hex[:6]}")
+    else:
+        store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    yield store
+    store.close()
+
+
+def job(job_id: str, **kw) -> JobRecord:
+    return JobRecord(job_id=job_id, spec={"dataset": "digits", "models": 8}, **kw)
+
+
+def test_settings_select_the_backend(make_settings, redis_url, tmp_path):
+    assert isinstance(open_job_store(make_settings(redis_url=redis_url)), RedisJobStore)
+    local = open_job_store(make_settings())
+    assert isinstance(local, SqliteJobStore) and local.path == str(tmp_path / "home" / "jobs.sqlite3")
+
+
+def test_create_get_and_unknown_id(jobs):
+    rec, created = jobs.create(job("j1", shards_total=2, models_total=8), request_id="r1")
+    assert created and rec.version == 1 and rec.state == "QUEUED" and rec.request_id == "r1"
+    assert rec.created_at > 0 and rec.updated_at >= rec.created_at
+    assert jobs.get("j1") == rec
+    for call in (lambda: jobs.get("nope"), lambda: jobs.update("nope", state="RUNNING"),
+                 lambda: jobs.mark_shard_done("nope", 0, 4), lambda: jobs.request_cancel("nope"),
+                 lambda: jobs.cancel_requested("nope"), lambda: jobs.incr_attempts("nope", 0)):
+        with pytest.raises(JobNotFound):
+            call()
+    with pytest.raises(ValueError):
+        jobs.create(job("j1"))  # job id taken, no request id
+    for bad in (job("../x"), job("ok", kind="other"), job("ok", state="DONE")):
+        with pytest.raises(ValueError):
+            jobs.create(bad)
+
+
+def test_same_request_id_returns_the_existing_job(jobs):
+    first, created = jobs.create(job("j1"), request_id="req")
+    again, created_again = jobs.create(job("j2"), request_id="req")
+    assert created and not created_again and again == first
+    with pytest.raises(JobNotFound):
+        jobs.get("j2")
+    _, created = jobs.create(job("j3"))  # no request id: no idempotency, a new job
+    assert created
+
+
+def test_concurrent_creates_with_one_request_id_make_one_job(jobs):
+    results, barrier = [], threading.Barrier(8)
+
+    def submit(i):
+        barrier.wait()
+        results.append(jobs.create(job(f"j{i}"), request_id="same"))
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(created for _, created in results) == 1
+    assert len({rec.job_id for rec, _ in results}) == 1
+    assert len(jobs.list()[0]) == 1
+
+
+def test_updates_bump_version_and_terminal_states_stick(jobs):
+    jobs.create(job("j"))
+    rec = jobs.update("j", state="RUNNING", eta_s=12.5, message="epoch 1", summary={"mean_memorization": 0.1})
+    assert (rec.state, rec.eta_s, rec.version, rec.summary) == ("RUNNING", 12.5, 2, {"mean_memorization": 0.1})
+    done = jobs.update("j", state="SUCCEEDED", results={"scores.parquet": "jobs/j/results/scores.parquet"})
+    assert done.version == 3
+    for state in ("RUNNING", "FAILED", "QUEUED"):
+        assert jobs.update("j", state=state, error="late") == done
+    assert jobs.mark_shard_done("j", 0, 4) == done
+    assert jobs.request_cancel("j") == done and not jobs.cancel_requested("j")
+    assert jobs.get("j") == done
+    with pytest.raises(ValueError):
+        jobs.update("j", version=99)  # store-owned fields cannot be set
+    with pytest.raises(ValueError):
+        jobs.update("j", state="DONE")
+
+
+def test_reopen_moves_only_succeeded_jobs_back_to_queued(jobs):
+    jobs.create(job("j", models_total=8))
+    with pytest.raises(ValueError):
+        jobs.reopen("j")
+    jobs.update("j", state="SUCCEEDED")
+    rec = jobs.reopen("j", models_total=16, shards_total=4)
+    assert (rec.state, rec.models_total, rec.shards_total) == ("QUEUED", 16, 4)
+    jobs.update("j", state="FAILED", error="boom")
+    with pytest.raises(ValueError):
+        jobs.reopen("j")
+
+
+def test_shard_counting_is_idempotent(jobs):
+    jobs.create(job("j", shards_total=3, models_total=12))
+    for shard in (0, 1, 1, 0, 2, 2):
+        rec = jobs.mark_shard_done("j", shard, 4)
+    assert (rec.shards_done, rec.models_done) == (3, 12)
+    version = rec.version
+    assert jobs.mark_shard_done("j", 1, 4).version == version  # a repeat changes nothing
+
+
+def test_concurrent_shard_reports_count_each_shard_once(jobs):
+    jobs.create(job("j", shards_total=10))
+    completions = []
+
+    def report():
+        for shard in range(10):
+            rec, counted = jobs.count_shard("j", shard, 2)
+            if counted and rec.shards_done == rec.shards_total:
+                completions.append(shard)
+
+    threads = [threading.Thread(target=report) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rec = jobs.get("j")
+    assert (rec.shards_done, rec.models_done) == (10, 20)
+    assert len(completions) == 1  # exactly one reporter sees the job's last shard land
+
+
+def _report_shards(path):
+    store = SqliteJobStore(path)
+    for shard in range(10):
+        store.mark_shard_done("j", shard, 1)
+        store.incr_attempts("j", 0)
+
+
+def test_sqlite_store_is_safe_across_processes(tmp_path):
+    path = tmp_path / "jobs.sqlite3"
+    SqliteJobStore(path).create(job("j"))
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_report_shards, args=(path,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in procs)
+    store = SqliteJobStore(path)
+    assert store.get("j").shards_done == 10
+    assert store.incr_attempts("j", 0) == 31
+
+
+def test_list_pages_newest_first_with_state_filter(jobs):
+    for i in range(7):
+        jobs.create(job(f"j{i}", created_at=1000.0 + i // 2))  # pairs share a created_at: ties
+    jobs.update("j1", state="RUNNING")
+    jobs.update("j4", state="RUNNING")
+    expected = ["j6", "j5", "j4", "j3", "j2", "j1", "j0"]  # created_at desc, then job id desc
+    seen, token, pages = [], "", 0
+    while True:
+        page, token = jobs.list(page_size=3, page_token=token)
+        seen += [r.job_id for r in page]
+        pages += 1
+        if not token:
+            break
+    assert seen == expected and pages == 3
+    running, token = jobs.list(state="RUNNING", page_size=1)
+    assert [r.job_id for r in running] == ["j4"] and token
+    running2, token2 = jobs.list(state="RUNNING", page_size=1, page_token=token)
+    assert [r.job_id for r in running2] == ["j1"] and token2 == ""
+    assert [r.job_id for r in jobs.list(state="QUEUED")[0]] == ["j6", "j5", "j3", "j2", "j0"]
+    assert jobs.list(state="FAILED") == ([], "")
+    with pytest.raises(InvalidPageToken):
+        jobs.list(page_token=token)  # issued for state=RUNNING
+    with pytest.raises(InvalidPageToken):
+        jobs.list(page_token="garbage!")
+    with pytest.raises(ValueError):
+        jobs.list(state="DONE")
+
+
+def test_cancel_flag(jobs):
+    jobs.create(job("j"))
+    assert not jobs.cancel_requested("j")
+    rec = jobs.request_cancel("j")
+    assert rec.cancel_requested and jobs.cancel_requested("j") and rec.version == 2
+    assert jobs.request_cancel("j").version == 2  # asking twice changes nothing
+    assert jobs.update("j", state="CANCELLED").state == "CANCELLED"
+
+
+def test_attempts_count_per_shard(jobs):
+    jobs.create(job("j"))
+    assert [jobs.incr_attempts("j", 0) for _ in range(3)] == [1, 2, 3]
+    assert jobs.incr_attempts("j", 1) == 1
+
+
+def test_wait_for_change_returns_on_new_version(jobs):
+    jobs.create(job("j"))
+    timer = threading.Timer(0.1, lambda: jobs.update("j", state="RUNNING"))
+    timer.start()
+    rec = jobs.wait_for_change("j", after_version=1, timeout_s=5, poll_s=0.02)
+    timer.join()
+    assert rec.state == "RUNNING" and rec.version == 2
+    assert jobs.wait_for_change("j", after_version=2, timeout_s=0.05, poll_s=0.02).version == 2
+
+
+def test_delete_forgets_the_job_and_its_request_id(jobs):
+    jobs.create(job("j"), request_id="r")
+    jobs.mark_shard_done("j", 0, 1)
+    jobs.delete("j")
+    jobs.delete("j")
+    with pytest.raises(JobNotFound):
+        jobs.get("j")
+    rec, created = jobs.create(job("j"), request_id="r")
+    assert created and rec.shards_done == 0 and jobs.mark_shard_done("j", 0, 1).shards_done == 1
+    assert jobs.list()[0] == [jobs.get("j")]
+
+
+def test_in_memory_sqlite_store_works():
+    store = SqliteJobStore(":memory:")
+    store.create(job("j"))
+    assert store.get("j").job_id == "j"
