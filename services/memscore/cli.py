@@ -103,7 +103,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
                 print(f"error: --{field.replace('_', '-')}: {msg}", file=sys.stderr)
             return 2
         try:
-            ds = load_dataset(spec.dataset, seed=spec.seed)
+            ds = load_dataset(spec.dataset)
         except DatasetError as e:
             print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
             return 2
@@ -134,8 +134,348 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_exposure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "exposure",
+        help="Secret Sharer test in this process: plant canaries in a corpus, train a character LM, measure exposure",
+    )
+    p.add_argument("--corpus", default="builtin", metavar="PATH", help="UTF-8 text file to train on (default: the built-in corpus)")
+    p.add_argument("--canary", action="append", default=[], metavar="FORMAT",
+                   help="canary format, secret in braces: 'the pin is {dddd}' (d digit, a letter; repeatable; "
+                        "default 'my social security number is {ddd-dd-dddd}')")
+    p.add_argument("--insertions", default="0,1,4,16", metavar="LIST", help="comma-separated insertion counts t (default 0,1,4,16)")
+    p.add_argument("--model", default="lstm", help="lstm | transformer")
+    p.add_argument("--epochs", type=int, default=0, help="passes over the corpus; 0 = the LM recipe's default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--enumeration-budget", type=int, default=100_000, help="largest |R| scored exactly (default 100000)")
+    p.add_argument("--num-samples", type=int, default=10_000, help="candidates sampled for extrapolation (default 10000)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for exposure.parquet and summary.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    # Advanced (quick experiments and tests): training steps and model size.
+    p.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--hidden", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--layers", type=int, default=2, help=argparse.SUPPRESS)
+
+    def run(args: argparse.Namespace) -> int:
+        import math
+        from pathlib import Path
+
+        from .engine.spec import ExposureSpec
+
+        try:
+            insertions = [int(t) for t in args.insertions.split(",")]
+        except ValueError:
+            print(f"error: --insertions: expected comma-separated whole numbers like 0,1,4,16, got {args.insertions!r}",
+                  file=sys.stderr)
+            return 2
+        spec = ExposureSpec(
+            canaries=args.canary or ExposureSpec().canaries, insertions=insertions, corpus=args.corpus,
+            model=args.model, epochs=args.epochs, seed=args.seed, enumeration_budget=args.enumeration_budget,
+            num_samples=args.num_samples,
+        )
+        problems = spec.validate()
+        for name, value, low in (("steps", args.steps, 0), ("hidden", args.hidden, 1), ("layers", args.layers, 1)):
+            if value < low:
+                problems.append((name, f"must be >= {low}, got {value}"))
+        if problems:
+            for field, msg in problems:
+                flag = "canary" if field.startswith("canaries") else field.replace("_", "-")
+                where = f" #{int(field[9:-1]) + 1}" if field.startswith("canaries[") else ""
+                print(f"error: --{flag}{where}: {msg}", file=sys.stderr)
+            return 2
+
+        from tqdm import tqdm
+
+        from .engine.corpus import CorpusError, load_corpus
+        from .engine.exposure_job import run_exposure_job
+
+        try:
+            corpus_text = load_corpus(spec.corpus)
+        except CorpusError as e:
+            print(f"error: --corpus: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=None, unit="step", disable=args.quiet, dynamic_ncols=True)
+
+        def progress(done: int, total: int, message: str) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_description(message, refresh=False)
+            bar.refresh()
+
+        result = run_exposure_job(
+            spec, corpus_text, device=args.device, progress=progress, corpus_source=spec.corpus,
+            steps=args.steps, hidden=args.hidden, layers=args.layers,
+        )
+        bar.close()
+        for name, data in result.files.items():
+            (out / name).write_bytes(data)
+        m = result.summary["model"]
+        print(f"{m['arch']} ({m['parameters']:,} parameters), {m['steps']} steps on "
+              f"{result.summary['corpus']['training_chars']:,} characters: "
+              f"{m['final_loss_bits_per_char']:.2f} bits/char at the end of training")
+        for fmt in spec.canaries:
+            rows = [r for r in result.rows if r["format"] == fmt]
+            size = rows[0]["space_size"]
+            print(f"\n{fmt}  (|R| = {size:,}, at most {math.log2(size):.2f} bits)")
+            print(f"{'t':>7}  {'exposure':>8}  {'rank':>12}  {'exact?':>6}  {'extracted?':>10}")
+            for r in rows:
+                rank = f"{r['rank']:.0f}" if r["rank_exact"] else f"~{r['rank']:.3g}"
+                extracted = {(True, True): "both", (True, False): "greedy", (False, True): "beam"}.get(
+                    (bool(r["extracted_greedy"]), bool(r["extracted_beam"])), "no")
+                print(f"{r['insertions']:>7}  {r['exposure']:>8.2f}  {rank:>12}  "
+                      f"{'yes' if r['rank_exact'] else 'no':>6}  {extracted:>10}")
+        print(f"\nwrote {out / 'exposure.parquet'}, {out / 'summary.json'}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_service_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gateway", default="localhost:50051", help="Scoring service HOST:PORT")
+    p.add_argument("--results", default="localhost:50052", help="Results service HOST:PORT")
+
+
+def _client(args):
+    from .client import Client
+
+    return Client(args.gateway, args.results)
+
+
+def _rpc_errors(fn):
+    """Print a gRPC error as one line (with every field violation) and exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        import grpc
+
+        from .client import field_violations
+
+        try:
+            return fn(args)
+        except grpc.RpcError as e:
+            print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+            for field, desc in field_violations(e):
+                print(f"  {field}: {desc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def _watch(client, job_id: str, quiet: bool = False) -> int:
+    from tqdm import tqdm
+
+    from .client import state_name
+
+    bar = None
+    last = None
+    for ev in client.watch(job_id):
+        last = ev
+        if quiet:
+            continue
+        if bar is None:
+            bar = tqdm(total=ev.progress.models_total or None, unit="model", dynamic_ncols=True)
+        bar.n = ev.progress.models_done
+        eta = f", eta {ev.progress.eta_seconds:.0f}s" if ev.progress.HasField("eta_seconds") else ""
+        bar.set_description(f"{state_name(ev.state)} {ev.progress.shards_done}/{ev.progress.shards_total} shards{eta}")
+        bar.refresh()
+    if bar is not None:
+        bar.close()
+    state = state_name(last.state) if last is not None else "UNKNOWN"
+    print(f"{job_id}: {state}" + (f": {last.message}" if last is not None and state == "FAILED" else ""))
+    return 0 if state == "SUCCEEDED" else 1
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit a scoring job to the gateway; prints the job id")
+    _add_spec_flags(p)
+    _add_service_flags(p)
+    p.add_argument("--request-id", default="", help="idempotency key: resubmitting with it returns the same job")
+    p.add_argument("--wait", action="store_true", help="watch the job until it ends")
+
+    @_rpc_errors
+    def run(args: argparse.Namespace) -> int:
+        import os
+
+        spec = _spec_from_args(args)
+        with _client(args) as c:
+            if os.path.isfile(spec.dataset) and spec.dataset.endswith(".npz"):
+                spec.dataset = c.upload(spec.dataset).dataset_ref  # the server may not see this path
+                print(f"uploaded {args.dataset} as {spec.dataset}", file=sys.stderr)
+            job = c.submit_scoring(request_id=args.request_id, **spec.to_dict())
+            print(job.job_id)
+            if args.wait:
+                return _watch(c, job.job_id)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_watch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("watch", help="follow a job's progress until it ends (exit 0 if it SUCCEEDED)")
+    p.add_argument("job")
+    _add_service_flags(p)
+    p.set_defaults(func=_rpc_errors(lambda args: _watch(_client(args), args.job)))
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show one job, or list jobs")
+    p.add_argument("job", nargs="?", help="job id; omit to list recent jobs")
+    p.add_argument("--state", default="", help="list only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)")
+    _add_service_flags(p)
+
+    @_rpc_errors
+    def run(args: argparse.Namespace) -> int:
+        from google.protobuf import json_format
+
+        from .api.v1 import job_pb2
+        from .client import state_name
+
+        with _client(args) as c:
+            if args.job:
+                print(json_format.MessageToJson(c.get(args.job)))
+                return 0
+            state = job_pb2.JobState.Value("JOB_STATE_" + args.state.upper()) if args.state else 0
+            jobs, _ = c.list(state=state)
+            for j in jobs:
+                p = j.progress
+                print(f"{j.job_id}  {state_name(j.state):10}  {p.models_done}/{p.models_total} models  {j.message}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_results(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("results", help="examples of a job ranked by a score")
+    p.add_argument("job")
+    p.add_argument("--metric", default="memorization",
+                   help="memorization | memorization_soft | heldout_accuracy | in_sample_accuracy | *_stderr")
+    p.add_argument("--top", type=int, default=20, help="how many (0 = all)")
+    p.add_argument("--ascending", action="store_true", help="lowest first")
+    p.add_argument("--class", dest="classes", type=int, action="append", default=[], help="only this label (repeatable)")
+    p.add_argument("--csv", default="", help="write the rows to this CSV file")
+    _add_service_flags(p)
+
+    @_rpc_errors
+    def run(args: argparse.Namespace) -> int:
+        import csv
+
+        from .dataplane import METRICS
+
+        cols = ("rank", "index", "label", "memorization", "memorization_stderr", "memorization_soft",
+                "memorization_soft_stderr", "in_sample_accuracy", "heldout_accuracy", "n_in", "n_out")
+        with _client(args) as c:
+            rows, final, models = [], True, 0
+            for page in c.ranked_pages(args.job, args.metric, ascending=args.ascending, classes=args.classes, limit=args.top):
+                rows += [{k: getattr(e, k) for k in cols} for e in page.examples]
+                final, models = page.final, page.models
+        if not final:
+            print(f"(anytime estimate from {models} models so far; the job is still running)", file=sys.stderr)
+        if args.csv:
+            with open(args.csv, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=cols)
+                w.writeheader()
+                w.writerows(rows)
+            print(f"wrote {len(rows)} rows to {args.csv}", file=sys.stderr)
+        else:
+            _print_ranked(rows)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_influence(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("influence", help="most influential training examples of a test example (or the global top pairs)")
+    p.add_argument("job")
+    p.add_argument("--test-index", type=int, default=None, help="omit for the global top pairs")
+    p.add_argument("--top", type=int, default=20)
+    _add_service_flags(p)
+
+    @_rpc_errors
+    def run(args: argparse.Namespace) -> int:
+        with _client(args) as c:
+            pairs = c.influence(args.job, args.test_index, args.top)
+        print(f"{'train_index':>12}  {'test_index':>10}  {'influence':>9}  {'train_label':>11}  {'test_label':>10}")
+        for p in pairs:
+            print(f"{p.train_index:>12}  {p.test_index:>10}  {p.influence:>9.3f}  {p.train_label:>11}  {p.test_label:>10}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_cancel(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cancel", help="cancel a job (pending shards are dropped, running ones stop at the next check)")
+    p.add_argument("job")
+    _add_service_flags(p)
+
+    @_rpc_errors
+    def run(args: argparse.Namespace) -> int:
+        from .client import state_name
+
+        with _client(args) as c:
+            job = c.cancel(args.job)
+        print(f"{job.job_id}: {state_name(job.state)}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_upload(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("upload", help="upload a dataset .npz (or a .txt corpus); prints its dataset reference")
+    p.add_argument("file")
+    _add_service_flags(p)
+
+    @_rpc_errors
+    def run(args: argparse.Namespace) -> int:
+        with _client(args) as c:
+            r = c.upload(args.file)
+        print(r.dataset_ref)
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_up(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="run gateway, results and a worker in this process (embedded: no Redis, no S3)")
+    p.add_argument("--gateway-port", type=int, default=None, help="default 50051 (MEMSCORE_GATEWAY_PORT)")
+    p.add_argument("--results-port", type=int, default=None, help="default 50052 (MEMSCORE_RESULTS_PORT)")
+    p.add_argument("--bind", default=None, help="listen address (default MEMSCORE_BIND, 0.0.0.0)")
+    p.add_argument("--broker", default=None, help="redis://HOST:PORT/DB: use Redis as broker and job store")
+    p.add_argument("--store", default=None, help="s3://BUCKET (with MEMSCORE_S3_*) or a directory")
+    p.add_argument("--home", default=None, help="state directory (default $MEMSCORE_HOME or ~/.memscore)")
+
+    def run(args: argparse.Namespace) -> int:
+        import logging
+        import os
+
+        if args.home:
+            os.environ["MEMSCORE_HOME"] = args.home
+        if args.broker:
+            os.environ["MEMSCORE_BROKER_URL"] = args.broker
+            os.environ.setdefault("MEMSCORE_REDIS_URL", args.broker)
+        if args.store:
+            os.environ["MEMSCORE_STORE"] = args.store
+        from . import embedded
+        from .gateway.server import run_until_signalled
+        from .settings import Settings
+
+        s = Settings()
+        logging.basicConfig(level=s.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        e = embedded.start(s, args.gateway_port, args.results_port, args.bind)
+        print(f"memscore up: gateway :{e.gateway_port}, results :{e.results_port}, store {e.runtime.objects.describe()}, "
+              f"jobs {e.runtime.jobs.describe()}, broker {s.broker_url or 'memory:// (embedded)'}", flush=True)
+        try:
+            run_until_signalled([])
+        finally:
+            e.stop()
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # Order here is the order in `memscore --help`.
-COMMANDS = [_add_run, _add_health]
+COMMANDS = [_add_run, _add_exposure, _add_up, _add_submit, _add_watch, _add_status, _add_results, _add_influence, _add_cancel, _add_upload, _add_health]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_MAX_MODELS": ("100000", "most models one job may train"),
     "MEMSCORE_MAX_UPLOAD_BYTES": ("4294967296", "largest dataset upload in bytes"),
     "MEMSCORE_SHARD_TIMEOUT_S": ("21600", "longest a shard may run; Redis visibility timeout is set above it"),
+    "MEMSCORE_VISIBILITY_TIMEOUT_S": ("", "seconds before Redis redelivers an unacknowledged task; empty = shard timeout + 900"),
     "MEMSCORE_MAX_ATTEMPTS": ("3", "deliveries of one shard before its job fails"),
     "MEMSCORE_LOG_LEVEL": ("INFO", "log level of the services"),
 }
@@ -65,5 +66,8 @@ class Settings:
     max_models: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_MODELS")))
     max_upload_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_UPLOAD_BYTES")))
     shard_timeout_s: int = field(default_factory=lambda: int(env("MEMSCORE_SHARD_TIMEOUT_S")))
+    visibility_timeout_s: int = field(
+        default_factory=lambda: int(env("MEMSCORE_VISIBILITY_TIMEOUT_S") or int(env("MEMSCORE_SHARD_TIMEOUT_S")) + 900)
+    )
     max_attempts: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_ATTEMPTS")))
     log_level: str = field(default_factory=lambda: env("MEMSCORE_LOG_LEVEL"))

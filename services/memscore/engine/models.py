@@ -38,7 +38,7 @@ class CNN1D(nn.Module):
     """The MNIST-1D paper's CNN (Greydanus 2020): three stride-2 convolutions, then a linear
     head. Takes (B, L) or (B, c, L)."""
 
-    def __init__(self, in_channels: int, length: int, num_classes: int, channels: int = 64):
+    def __init__(self, in_channels: int, length: int, num_classes: int, channels: int = 32):
         super().__init__()
         self.in_channels = in_channels
         self.conv = nn.Sequential(

@@ -24,9 +24,8 @@ from .datasets import Dataset
 from .ensemble import Recipe, TrainOutput, make_recipe, resolve_arch, train_ensemble
 from .estimators import InfluenceAccumulator, InfluenceResult, ScoreAccumulator
 from .spec import ScoringSpec
-from .subsets import num_shards, shard_model_ids, subset_size
+from .subsets import shard_model_ids, subset_size
 
-DEFAULT_SHARD_SIZE = 64  # models per shard when the spec says 0: fits 2 CPU cores; set more on a GPU
 MEM_THRESHOLDS = (0.25, 0.5)  # FZ 2020 use mem >= 0.25 for "memorized"
 HIST_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
 
@@ -71,12 +70,11 @@ def make_plan(ds: Dataset, spec: ScoringSpec) -> Plan:
     if problems:
         raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
     arch = resolve_arch(spec.model, ds)
-    g = min(spec.models, spec.shard_size or DEFAULT_SHARD_SIZE)
     return Plan(
         arch=arch,
         recipe=make_recipe(arch, spec.epochs, spec.batch_size, spec.lr),
-        shard_size=g,
-        num_shards=num_shards(spec.models, g),
+        shard_size=spec.effective_shard_size,
+        num_shards=spec.num_shards,
         subset_size=subset_size(ds.n_train, spec.ratio),
     )
 

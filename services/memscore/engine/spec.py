@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 ARCHS = ("auto", "mlp", "cnn1d", "resnet")
+DEFAULT_SHARD_SIZE = 64  # models per shard (one task) when the spec says 0
 
 
 @dataclass
@@ -28,6 +29,15 @@ class ScoringSpec:
     max_influence_pairs: int = 100_000
     label_noise: float = 0.0  # fraction of training labels flipped (for validation experiments)
     keep_checkpoints: bool = False
+
+    @property
+    def effective_shard_size(self) -> int:
+        return max(1, min(self.models, self.shard_size or DEFAULT_SHARD_SIZE))
+
+    @property
+    def num_shards(self) -> int:
+        g = self.effective_shard_size
+        return (self.models + g - 1) // g
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -68,4 +78,73 @@ class ScoringSpec:
             problems.append(("max_influence_pairs", f"must be between 0 and 10000000, got {self.max_influence_pairs}"))
         if not 0.0 <= self.label_noise < 1.0:
             problems.append(("label_noise", f"must be in [0, 1), got {self.label_noise}"))
+        return problems
+
+
+LM_ARCHS = ("lstm", "transformer")
+
+
+@dataclass
+class ExposureSpec:
+    """A Secret Sharer experiment (Carlini et al. 2019): canaries inserted into a corpus, a
+    language model trained on it, the exposure of each canary measured."""
+
+    canaries: list[str] = dataclasses.field(default_factory=lambda: ["my social security number is {ddd-dd-dddd}"])
+    insertions: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 4, 16])
+    corpus: str = "builtin"  # "builtin", a local path, or datasets/<sha256>.txt in the store
+    model: str = "lstm"  # one of LM_ARCHS
+    epochs: int = 0  # 0 = the LM recipe's default
+    seed: int = 0
+    enumeration_budget: int = 100_000  # largest |R| scored exactly; above it, extrapolation
+    num_samples: int = 10_000  # candidates sampled for extrapolation
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExposureSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown spec fields: {', '.join(unknown)}")
+        return cls(**d)
+
+    def validate(self) -> list[tuple[str, str]]:
+        from .canaries import CanaryFormat  # numpy only: the gateway can validate without torch
+
+        problems: list[tuple[str, str]] = []
+        counts_ok = isinstance(self.insertions, list) and all(
+            isinstance(t, int) and not isinstance(t, bool) for t in self.insertions
+        )
+        if not self.canaries:
+            problems.append(("canaries", "at least one canary format is required"))
+        for i, fmt in enumerate(self.canaries):
+            try:
+                parsed = CanaryFormat.parse(fmt)
+            except ValueError as e:
+                problems.append((f"canaries[{i}]", str(e)))
+                continue
+            if counts_ok and len(self.insertions) > parsed.space_size:
+                # One distinct secret per insertion count (run_exposure_experiment).
+                problems.append((
+                    f"canaries[{i}]",
+                    f"{fmt!r} has only {parsed.space_size} possible secrets, fewer than the "
+                    f"{len(self.insertions)} insertion counts (each count gets its own secret)",
+                ))
+        if not counts_ok:
+            problems.append(("insertions", f"must be a list of whole numbers, got {self.insertions!r}"))
+        elif not self.insertions:
+            problems.append(("insertions", "at least one insertion count is required"))
+        elif any(t < 0 or t > 100_000 for t in self.insertions):
+            problems.append(("insertions", f"each count must be between 0 and 100000, got {self.insertions}"))
+        if self.model not in LM_ARCHS:
+            problems.append(("model", f"unknown model {self.model!r}; choose one of {', '.join(LM_ARCHS)}"))
+        if not 0 <= self.epochs <= 10_000:
+            problems.append(("epochs", f"must be between 0 (default) and 10000, got {self.epochs}"))
+        if self.seed < 0:
+            problems.append(("seed", f"must be >= 0, got {self.seed}"))
+        if not 1 <= self.enumeration_budget <= 100_000_000:
+            problems.append(("enumeration_budget", f"must be between 1 and 100000000, got {self.enumeration_budget}"))
+        if not 100 <= self.num_samples <= 10_000_000:
+            problems.append(("num_samples", f"must be between 100 and 10000000, got {self.num_samples}"))
         return problems

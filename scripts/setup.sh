@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install memscore with its test tools. Idempotent: a second run only checks.
+# torch==2.14.1 / torchvision==0.29.1 are pinned in pyproject.toml (on these machines pip takes
+# them from local disk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+fi
+stamp=.venv/.memscore-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q -e '.[dev]'
+  touch "$stamp"
+fi

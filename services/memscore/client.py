@@ -1,0 +1,159 @@
+"""A typed Python client for the Scoring and Results services.
+
+    from memscore.client import Client
+    with Client("localhost:50051", "localhost:50052") as c:
+        job = c.submit_scoring(dataset="mnist1d", models=64)
+        for event in c.watch(job.job_id): print(event.progress.models_done)
+        top = c.ranked(job.job_id, metric="memorization", limit=20)
+
+gRPC errors surface as `grpc.RpcError` with the server's status code and message; for
+INVALID_ARGUMENT, `field_violations(err)` lists every bad field.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from .api.v1 import job_pb2
+from .api.v1 import results_service_pb2 as rpb
+from .api.v1 import results_service_pb2_grpc as rpb_grpc
+from .api.v1 import scoring_service_pb2 as spb
+from .api.v1 import scoring_service_pb2_grpc as spb_grpc
+
+UPLOAD_CHUNK = 1 << 20
+TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
+MAX_MESSAGE_BYTES = 8 << 20
+
+
+def field_violations(err: grpc.RpcError) -> list[tuple[str, str]]:
+    """(field, description) pairs of an INVALID_ARGUMENT error's BadRequest detail."""
+    status = rpc_status.from_call(err)
+    out = []
+    if status is None:
+        return out
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            detail.Unpack(br)
+            out += [(v.field, v.description) for v in br.field_violations]
+    return out
+
+
+def state_name(state: int) -> str:
+    return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+class Client:
+    def __init__(self, gateway: str = "localhost:50051", results: str = "localhost:50052", timeout: float = 30.0):
+        opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        self._gw_channel = grpc.insecure_channel(gateway, options=opts)
+        self._res_channel = grpc.insecure_channel(results, options=opts)
+        self.scoring = spb_grpc.ScoringServiceStub(self._gw_channel)
+        self.results = rpb_grpc.ResultsServiceStub(self._res_channel)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._gw_channel.close()
+        self._res_channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- jobs ------------------------------------------------------------------------------
+    def submit(self, spec: job_pb2.JobSpec, request_id: str = "") -> job_pb2.Job:
+        return self.scoring.SubmitJob(spb.SubmitJobRequest(spec=spec, request_id=request_id), timeout=self.timeout).job
+
+    def submit_scoring(self, request_id: str = "", **fields) -> job_pb2.Job:
+        """Fields of `memscore.v1.ScoringSpec` (same names as `engine.spec.ScoringSpec`)."""
+        return self.submit(job_pb2.JobSpec(scoring=job_pb2.ScoringSpec(**fields)), request_id)
+
+    def submit_exposure(self, request_id: str = "", **fields) -> job_pb2.Job:
+        return self.submit(job_pb2.JobSpec(exposure=job_pb2.ExposureSpec(**fields)), request_id)
+
+    def get(self, job_id: str) -> job_pb2.Job:
+        return self.scoring.GetJob(spb.GetJobRequest(job_id=job_id), timeout=self.timeout).job
+
+    def list(self, state: int = 0, page_size: int = 50, page_token: str = "") -> tuple[list[job_pb2.Job], str]:
+        r = self.scoring.ListJobs(spb.ListJobsRequest(state=state, page_size=page_size, page_token=page_token), timeout=self.timeout)
+        return list(r.jobs), r.next_page_token
+
+    def cancel(self, job_id: str) -> job_pb2.Job:
+        return self.scoring.CancelJob(spb.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
+
+    def extend(self, job_id: str, additional_models: int) -> job_pb2.Job:
+        return self.scoring.ExtendJob(spb.ExtendJobRequest(job_id=job_id, additional_models=additional_models), timeout=self.timeout).job
+
+    def watch(self, job_id: str, timeout: float | None = None) -> Iterator[job_pb2.JobEvent]:
+        """Progress events until the job is terminal (the stream then ends)."""
+        for r in self.scoring.WatchJob(spb.WatchJobRequest(job_id=job_id), timeout=timeout):
+            yield r.event
+
+    def wait(self, job_id: str, timeout: float | None = None) -> job_pb2.Job:
+        for _ in self.watch(job_id, timeout):
+            pass
+        return self.get(job_id)
+
+    def upload(self, path: str | os.PathLike) -> spb.UploadDatasetResponse:
+        """Upload a dataset .npz (or a .txt corpus); returns its dataset_ref (datasets/<sha256>.npz)."""
+        name = os.path.basename(str(path))
+
+        def requests():
+            with open(path, "rb") as f:
+                first = True
+                while True:
+                    chunk = f.read(UPLOAD_CHUNK)
+                    if not chunk and not first:
+                        return
+                    yield spb.UploadDatasetRequest(chunk=chunk, filename=name if first else "")
+                    first = False
+                    if not chunk:
+                        return
+
+        return self.scoring.UploadDataset(requests(), timeout=max(self.timeout, 600))
+
+    # -- results ---------------------------------------------------------------------------
+    def ranked_pages(self, job_id: str, metric: str = "memorization", ascending: bool = False, classes=(),
+                     min_score: float | None = None, max_score: float | None = None, limit: int = 0,
+                     page_size: int = 500) -> Iterator[rpb.StreamRankedResponse]:
+        """Every page of a ranking, following page tokens."""
+        token = ""
+        while True:
+            req = rpb.StreamRankedRequest(job_id=job_id, metric=metric, classes=list(classes), limit=limit,
+                                          page_size=page_size, page_token=token,
+                                          order=rpb.SORT_ORDER_ASCENDING if ascending else rpb.SORT_ORDER_DESCENDING)
+            if min_score is not None:
+                req.min_score = min_score
+            if max_score is not None:
+                req.max_score = max_score
+            token = ""
+            for msg in self.results.StreamRanked(req, timeout=self.timeout):
+                yield msg
+                token = msg.next_page_token or token
+            if not token:
+                return
+
+    def ranked(self, job_id: str, metric: str = "memorization", limit: int = 20, **kw) -> list[rpb.RankedExample]:
+        return [e for page in self.ranked_pages(job_id, metric, limit=limit, **kw) for e in page.examples]
+
+    def example(self, job_id: str, index: int) -> rpb.GetExampleResponse:
+        return self.results.GetExample(rpb.GetExampleRequest(job_id=job_id, index=index), timeout=self.timeout)
+
+    def influence(self, job_id: str, test_index: int | None = None, limit: int = 100) -> list[rpb.InfluencePair]:
+        req = rpb.StreamInfluenceRequest(job_id=job_id, limit=limit)
+        if test_index is not None:
+            req.test_index = test_index
+        return [p for msg in self.results.StreamInfluence(req, timeout=self.timeout) for p in msg.pairs]
+
+    def artifact(self, job_id: str, name: str) -> bytes:
+        return b"".join(m.chunk for m in self.results.GetArtifact(rpb.GetArtifactRequest(job_id=job_id, name=name), timeout=self.timeout))
+
+    def exposure(self, job_id: str) -> rpb.GetExposureResponse:
+        return self.results.GetExposure(rpb.GetExposureRequest(job_id=job_id), timeout=self.timeout)

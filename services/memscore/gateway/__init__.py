@@ -1,0 +1,1 @@
+"""gRPC Scoring service (memscore.v1.ScoringService)."""

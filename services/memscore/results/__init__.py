@@ -1,0 +1,1 @@
+"""gRPC Results service (memscore.v1.ResultsService)."""

@@ -1,0 +1,117 @@
+"""The Results service: ranked examples, influence pairs, artifacts and exposure results from
+stored results, or anytime estimates from the shards done so far. A thin translation of
+protobuf to `dataplane.ResultsPlane`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+
+from ..api.v1 import results_service_pb2 as pb, results_service_pb2_grpc as pb_grpc
+from ..dataplane import ResultsPlane
+from ..errors import InvalidArgument
+from ..rpc import build_server
+from ..runtime import Runtime, runtime
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ResultsService"].full_name
+BATCH = 500  # examples per streamed message: well under the 4 MiB default message limit
+ARTIFACT_CHUNK = 1 << 20
+
+_EXAMPLE_FIELDS = ("index", "label", "memorization", "memorization_stderr", "memorization_soft",
+                   "memorization_soft_stderr", "in_sample_accuracy", "heldout_accuracy", "n_in", "n_out", "rank")
+
+
+def _example(row: dict) -> pb.RankedExample:
+    return pb.RankedExample(**{f: row[f] for f in _EXAMPLE_FIELDS})
+
+
+def _pair(row: dict) -> pb.InfluencePair:
+    return pb.InfluencePair(train_index=row["train_index"], test_index=row["test_index"], influence=row["influence"],
+                            train_label=row["train_label"], test_label=row["test_label"])
+
+
+class ResultsServicer(pb_grpc.ResultsServiceServicer):
+    def __init__(self, plane: ResultsPlane):
+        self.plane = plane
+
+    def StreamRanked(self, request, context):
+        rows, token, final = self.plane.ranked(
+            request.job_id,
+            metric=request.metric or "memorization",
+            descending=request.order != pb.SORT_ORDER_ASCENDING,
+            classes=list(request.classes),
+            min_score=request.min_score if request.HasField("min_score") else None,
+            max_score=request.max_score if request.HasField("max_score") else None,
+            limit=request.limit,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        models = self.plane.scores(request.job_id)[2].models_done
+        if not rows:
+            yield pb.StreamRankedResponse(next_page_token=token, final=final, models=models)
+        for a in range(0, len(rows), BATCH):
+            last = a + BATCH >= len(rows)
+            yield pb.StreamRankedResponse(examples=[_example(r) for r in rows[a : a + BATCH]],
+                                          next_page_token=token if last else "", final=final, models=models)
+
+    def GetExample(self, request, context):
+        row, final = self.plane.example(request.job_id, request.index)
+        return pb.GetExampleResponse(example=_example(row), final=final)
+
+    def StreamInfluence(self, request, context):
+        test_index = request.test_index if request.HasField("test_index") else None
+        rows = self.plane.influence(request.job_id, test_index, request.limit or 100)
+        for a in range(0, max(len(rows), 1), BATCH):
+            yield pb.StreamInfluenceResponse(pairs=[_pair(r) for r in rows[a : a + BATCH]])
+
+    def GetArtifact(self, request, context):
+        if not request.name:
+            raise InvalidArgument([("name", "is required, e.g. scores.parquet")])
+        url, chunks, size = self.plane.artifact(request.job_id, request.name)
+        yield pb.GetArtifactResponse(presigned_url=url, size_bytes=size)
+        for chunk in chunks:
+            yield pb.GetArtifactResponse(chunk=chunk)
+
+    def QueryInfluence(self, request, context):
+        from ..errors import FailedPrecondition
+
+        raise FailedPrecondition("QueryInfluence is not implemented yet (needs keep_checkpoints jobs)")
+
+    def GetExposure(self, request, context):
+        rows, summary = self.plane.exposure(request.job_id)
+        return pb.GetExposureResponse(
+            canaries=[
+                pb.CanaryExposure(
+                    format=r["format"], canary=r["canary"], insertions=int(r["insertions"]), exposure=float(r["exposure"]),
+                    rank=float(r["rank"]), rank_exact=bool(r["rank_exact"]), log_perplexity=float(r["log_perplexity"]),
+                    extracted=bool(r.get("extracted_greedy", False) or r.get("extracted_beam", False)),
+                    space_bits=float(math.log2(r["space_size"])) if r.get("space_size") else 0.0,
+                )
+                for r in rows
+            ],
+            test_log_perplexity=float(summary.get("test_log_perplexity") or 0.0),
+        )
+
+
+def serve(rt: Runtime, address: str, plane: ResultsPlane | None = None):
+    servicer = ResultsServicer(plane or ResultsPlane(rt))
+    server, port, _ = build_server([lambda s: pb_grpc.add_ResultsServiceServicer_to_server(servicer, s)], [SERVICE_NAME], address)
+    server.start()
+    return server, port
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`memscore-results`: serve ResultsService on MEMSCORE_BIND:MEMSCORE_RESULTS_PORT."""
+    from ..gateway.server import run_until_signalled
+
+    rt = runtime()
+    logging.basicConfig(level=rt.settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    server, port = serve(rt, f"{rt.settings.bind}:{rt.settings.results_port}")
+    logging.getLogger("memscore.results").info("ResultsService on port %d", port)
+    run_until_signalled([server])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

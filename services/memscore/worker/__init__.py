@@ -1,0 +1,1 @@
+"""Celery adapter: tasks load inputs from store/, call engine/, write outputs to store/."""

@@ -1,0 +1,198 @@
+"""Celery tasks: thin wrappers that load inputs from store/, call engine/, write to store/.
+
+Fan-out/fan-in without a result backend: the gateway enqueues one `train_shard` per shard; each
+shard, when its trace is stored, counts itself done in the job store (a set, so a redelivered
+shard is never counted twice), and the shard that completes the set enqueues `reduce`.
+
+Idempotency: a shard whose trace object exists is done (its key is deterministic and written
+in one put), so a redelivered or resubmitted shard trains nothing. A shard that keeps killing
+its worker is failed after MEMSCORE_MAX_ATTEMPTS deliveries instead of looping forever.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from ..engine.datasets import DatasetError
+from ..engine.spec import ScoringSpec
+from ..runtime import runtime
+from ..store import layout
+from ..store.jobs import JobNotFound
+from ..store.objects import StoreUnavailable
+from .app import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD, app
+from .inputs import load_job_dataset
+
+log = logging.getLogger("memscore.worker")
+
+PROGRESS_EVERY_S = 1.0  # job-store writes (progress, cancel checks) at most this often
+
+
+class JobTask(Task):
+    """Marks the job FAILED when a task fails for good (not on retries or redelivery)."""
+
+    autoretry_for = (StoreUnavailable,)
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 8
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        job_id = args[0] if args else kwargs.get("job_id")
+        if job_id:
+            _fail(job_id, f"{self.name} failed: {type(exc).__name__}: {exc}")
+
+
+def _fail(job_id: str, message: str) -> None:
+    log.error("job %s failed: %s", job_id, message)
+    try:
+        runtime().jobs.update(job_id, state="FAILED", error=message, eta_s=None)
+    except JobNotFound:
+        pass
+
+
+def _enqueue(name: str, *args) -> None:
+    app.send_task(name, args=list(args), queue=runtime().settings.queue)
+
+
+class _Throttle:
+    """Calls `fn` at most every `every` seconds (and always on the last call)."""
+
+    def __init__(self, every: float):
+        self.every, self.last = every, 0.0
+
+    def due(self, final: bool = False) -> bool:
+        now = time.monotonic()
+        if final or now - self.last >= self.every:
+            self.last = now
+            return True
+        return False
+
+
+@app.task(name=TASK_TRAIN_SHARD, base=JobTask, bind=True)
+def train_shard(self, job_id: str, shard: int) -> str:
+    from ..engine.ensemble import Cancelled
+    from ..engine.scoring import make_plan, prepare_dataset
+    from ..engine.scoring import train_shard as engine_train_shard
+
+    rt = runtime()
+    try:
+        rec = rt.jobs.get(job_id)
+    except JobNotFound:
+        log.warning("train_shard: job %s is gone; dropping shard %s", job_id, shard)
+        return "unknown job"
+    if rec.terminal or rec.cancel_requested:
+        return f"skipped: job is {rec.state}"
+    spec = ScoringSpec.from_dict(rec.spec)
+    key = layout.trace_key(job_id, shard)
+    if rt.objects.exists(key):
+        _shard_finished(job_id, shard, len(range(shard * spec.effective_shard_size, min(spec.models, (shard + 1) * spec.effective_shard_size))))
+        return "already done"
+    attempts = rt.jobs.incr_attempts(job_id, shard)
+    if attempts > rt.settings.max_attempts:
+        _fail(job_id, f"shard {shard} was started {attempts - 1} times and never finished (worker crashes?)")
+        return "gave up"
+    if rec.state == "QUEUED":
+        rt.jobs.update(job_id, state="RUNNING", message=f"shard {shard} started")
+    try:
+        ds = load_job_dataset(spec.dataset, rt.objects)
+    except DatasetError as e:
+        _fail(job_id, f"dataset: {e}")
+        return "bad dataset"
+    ds, _ = prepare_dataset(ds, spec)
+    plan = make_plan(ds, spec)
+    ids = plan.model_ids(shard, spec.models)
+    started = time.monotonic()
+    throttle, cancel_check = _Throttle(PROGRESS_EVERY_S), _Throttle(PROGRESS_EVERY_S)
+    cancelled = False
+
+    def progress(step: int, steps: int) -> None:
+        if throttle.due(step == steps):
+            r = rt.jobs.get(job_id)
+            frac = step / steps
+            per_shard = (time.monotonic() - started) / max(frac, 1e-9)
+            remaining = r.shards_total - r.shards_done - frac
+            rt.jobs.update(job_id, message=f"shard {shard}: step {step}/{steps}", eta_s=max(0.0, remaining * per_shard))
+
+    def should_stop() -> bool:
+        nonlocal cancelled
+        if cancel_check.due():
+            cancelled = rt.jobs.cancel_requested(job_id)
+        return cancelled
+
+    device = rt.settings.device
+    try:
+        out = engine_train_shard(ds, spec, plan, shard, device=device, progress=progress, should_stop=should_stop)
+    except Cancelled:
+        return "cancelled"
+    except SoftTimeLimitExceeded:
+        _fail(job_id, f"shard {shard} exceeded MEMSCORE_SHARD_TIMEOUT_S={rt.settings.shard_timeout_s}s")
+        return "timed out"
+    if out.weights is not None:
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({"model_ids": ids, "arch": plan.arch, "state": out.weights}, buf)
+        rt.objects.put_bytes(layout.checkpoint_key(job_id, shard), buf.getvalue())
+    rt.objects.put_bytes(key, out.trace.to_bytes())  # one put: the shard is done once this exists
+    _shard_finished(job_id, shard, len(ids))
+    return "trained"
+
+
+def _shard_finished(job_id: str, shard: int, models: int) -> None:
+    rec, counted = runtime().jobs.count_shard(job_id, shard, models)
+    # Exactly one shard's count completes the set. A repeat of a shard (redelivery) on a job
+    # that is complete but not yet reduced re-enqueues reduce, in case the first was lost;
+    # reduce is idempotent.
+    if rec.shards_done >= rec.shards_total and not rec.terminal:
+        _enqueue(TASK_REDUCE, job_id)
+
+
+@app.task(name=TASK_REDUCE, base=JobTask, bind=True)
+def reduce(self, job_id: str) -> str:
+    from ..engine.scoring import Reducer, make_plan, prepare_dataset
+    from ..engine.traces import Trace
+
+    rt = runtime()
+    rec = rt.jobs.get(job_id)
+    if rec.terminal:
+        return f"skipped: job is {rec.state}"
+    spec = ScoringSpec.from_dict(rec.spec)
+    missing = [s for s in range(spec.num_shards) if not rt.objects.exists(layout.trace_key(job_id, s))]
+    if missing:  # cannot normally happen; heal rather than publish partial results as final
+        log.warning("reduce %s: shards %s have no trace; re-enqueuing them", job_id, missing)
+        for s in missing:
+            _enqueue(TASK_TRAIN_SHARD, job_id, s)
+        return "waiting for shards"
+    rt.jobs.update(job_id, message="reducing")
+    ds = load_job_dataset(spec.dataset, rt.objects)
+    ds, flipped = prepare_dataset(ds, spec)
+    reducer = Reducer(ds, spec, make_plan(ds, spec), flipped)
+    for s in range(spec.num_shards):
+        reducer.add(Trace.from_bytes(rt.objects.get_bytes(layout.trace_key(job_id, s))))
+    result = reducer.result()
+    keys = {}
+    for name, data in result.to_files().items():
+        keys[name] = layout.result_key(job_id, name)
+        rt.objects.put_bytes(keys[name], data)
+    s = result.summary
+    rt.jobs.update(
+        job_id,
+        state="SUCCEEDED",
+        results=keys,
+        eta_s=0.0,
+        message="done",
+        summary={k: s[k] for k in ("mean_test_accuracy", "mean_memorization", "mean_in_sample_accuracy", "mean_heldout_accuracy", "models_done")},
+    )
+    return "reduced"
+
+
+@app.task(name=TASK_EXPOSURE, base=JobTask, bind=True)
+def exposure(self, job_id: str) -> str:
+    from .exposure_task import run_exposure_job
+
+    return run_exposure_job(job_id)

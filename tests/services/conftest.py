@@ -1,0 +1,139 @@
+"""A real deployment in miniature: Redis (broker and job store), a moto S3 server (object
+store), gateway and results gRPC servers on loopback sockets, and `memscore-worker` processes
+started and killed like containers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memscore.settings import ENV_VARS, Settings
+
+INTEGRATION_REDIS_DB = int(os.environ.get("MEMSCORE_TEST_SERVICES_REDIS_DB", "14"))
+
+
+def write_blobs_npz(path: Path, n: int = 240, m: int = 80, d: int = 16, classes: int = 4, seed: int = 0) -> Path:
+    """Small, well-separated Gaussian blobs as a user's .npz of flat vectors."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (classes, d))
+    y = rng.integers(0, classes, n + m)
+    y[:classes] = np.arange(classes)
+    y[n : n + classes] = np.arange(classes)
+    x = centers[y] + rng.normal(0, 1.0, (n + m, d))
+    np.savez(path, x_train=x[:n].astype(np.float32), y_train=y[:n], x_test=x[n:].astype(np.float32), y_test=y[n:])
+    return path
+
+
+@dataclass
+class Stack:
+    env: dict
+    settings: Settings
+    gateway: str
+    results: str
+    runtime: object
+    workers: list = field(default_factory=list)
+    log_dir: Path = None
+
+    def start_worker(self, name: str = "w") -> subprocess.Popen:
+        log = open(self.log_dir / f"worker-{name}-{len(self.workers)}.log", "w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "memscore.worker.main", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+             "--without-mingle", "--without-gossip"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.workers.append(proc)
+        return proc
+
+    def kill_worker(self, proc: subprocess.Popen) -> None:
+        """SIGKILL the worker and its children, as when a node dies."""
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    def stop_workers(self) -> None:
+        for p in self.workers:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                    p.wait(timeout=20)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+
+    def worker_logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.log_dir.glob("worker-*.log")))
+
+
+@pytest.fixture
+def stack(tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypatch):
+    import redis
+
+    from memscore.gateway.server import serve as serve_gateway
+    from memscore.results.server import serve as serve_results
+    from memscore.runtime import Runtime, set_runtime
+    from memscore.worker.app import make_app
+
+    base = redis_url.rsplit("/", 1)[0]
+    broker = f"{base}/{INTEGRATION_REDIS_DB}"
+    r = redis.Redis.from_url(broker)
+    r.flushdb()
+    env_vars = {
+        "MEMSCORE_HOME": str(tmp_path / "home"),
+        "MEMSCORE_BROKER_URL": broker,
+        "MEMSCORE_REDIS_URL": broker,
+        "MEMSCORE_STORE": f"s3://{s3_bucket}",
+        "MEMSCORE_S3_ENDPOINT": s3_endpoint,
+        "MEMSCORE_S3_ACCESS_KEY": s3_credentials[0],
+        "MEMSCORE_S3_SECRET_KEY": s3_credentials[1],
+        "MEMSCORE_S3_SECURE": "false",
+        "MEMSCORE_QUEUE": f"test-{uuid.uuid4().hex[:8]}",
+        "MEMSCORE_DEVICE": "cpu",
+        "MEMSCORE_VISIBILITY_TIMEOUT_S": "6",  # a killed worker's shard is redelivered after 6 s
+        "MEMSCORE_MAX_MODELS": "5000",
+        "MEMSCORE_LOG_LEVEL": "INFO",
+    }
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    for k, v in env_vars.items():
+        monkeypatch.setenv(k, v)
+    env = {k: v for k, v in os.environ.items()}
+    env["OMP_NUM_THREADS"] = "1"  # the worker shares 2 cores with this test process
+    settings = Settings()
+    rt = Runtime.from_settings(settings)
+    rt._celery = make_app(settings)
+    set_runtime(rt)
+    gw, gw_port = serve_gateway(rt, "127.0.0.1:0")
+    res, res_port = serve_results(rt, "127.0.0.1:0")
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    st = Stack(env, settings, f"127.0.0.1:{gw_port}", f"127.0.0.1:{res_port}", rt, log_dir=log_dir)
+    try:
+        yield st
+    finally:
+        st.stop_workers()
+        gw.stop(grace=1).wait()
+        res.stop(grace=1).wait()
+        set_runtime(None)
+        r.flushdb()
+        r.close()
+
+
+def wait_for(predicate, timeout: float, every: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

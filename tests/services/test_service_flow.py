@@ -1,0 +1,162 @@
+"""End to end through the real parts: gRPC sockets, Redis, a Celery worker process, S3."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import grpc
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from memscore.api.v1 import job_pb2
+from memscore.client import Client, field_violations
+from memscore.engine.datasets import load_dataset
+from memscore.engine.scoring import run_scoring
+from memscore.engine.spec import ScoringSpec
+
+from .conftest import wait_for, write_blobs_npz
+
+pytestmark = pytest.mark.integration
+
+SPEC = dict(model="mlp", models=8, epochs=3, seed=3, shard_size=2)
+
+
+@pytest.fixture
+def client(stack):
+    with Client(stack.gateway, stack.results, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def blobs(tmp_path):
+    return write_blobs_npz(tmp_path / "blobs.npz")
+
+
+def test_submit_watch_and_results_match_an_embedded_run(stack, client, blobs):
+    ref = client.upload(blobs).dataset_ref
+    assert ref.startswith("datasets/") and ref.endswith(".npz")
+    stack.start_worker()
+    job = client.submit_scoring(dataset=ref, request_id="req-1", **SPEC)
+    assert job.state == job_pb2.JOB_STATE_QUEUED and job.progress.shards_total == 4
+    events = list(client.watch(job.job_id, timeout=180))
+    assert events[-1].state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    assert max(e.progress.shards_done for e in events) == 4
+
+    # the same spec and seed in-process, as `memscore run` does it
+    local = run_scoring(load_dataset(str(blobs)), ScoringSpec(dataset=str(blobs), **SPEC), device="cpu")
+    served = pq.read_table(io.BytesIO(client.artifact(job.job_id, "scores.parquet")))
+    expected = local.scores_table()
+    for col in ("index", "label", "memorization", "memorization_soft", "heldout_accuracy", "n_in", "n_out"):
+        np.testing.assert_array_equal(served.column(col).to_numpy(), expected.column(col).to_numpy(), err_msg=col)
+
+    ranked = client.ranked(job.job_id, metric="memorization", limit=0)
+    assert len(ranked) == 240 and ranked[0].rank == 1
+    mem = local.scores["memorization"]
+    order = np.lexsort((np.arange(len(mem)), np.where(np.isnan(mem), np.inf, -mem)))
+    assert [e.index for e in ranked] == order.tolist()
+    only_class_1 = client.ranked(job.job_id, classes=[1], limit=0)
+    assert only_class_1 and all(e.label == 1 for e in only_class_1)
+
+    pairs = client.influence(job.job_id, test_index=5, limit=3)
+    assert [p.test_index for p in pairs] == [5, 5, 5]
+    assert pairs[0].influence >= pairs[1].influence >= pairs[2].influence
+
+    # resubmitting with the same request id returns the same job and trains nothing
+    again = client.submit_scoring(dataset=ref, request_id="req-1", **SPEC)
+    assert again.job_id == job.job_id and again.state == job_pb2.JOB_STATE_SUCCEEDED
+    assert all(stack.runtime.jobs.incr_attempts(job.job_id, s) == 2 for s in range(4))
+
+
+def test_worker_killed_mid_job_loses_only_its_shard(stack, client, blobs):
+    ref = client.upload(blobs).dataset_ref
+    spec = dict(SPEC, models=12, epochs=300)
+    w1 = stack.start_worker("first")
+    job = client.submit_scoring(dataset=ref, **spec)
+    wait_for(lambda: client.get(job.job_id).progress.shards_done >= 2, 120, what="two shards done")
+    done_before = [s for s in range(6) if stack.runtime.objects.exists(f"jobs/{job.job_id}/shards/{s:06d}/trace.npz")]
+    stack.kill_worker(w1)
+    assert client.get(job.job_id).state == job_pb2.JOB_STATE_RUNNING
+    time.sleep(7)  # past the 6 s visibility timeout: the new worker restores the lost shard at start
+    stack.start_worker("second")
+    final = client.wait(job.job_id, timeout=240)
+    assert final.state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    for s in done_before:  # one delivery each: none was trained again
+        assert stack.runtime.jobs.incr_attempts(job.job_id, s) == 2
+
+    local = run_scoring(load_dataset(str(blobs)), ScoringSpec(dataset=str(blobs), **spec), device="cpu")
+    served = pq.read_table(io.BytesIO(client.artifact(job.job_id, "scores.parquet")))
+    np.testing.assert_array_equal(served.column("memorization").to_numpy(), local.scores["memorization"])
+
+
+def test_anytime_results_while_running_then_cancel(stack, client, blobs):
+    ref = client.upload(blobs).dataset_ref
+    stack.start_worker()
+    job = client.submit_scoring(dataset=ref, **dict(SPEC, models=40, epochs=200))
+    wait_for(lambda: client.get(job.job_id).progress.shards_done >= 2, 120, what="two shards done")
+    page = next(client.ranked_pages(job.job_id, limit=0, page_size=1000))
+    assert not page.final and 4 <= page.models < 40
+    anytime_se = np.nanmean([e.memorization_stderr for e in page.examples])
+
+    cancelled = client.cancel(job.job_id)
+    assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
+    shards_at_cancel = client.get(job.job_id).progress.shards_done
+    assert shards_at_cancel < 20
+    events = list(client.watch(job.job_id, timeout=10))
+    assert events[-1].state == job_pb2.JOB_STATE_CANCELLED
+    # a final job of the same data with all its models has smaller standard errors
+    full = client.submit_scoring(dataset=ref, **dict(SPEC, models=40))
+    assert client.wait(full.job_id, timeout=240).state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    final_page = next(client.ranked_pages(full.job_id, limit=0, page_size=1000))
+    assert final_page.final
+    assert np.nanmean([e.memorization_stderr for e in final_page.examples]) < anytime_se
+    # the cancelled job trained nothing more
+    assert client.get(job.job_id).progress.shards_done <= shards_at_cancel + 1
+
+
+def test_bad_requests_get_the_right_status_codes(stack, client, tmp_path):
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit_scoring(dataset="no-such-dataset", models=1, ratio=1.5, model="vgg")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = {f for f, _ in field_violations(e.value)}
+    assert {"spec.scoring.dataset", "spec.scoring.models", "spec.scoring.ratio", "spec.scoring.model"} <= fields
+
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit_scoring(dataset="mnist1d", models=10**6)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit(job_pb2.JobSpec())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    for call in (lambda: client.get("job-nope"), lambda: client.cancel("job-nope"),
+                 lambda: client.ranked("job-nope"), lambda: list(client.watch("job-nope"))):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.full((10, 3), np.nan, np.float32), y_train=np.zeros(10, int),
+             x_test=np.zeros((4, 3), np.float32), y_test=np.zeros(4, int))
+    with pytest.raises(grpc.RpcError) as e:
+        client.upload(bad)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in e.value.details()
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not a zip file at all")
+    with pytest.raises(grpc.RpcError) as e:
+        client.upload(junk)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    with pytest.raises(grpc.RpcError) as e:
+        client.ranked("job-nope", metric="bogus")
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_reflection_are_served(stack):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    for target, service in ((stack.gateway, "memscore.v1.ScoringService"), (stack.results, "memscore.v1.ResultsService")):
+        with grpc.insecure_channel(target) as ch:
+            resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING
