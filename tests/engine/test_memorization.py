@@ -32,14 +32,20 @@ def test_flipped_labels_get_high_memorization():
 
 
 def test_training_copy_of_a_rare_test_example_is_its_top_influence():
+    """Four rare subgroups of the long-tailed set keep a single training example: a copy of one
+    of their test examples (their other training examples are removed). When a model trains on
+    the copy it classifies the test example right; when not, it cannot."""
     ds = load_longtail(seed=1, n_train=600, n_test=200)
-    rare_test = np.nonzero(ds.extras["test_subgroup"] >= 0)[0][::3][:4]  # one per rare subgroup
-    n0 = ds.n_train
-    ds.x_train = np.concatenate([ds.x_train, ds.x_test[rare_test]])
-    ds.y_train = np.concatenate([ds.y_train, ds.y_test[rare_test]])
-    spec = ScoringSpec(dataset="longtail", model="mlp", models=64, epochs=30, seed=0, influence_top_k=3)
+    sub_tr, sub_te = ds.extras["train_subgroup"], ds.extras["test_subgroup"]
+    groups = [g for g in np.unique(sub_te[sub_te >= 0])][:4]
+    rare_test = np.array([np.nonzero(sub_te == g)[0][0] for g in groups])
+    keep = ~np.isin(sub_tr, groups)
+    n0 = int(keep.sum())
+    ds.x_train = np.concatenate([ds.x_train[keep], ds.x_test[rare_test]])
+    ds.y_train = np.concatenate([ds.y_train[keep], ds.y_test[rare_test]])
+    spec = ScoringSpec(dataset="longtail", model="mlp", models=64, epochs=60, seed=0, influence_top_k=3)
     result = run_scoring(ds, spec, device="cpu")
     infl = result.influence
     for copy, j in enumerate(rare_test):
         assert infl.topk_train[j, 0] == n0 + copy, (j, infl.topk_train[j], infl.topk_value[j])
-        assert infl.topk_value[j, 0] > 0.3
+        assert infl.topk_value[j, 0] >= 0.15  # the paper's threshold for a significant pair

@@ -1,0 +1,69 @@
+"""`memscore up` serves the whole flow with no Redis and no S3: one process, memory broker,
+local store and SQLite job state under MEMSCORE_HOME."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import grpc
+import numpy as np
+import pytest
+
+from memscore.api.v1 import job_pb2
+from memscore.client import Client
+from memscore.engine.datasets import load_dataset
+from memscore.engine.scoring import run_scoring
+from memscore.engine.spec import ScoringSpec
+from memscore.settings import ENV_VARS
+
+from ..conftest import free_port
+from .conftest import wait_for, write_blobs_npz
+
+pytestmark = pytest.mark.integration
+
+
+def _healthy(target: str) -> bool:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(target) as ch:
+            return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1
+    except grpc.RpcError:
+        return False
+
+
+def test_embedded_up_serves_submit_watch_results(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env["MEMSCORE_HOME"] = str(tmp_path / "home")
+    env["OMP_NUM_THREADS"] = "1"
+    gw, res = free_port(), free_port()
+    log = open(tmp_path / "up.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memscore.cli", "up", "--gateway-port", str(gw), "--results-port", str(res), "--bind", "127.0.0.1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for(lambda: _healthy(f"127.0.0.1:{gw}") and _healthy(f"127.0.0.1:{res}"), 60, what="memscore up")
+        blobs = write_blobs_npz(tmp_path / "blobs.npz")
+        spec = dict(model="mlp", models=6, epochs=3, seed=1, shard_size=3)
+        with Client(f"127.0.0.1:{gw}", f"127.0.0.1:{res}") as c:
+            job = c.submit_scoring(dataset=str(blobs), **spec)  # a local path: the server is this machine
+            done = c.wait(job.job_id, timeout=120)
+            assert done.state == job_pb2.JOB_STATE_SUCCEEDED, (tmp_path / "up.log").read_text()[-3000:]
+            ranked = c.ranked(job.job_id, limit=0)
+        local = run_scoring(load_dataset(str(blobs)), ScoringSpec(dataset=str(blobs), **spec), device="cpu")
+        mem = local.scores["memorization"]
+        want = np.lexsort((np.arange(len(mem)), np.where(np.isnan(mem), np.inf, -mem)))
+        assert [e.index for e in ranked] == want.tolist()
+        assert (tmp_path / "home" / "jobs.sqlite3").exists()
+        assert list((tmp_path / "home" / "store" / "jobs").glob(f"{job.job_id}/results/scores.parquet"))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
