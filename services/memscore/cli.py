@@ -150,8 +150,11 @@ def _add_exposure(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--enumeration-budget", type=int, default=100_000, help="largest |R| scored exactly (default 100000)")
     p.add_argument("--num-samples", type=int, default=10_000, help="candidates sampled for extrapolation (default 10000)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for exposure.parquet and summary.json")
+    p.add_argument("--out", metavar="DIR", help="directory for exposure.parquet and summary.json (in-process runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--submit", action="store_true", help="send the job to the gateway instead of running it here")
+    p.add_argument("--wait", action="store_true", help="with --submit: watch the job and print its exposures")
+    _add_service_flags(p)
     # Advanced (quick experiments and tests): training steps and model size.
     p.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--hidden", type=int, default=256, help=argparse.SUPPRESS)
@@ -183,6 +186,11 @@ def _add_exposure(sub: argparse._SubParsersAction) -> None:
                 flag = "canary" if field.startswith("canaries") else field.replace("_", "-")
                 where = f" #{int(field[9:-1]) + 1}" if field.startswith("canaries[") else ""
                 print(f"error: --{flag}{where}: {msg}", file=sys.stderr)
+            return 2
+        if args.submit:
+            return _submit_exposure(args, spec)
+        if not args.out:
+            print("error: --out DIR is required (or --submit to run on the service)", file=sys.stderr)
             return 2
 
         from tqdm import tqdm
@@ -231,6 +239,24 @@ def _add_exposure(sub: argparse._SubParsersAction) -> None:
         return 0
 
     p.set_defaults(func=run)
+
+
+def _submit_exposure(args: argparse.Namespace, spec) -> int:
+    @_rpc_errors
+    def submit(args: argparse.Namespace) -> int:
+        with _client(args) as c:
+            job = c.submit_exposure(**spec.to_dict())
+            print(job.job_id)
+            if not args.wait:
+                return 0
+            code = _watch(c, job.job_id, quiet=args.quiet)
+            if code == 0:
+                print(f"{'format':40}  {'t':>5}  {'exposure':>8}  {'rank':>10}  extracted")
+                for r in c.exposure(job.job_id).canaries:
+                    print(f"{r.format[:40]:40}  {r.insertions:>5}  {r.exposure:>8.2f}  {r.rank:>10.3g}  {'yes' if r.extracted else 'no'}")
+            return code
+
+    return submit(args)
 
 
 def _add_service_flags(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from memscore.api.v1 import job_pb2
+from memscore.api.v1 import job_pb2, results_service_pb2
 from memscore.client import Client, field_violations
 from memscore.engine.datasets import load_dataset
 from memscore.engine.scoring import run_scoring
@@ -160,3 +160,42 @@ def test_health_and_reflection_are_served(stack):
         with grpc.insecure_channel(target) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_extend_job_adds_models_without_retraining_old_shards(stack, client, blobs):
+    ref = client.upload(blobs).dataset_ref
+    stack.start_worker()
+    job = client.submit_scoring(dataset=ref, **dict(SPEC, models=4))
+    assert client.wait(job.job_id, timeout=120).state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    with pytest.raises(grpc.RpcError) as e:
+        client.extend(job.job_id, 3)  # not a multiple of the shard size
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    extended = client.extend(job.job_id, 4)
+    assert extended.progress.models_total == 8 and extended.progress.shards_total == 4
+    final = client.wait(job.job_id, timeout=120)
+    assert final.state == job_pb2.JOB_STATE_SUCCEEDED and final.progress.models_done == 8, stack.worker_logs()
+    assert stack.runtime.jobs.incr_attempts(job.job_id, 0) == 2  # shard 0 trained once, before the extension
+    local = run_scoring(load_dataset(str(blobs)), ScoringSpec(dataset=str(blobs), **dict(SPEC, models=8)), device="cpu")
+    served = pq.read_table(io.BytesIO(client.artifact(job.job_id, "scores.parquet")))
+    np.testing.assert_array_equal(served.column("memorization").to_numpy(), local.scores["memorization"])
+    with pytest.raises(grpc.RpcError) as e:
+        client.results.QueryInfluence(results_service_pb2.QueryInfluenceRequest(job_id=job.job_id))
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_exposure_job_runs_on_a_worker_and_serves_its_canaries(stack, client):
+    stack.start_worker()
+    job = client.submit_exposure(canaries=["the pin is {dddd}"], insertions=[0, 8], epochs=1, seed=2)
+    assert job.kind == job_pb2.JOB_KIND_EXPOSURE
+    final = client.wait(job.job_id, timeout=240)
+    assert final.state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    res = client.exposure(job.job_id)
+    assert sorted(c.insertions for c in res.canaries) == [0, 8]
+    for c in res.canaries:
+        assert c.rank_exact and 1 <= c.rank <= 10_000
+        assert 0 <= c.exposure <= 13.3  # log2(10^4)
+    assert "exposure.parquet" in final.artifacts
+    with pytest.raises(grpc.RpcError) as e:
+        client.submit_exposure(canaries=["no slot here"], insertions=[1])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert any(f == "spec.exposure.canaries[0]" for f, _ in field_violations(e.value))

@@ -74,9 +74,9 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
             yield pb.GetArtifactResponse(chunk=chunk)
 
     def QueryInfluence(self, request, context):
-        from ..errors import FailedPrecondition
+        from ..errors import Unimplemented
 
-        raise FailedPrecondition("QueryInfluence is not implemented yet (needs keep_checkpoints jobs)")
+        raise Unimplemented("QueryInfluence is not implemented yet; use StreamInfluence for the job's own test set")
 
     def GetExposure(self, request, context):
         rows, summary = self.plane.exposure(request.job_id)
