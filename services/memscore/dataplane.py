@@ -40,6 +40,65 @@ METRICS = (
 MAX_PAGE = 1000
 
 
+class AnytimeEstimates:
+    """Scores of a running job from the shards done so far. One streaming accumulator per job,
+    to which each newly finished shard is added once, so asking again costs only the new
+    shards' traces."""
+
+    def __init__(self, rt: Runtime, max_jobs: int = 16):
+        self.rt = rt
+        self.max_jobs = max_jobs
+        self._jobs: OrderedDict = OrderedDict()  # job_id -> (ScoreAccumulator, set of shards)
+        self._lock = threading.Lock()
+
+    def shards_available(self, rec: JobRecord) -> list[int]:
+        keys = self.rt.objects.list(layout.shard_prefix(rec.job_id))
+        return sorted(s for s in (layout.shard_of_trace_key(k) for k in keys) if s is not None and s < rec.shards_total)
+
+    def snapshot(self, rec: JobRecord) -> tuple[dict[str, np.ndarray], float, frozenset] | None:
+        """(per-example scores, mean member test accuracy, shards merged) over every stored
+        trace of the job, or None before the first shard finishes."""
+        from .engine.estimators import ScoreAccumulator
+        from .engine.traces import Trace
+
+        shards = self.shards_available(rec)
+        with self._lock:  # one reader per process folds in new shards; the others wait for it
+            acc, seen = self._jobs.pop(rec.job_id, (None, set()))
+            try:
+                for s in shards:
+                    if s in seen:
+                        continue
+                    t = Trace.from_bytes(self.rt.objects.get_bytes(layout.trace_key(rec.job_id, s)))
+                    if acc is None:
+                        acc = ScoreAccumulator(t.masks.shape[1], t.test_correct.shape[1])
+                    acc.add(t)
+                    seen.add(s)
+            finally:
+                if acc is not None:
+                    self._jobs[rec.job_id] = (acc, seen)
+                    while len(self._jobs) > self.max_jobs:
+                        self._jobs.popitem(last=False)
+            if acc is None:
+                return None
+            return acc.scores(), float(np.mean(list(acc.test_accuracy.values()))), frozenset(seen)
+
+    def summary(self, rec: JobRecord) -> dict:
+        """The job's anytime summary: models so far, mean memorization, fraction memorized
+        (mem >= 0.25), mean member test accuracy."""
+        snap = self.snapshot(rec)
+        if snap is None:
+            return {}
+        scores, test_acc, _ = snap
+        mem = scores["memorization"]
+        finite = mem[np.isfinite(mem)]
+        return {
+            "models_done": int(scores["n_in"][0] + scores["n_out"][0]),
+            "mean_memorization": float(finite.mean()) if len(finite) else 0.0,
+            "fraction_memorized": float((finite >= 0.25).mean()) if len(finite) else 0.0,
+            "mean_test_accuracy": test_acc,
+        }
+
+
 def _new_job_id() -> str:
     return "job-" + uuid.uuid4().hex[:16]
 
@@ -47,6 +106,7 @@ def _new_job_id() -> str:
 class ScoringPlane:
     def __init__(self, rt: Runtime, enqueue: Callable[[str, list], None] | None = None):
         self.rt = rt
+        self.anytime = AnytimeEstimates(rt)
         self._enqueue = enqueue or (lambda name, args: rt.celery.send_task(name, args=args, queue=rt.settings.queue))
 
     # -- jobs -------------------------------------------------------------------------------
@@ -142,10 +202,20 @@ class ScoringPlane:
         return s.to_dict(), 1, 1
 
     def get(self, job_id: str) -> JobRecord:
+        """The job; a running scoring job carries its anytime summary from the shards so far."""
         try:
-            return self.rt.jobs.get(job_id)
+            rec = self.rt.jobs.get(job_id)
         except JobNotFound:
             raise NotFound(f"no job {job_id!r}") from None
+        return self._with_anytime(rec)
+
+    def _with_anytime(self, rec: JobRecord) -> JobRecord:
+        if rec.kind == "scoring" and not rec.terminal and rec.shards_done > 0:
+            try:
+                rec.summary = {**rec.summary, **self.anytime.summary(rec)}
+            except (StoreUnavailable, ObjectNotFound):
+                pass  # progress still answers; the estimate returns with the store
+        return rec
 
     def list(self, state: str | None, page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
         if page_size < 0 or page_size > MAX_PAGE:
@@ -169,6 +239,10 @@ class ScoringPlane:
         while not rec.terminal and is_active():
             nxt = self.rt.jobs.wait_for_change(job_id, rec.version, poll_timeout_s)
             if nxt.version != rec.version:
+                if nxt.shards_done != rec.shards_done:
+                    nxt = self._with_anytime(nxt)
+                else:
+                    nxt.summary = {**nxt.summary, **{k: v for k, v in rec.summary.items() if k not in nxt.summary}}
                 rec = nxt
                 yield rec
 
@@ -284,6 +358,7 @@ class ResultsPlane:
 
     def __init__(self, rt: Runtime, cache_size: int = 8):
         self.rt = rt
+        self.anytime = AnytimeEstimates(rt)
         self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.cache_size = cache_size
@@ -318,29 +393,15 @@ class ResultsPlane:
             return cols, True, rec
         if rec.state == "FAILED":
             raise FailedPrecondition(f"job {job_id} FAILED: {rec.error}")
-        shards = self._available_shards(job_id, rec)
-        if not shards:
+        snap = self.anytime.snapshot(rec)
+        if snap is None:
             raise FailedPrecondition(f"job {job_id} is {rec.state} and no shard has finished yet; try again later")
-        cols = self._cached(("anytime", job_id, tuple(shards)), lambda: self._anytime(rec, shards))
-        return cols, False, rec
+        scores, _, shards = snap
 
-    def _available_shards(self, job_id: str, rec: JobRecord) -> list[int]:
-        keys = self.rt.objects.list(layout.shard_prefix(job_id))
-        return sorted(s for s in (layout.shard_of_trace_key(k) for k in keys) if s is not None and s < rec.shards_total)
+        def build():
+            return {"index": np.arange(len(scores["n_in"]), dtype=np.int64), "label": self._labels(rec), **scores}
 
-    def _anytime(self, rec: JobRecord, shards: list[int]) -> dict[str, np.ndarray]:
-        from .engine.estimators import ScoreAccumulator
-        from .engine.traces import Trace
-
-        acc = None
-        for s in shards:
-            t = Trace.from_bytes(self.rt.objects.get_bytes(layout.trace_key(rec.job_id, s)))
-            if acc is None:
-                acc = ScoreAccumulator(t.masks.shape[1], t.test_correct.shape[1])
-            acc.add(t)
-        cols = {"index": np.arange(acc.n, dtype=np.int64), "label": self._labels(rec)}
-        cols.update(acc.scores())
-        return cols
+        return self._cached(("anytime", job_id, shards), build), False, rec
 
     def _labels(self, rec: JobRecord) -> np.ndarray:
         """The training labels the job trains on (label noise applied), as in scores.parquet."""

@@ -16,12 +16,7 @@ from memscore.engine.exposure import (
 from memscore.engine.lm import log_perplexity
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 # --- the exact estimator against Definitions 3 and 4 ---------------------------------------

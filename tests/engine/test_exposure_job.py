@@ -14,12 +14,7 @@ from memscore.engine.spec import ExposureSpec
 TINY = dict(steps=12, hidden=32, layers=1, device="cpu")  # a few seconds on one CPU thread
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,9 @@ def test_anytime_results_while_running_then_cancel(stack, client, blobs):
     wait_for(lambda: client.get(job.job_id).progress.shards_done >= 2, 120, what="two shards done")
     page = next(client.ranked_pages(job.job_id, limit=0, page_size=1000))
     assert not page.final and 4 <= page.models < 40
+    running = client.get(job.job_id)
+    assert running.state == job_pb2.JOB_STATE_RUNNING and 4 <= running.anytime.models_done < 40
+    assert 0 < running.anytime.mean_test_accuracy <= 1
     anytime_se = np.nanmean([e.memorization_stderr for e in page.examples])
 
     cancelled = client.cancel(job.job_id)

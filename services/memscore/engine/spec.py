@@ -13,6 +13,14 @@ ARCHS = ("auto", "mlp", "cnn1d", "resnet")
 DEFAULT_SHARD_SIZE = 64  # models per shard (one task) when the spec says 0
 
 
+def _from_dict(cls, d: dict):
+    """A spec dataclass from a dict, refusing fields it does not know (typos fail loudly)."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown spec fields: {', '.join(unknown)}")
+    return cls(**d)
+
+
 @dataclass
 class ScoringSpec:
     dataset: str  # built-in name (mnist1d, digits, longtail), a local path, or datasets/<sha256>.npz in the store
@@ -44,11 +52,7 @@ class ScoringSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScoringSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown spec fields: {', '.join(unknown)}")
-        return cls(**d)
+        return _from_dict(cls, d)
 
     def validate(self, max_models: int = 100_000) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
@@ -103,11 +107,7 @@ class ExposureSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExposureSpec":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown spec fields: {', '.join(unknown)}")
-        return cls(**d)
+        return _from_dict(cls, d)
 
     def validate(self) -> list[tuple[str, str]]:
         from .canaries import CanaryFormat  # numpy only: the gateway can validate without torch

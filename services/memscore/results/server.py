@@ -47,7 +47,8 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        models = self.plane.scores(request.job_id)[2].models_done
+        cols = self.plane.scores(request.job_id)[0]
+        models = int(cols["n_in"][0] + cols["n_out"][0]) if len(cols["n_in"]) else 0  # models merged
         if not rows:
             yield pb.StreamRankedResponse(next_page_token=token, final=final, models=models)
         for a in range(0, len(rows), BATCH):
