@@ -481,6 +481,42 @@ class ResultsPlane:
             sel = sel[:limit]
         return [{c: cols[c][i].item() for c in cols} for i in sel]
 
+    def query_influence(self, job_id: str, examples_npz: bytes, top_k: int = 10) -> list[dict]:
+        """Most influential training examples of new points `x` (labels `y`) in an .npz, from
+        the job's stored checkpoints (jobs run with keep_checkpoints)."""
+        import torch
+
+        from .engine.query import query_influence
+
+        rec = self._job(job_id)
+        if rec.kind != "scoring" or rec.state != "SUCCEEDED":
+            raise FailedPrecondition(f"job {job_id} is a {rec.state} {rec.kind} job; influence queries need a SUCCEEDED scoring job")
+        spec = ScoringSpec.from_dict(rec.spec)
+        if not spec.keep_checkpoints:
+            raise FailedPrecondition(f"job {job_id} did not keep its checkpoints; submit it with keep_checkpoints=true")
+        if not 1 <= top_k <= 1000:
+            raise InvalidArgument([("top_k", "must be between 1 and 1000")])
+        summary = json.loads(self.rt.objects.get_bytes(layout.result_key(job_id, "summary.json")))
+        info = summary["dataset"]
+        x, y = _query_points(examples_npz, tuple(info["feature_shape"]), info["num_classes"])
+
+        def checkpoints():
+            for s in range(spec.num_shards):
+                blob = self.rt.objects.get_bytes(layout.checkpoint_key(job_id, s))
+                ck = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+                yield ck["model_ids"], ck["state"]
+
+        res = query_influence(summary["arch"], tuple(info["feature_shape"]), info["num_classes"], info["n_train"],
+                              spec.ratio, spec.seed, checkpoints(), x, y, top_k)
+        labels = self._labels(rec)
+        rows = []
+        for q in range(len(x)):
+            for i, v in zip(res.topk_train[q], res.topk_value[q]):
+                if i >= 0:
+                    rows.append({"train_index": int(i), "test_index": q, "influence": float(v),
+                                 "train_label": int(labels[i]), "test_label": int(y[q])})
+        return rows
+
     def artifact(self, job_id: str, name: str) -> tuple[str, Iterator[bytes], int]:
         rec = self._job(job_id)
         key = rec.results.get(name)
@@ -505,6 +541,35 @@ class ResultsPlane:
         rows = [{c: cols[c][i].item() if hasattr(cols[c][i], "item") else cols[c][i] for c in cols} for i in range(n)]
         summary = json.loads(self.rt.objects.get_bytes(layout.result_key(job_id, "summary.json")))
         return rows, summary
+
+
+MAX_QUERY_POINTS = 10_000
+
+
+def _query_points(data: bytes, feature_shape: tuple, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """x (float32, uint8 scaled to [0, 1]) and y from a query .npz, checked against the job's data."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            x, y = z["x"], z["y"]
+    except KeyError:
+        raise InvalidArgument([("examples_npz", "must hold arrays x (q, *feature_shape) and y (q,)")]) from None
+    except Exception as e:
+        raise InvalidArgument([("examples_npz", f"not a readable .npz ({type(e).__name__}: {e})")]) from None
+    problems = []
+    if x.dtype.kind not in "fiu" or y.dtype.kind not in "iu":
+        problems.append(("examples_npz", f"x must be numeric and y integer, got {x.dtype} and {y.dtype}"))
+    elif tuple(x.shape[1:]) != feature_shape or y.shape != (x.shape[0],):
+        problems.append(("examples_npz", f"x must be (q, {', '.join(map(str, feature_shape))}) and y (q,), got {x.shape} and {y.shape}"))
+    elif not 1 <= len(x) <= MAX_QUERY_POINTS:
+        problems.append(("examples_npz", f"between 1 and {MAX_QUERY_POINTS} points per query, got {len(x)}"))
+    elif y.min() < 0 or y.max() >= num_classes:
+        problems.append(("examples_npz", f"labels must be in 0..{num_classes - 1}"))
+    if problems:
+        raise InvalidArgument(problems)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise InvalidArgument([("examples_npz", "x has NaN or infinite values")])
+    return x, y.astype(np.int64)
 
 
 def _read_parquet(data: bytes) -> dict[str, np.ndarray]:

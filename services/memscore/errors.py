@@ -32,7 +32,3 @@ class FailedPrecondition(MemscoreError):
 
 class Unavailable(MemscoreError):
     """A backing service (store, broker) cannot be reached; the client may retry."""
-
-
-class Unimplemented(MemscoreError):
-    """The RPC is declared in the API but this server does not implement it yet."""

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from .api.v1 import job_pb2
-from .errors import FailedPrecondition, InvalidArgument, MemscoreError, NotFound, ResourceExhausted, Unavailable, Unimplemented
+from .errors import FailedPrecondition, InvalidArgument, MemscoreError, NotFound, ResourceExhausted, Unavailable
 
 log = logging.getLogger("memscore.rpc")
 
@@ -27,7 +27,6 @@ _CODES = {
     ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
     FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
-    Unimplemented: (grpc.StatusCode.UNIMPLEMENTED, code_pb2.UNIMPLEMENTED),
 }
 
 

@@ -181,9 +181,30 @@ def test_extend_job_adds_models_without_retraining_old_shards(stack, client, blo
     local = run_scoring(load_dataset(str(blobs)), ScoringSpec(dataset=str(blobs), **dict(SPEC, models=8)), device="cpu")
     served = pq.read_table(io.BytesIO(client.artifact(job.job_id, "scores.parquet")))
     np.testing.assert_array_equal(served.column("memorization").to_numpy(), local.scores["memorization"])
-    with pytest.raises(grpc.RpcError) as e:
+    with pytest.raises(grpc.RpcError) as e:  # this job kept no checkpoints
         client.results.QueryInfluence(results_service_pb2.QueryInfluenceRequest(job_id=job.job_id))
-    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_query_influence_of_new_points_equals_the_jobs_own_influence(stack, client, blobs):
+    ref = client.upload(blobs).dataset_ref
+    stack.start_worker()
+    job = client.submit_scoring(dataset=ref, keep_checkpoints=True, **dict(SPEC, influence_top_k=5))
+    assert client.wait(job.job_id, timeout=120).state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    with np.load(blobs) as z:  # "new" points: test examples 3, 7, 11, whose influence the job computed
+        x, y = z["x_test"][[3, 7, 11]], z["y_test"][[3, 7, 11]]
+    buf = io.BytesIO()
+    np.savez(buf, x=x, y=y)
+    resp = client.results.QueryInfluence(results_service_pb2.QueryInfluenceRequest(job_id=job.job_id, examples_npz=buf.getvalue(), top_k=5))
+    for q, j in enumerate((3, 7, 11)):
+        got = [p.influence for p in resp.pairs if p.test_index == q]
+        want = [p.influence for p in client.influence(job.job_id, test_index=j, limit=5)]
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    bad = io.BytesIO()
+    np.savez(bad, x=x[:, :3], y=y)
+    with pytest.raises(grpc.RpcError) as e:
+        client.results.QueryInfluence(results_service_pb2.QueryInfluenceRequest(job_id=job.job_id, examples_npz=bad.getvalue()))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_exposure_job_runs_on_a_worker_and_serves_its_canaries(stack, client):

@@ -167,7 +167,7 @@ def train_ensemble(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     keep_weights: bool = False,
-    eval_batch: int = 2048,
+    eval_batch: int = 0,
     group_size: int = 0,
 ) -> TrainOutput:
     """Train models `model_ids` on their subsets; return their trace. The models are trained
@@ -176,6 +176,8 @@ def train_ensemble(
     dev = resolve_device(device) if isinstance(device, str) else device
     if not group_size:
         group_size = len(model_ids) if dev.type == "cuda" else cpu_group_size()
+    if not eval_batch:  # examples per evaluation pass; on the CPU small passes stay in cache (256: 3x faster than 2048)
+        eval_batch = 8192 if dev.type == "cuda" else 256
     if len(model_ids) <= group_size:
         return _train_group(ds, arch, model_ids, ratio, seed, recipe, dev, progress, should_stop, keep_weights, eval_batch)
     outs = []

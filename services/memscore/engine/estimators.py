@@ -151,9 +151,15 @@ class InfluenceAccumulator:
         self.num_models = 0
 
     def add(self, trace: Trace) -> None:
-        self._masks.append(np.packbits(trace.masks, axis=1))
-        self._test.append(np.packbits(trace.test_correct, axis=1))
-        self.num_models += trace.num_models
+        self.add_models(trace.masks, trace.test_correct)
+
+    def add_models(self, masks: np.ndarray, test_correct: np.ndarray) -> None:
+        """G models' membership masks (G, n) and correctness on the test points (G, m)."""
+        if masks.shape[0] != test_correct.shape[0] or masks.shape[1] != self.n or test_correct.shape[1] != self.m:
+            raise ValueError(f"expected masks (G, {self.n}) and correctness (G, {self.m}), got {masks.shape} and {test_correct.shape}")
+        self._masks.append(np.packbits(masks, axis=1))
+        self._test.append(np.packbits(test_correct, axis=1))
+        self.num_models += masks.shape[0]
 
     def compute(
         self, top_k: int = 10, threshold: float = 0.15, max_pairs: int = 100_000, block_rows: int | None = None

@@ -167,8 +167,10 @@ class ScoringResult:
         return out
 
     def most_memorized(self, top: int = 10) -> list[dict]:
-        mem = self.scores["memorization"]
-        order = np.argsort(-np.nan_to_num(mem, nan=-np.inf), kind="stable")[:top]
+        """Highest memorization first; ties (many examples reach 1.0) by soft memorization."""
+        mem = np.nan_to_num(self.scores["memorization"], nan=-np.inf)
+        soft = np.nan_to_num(self.scores["memorization_soft"], nan=-np.inf)
+        order = np.lexsort((-soft, -mem))[:top]
         return [{c: _py(self.scores[c][i]) for c in self.scores} for i in order]
 
 

@@ -75,9 +75,8 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
             yield pb.GetArtifactResponse(chunk=chunk)
 
     def QueryInfluence(self, request, context):
-        from ..errors import Unimplemented
-
-        raise Unimplemented("QueryInfluence is not implemented yet; use StreamInfluence for the job's own test set")
+        rows = self.plane.query_influence(request.job_id, request.examples_npz, request.top_k or 10)
+        return pb.QueryInfluenceResponse(pairs=[_pair(r) for r in rows])
 
     def GetExposure(self, request, context):
         rows, summary = self.plane.exposure(request.job_id)

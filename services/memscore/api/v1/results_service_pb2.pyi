@@ -541,7 +541,9 @@ class CanaryExposure(_message.Message):
     insertions: _builtins.int
     """Times the canary was inserted into the corpus."""
     exposure: _builtins.float
-    """Exposure in bits: log2|R| - log2 rank; between 0 and log2|R|. Higher = more memorized."""
+    """Exposure in bits: log2|R| - log2 rank. Higher = more memorized. Exact ranks give a value
+    between 0 and log2|R|; an extrapolated (skew-normal) exposure can exceed log2|R|.
+    """
     rank: _builtins.float
     """Rank of the canary among all |R| candidates by log-perplexity (1 = most likely; ties rank
     against the canary). An estimate, possibly fractional, when rank_exact is false.

@@ -110,8 +110,9 @@ class ResultsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def QueryInfluence(self, request, context):
-        """For new examples, the training examples that influence their predictions most. Reserved
-        for a later version: servers answer UNIMPLEMENTED.
+        """For new examples, the training examples that influence their predictions most, from the
+        job's stored checkpoints and masks (no retraining). FAILED_PRECONDITION unless the job
+        SUCCEEDED with keep_checkpoints.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

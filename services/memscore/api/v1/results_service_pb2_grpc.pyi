@@ -53,8 +53,9 @@ class ResultsServiceStub:
     download from directly instead, then the bytes in chunks.
     """
     QueryInfluence: _grpc.UnaryUnaryMultiCallable[_results_service_pb2.QueryInfluenceRequest, _results_service_pb2.QueryInfluenceResponse]
-    """For new examples, the training examples that influence their predictions most. Reserved
-    for a later version: servers answer UNIMPLEMENTED.
+    """For new examples, the training examples that influence their predictions most, from the
+    job's stored checkpoints and masks (no retraining). FAILED_PRECONDITION unless the job
+    SUCCEEDED with keep_checkpoints.
     """
     GetExposure: _grpc.UnaryUnaryMultiCallable[_results_service_pb2.GetExposureRequest, _results_service_pb2.GetExposureResponse]
     """Returns the exposure of every canary of an exposure job."""
@@ -84,8 +85,9 @@ class ResultsServiceAsyncStub(ResultsServiceStub):
     download from directly instead, then the bytes in chunks.
     """
     QueryInfluence: _aio.UnaryUnaryMultiCallable[_results_service_pb2.QueryInfluenceRequest, _results_service_pb2.QueryInfluenceResponse]  # type: ignore[assignment]
-    """For new examples, the training examples that influence their predictions most. Reserved
-    for a later version: servers answer UNIMPLEMENTED.
+    """For new examples, the training examples that influence their predictions most, from the
+    job's stored checkpoints and masks (no retraining). FAILED_PRECONDITION unless the job
+    SUCCEEDED with keep_checkpoints.
     """
     GetExposure: _aio.UnaryUnaryMultiCallable[_results_service_pb2.GetExposureRequest, _results_service_pb2.GetExposureResponse]  # type: ignore[assignment]
     """Returns the exposure of every canary of an exposure job."""
@@ -142,8 +144,9 @@ class ResultsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _results_service_pb2.QueryInfluenceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_results_service_pb2.QueryInfluenceResponse, _abc.Awaitable[_results_service_pb2.QueryInfluenceResponse]]:
-        """For new examples, the training examples that influence their predictions most. Reserved
-        for a later version: servers answer UNIMPLEMENTED.
+        """For new examples, the training examples that influence their predictions most, from the
+        job's stored checkpoints and masks (no retraining). FAILED_PRECONDITION unless the job
+        SUCCEEDED with keep_checkpoints.
         """
 
     @_abc_1.abstractmethod
