@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from memscore.engine.datasets import load_mnist1d
-from memscore.engine.ensemble import make_recipe, resolve_arch, train_ensemble
+from memscore.engine.ensemble import cpu_group_size, make_recipe, resolve_arch, train_ensemble
 from memscore.engine.reference import train_single
 
 
@@ -54,7 +54,9 @@ def main() -> None:
     print(f"{arch} on mnist1d ({ds.n_train} train, {args.epochs} epochs, batch {recipe.batch_size}, "
           f"{torch.get_num_threads()} threads, {args.device})")
     print(f"  sequential loop : {seq:8.3f} s/model  ({args.sequential_models} models)")
-    print(f"  vectorised G={args.shard_size:<4}: {vec:8.3f} s/model")
+    group = args.group_size or (args.shard_size if args.device.startswith("cuda") else cpu_group_size(arch))
+    res["group_size"] = group
+    print(f"  vectorised      : {vec:8.3f} s/model  ({args.shard_size} models, {group} at a time)")
     print(f"  speedup         : {seq / vec:8.2f}x")
     if args.json:
         with open(args.json, "w") as f:

@@ -149,11 +149,12 @@ class TrainOutput:
     weights: dict[str, torch.Tensor] | None  # stacked (G, ...) state dict on the CPU, if kept
 
 
-def cpu_group_size() -> int:
-    """Models trained at once on the CPU. Measured on 2 cores (bench/throughput.py, cnn1d):
-    per-model time is lowest around G=16 (activations stay in cache); larger G only adds
-    memory traffic. GPUs take the whole shard at once."""
-    return 16
+def cpu_group_size(arch: str) -> int:
+    """Models trained at once on the CPU, measured on 2 cores with bench/throughput.py (see
+    docs/performance.md): convolutions are fastest per model around G=16 (activations stay in
+    cache; larger G only adds memory traffic), the MLP's batched matmuls around G=64. GPUs take
+    the whole shard at once."""
+    return 64 if arch == "mlp" else 16
 
 
 def train_ensemble(
@@ -171,11 +172,11 @@ def train_ensemble(
     group_size: int = 0,
 ) -> TrainOutput:
     """Train models `model_ids` on their subsets; return their trace. The models are trained
-    `group_size` at a time (0 = all at once on a GPU, `cpu_group_size()` on the CPU); the
+    `group_size` at a time (0 = all at once on a GPU, `cpu_group_size(arch)` on the CPU); the
     result does not depend on the grouping."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if not group_size:
-        group_size = len(model_ids) if dev.type == "cuda" else cpu_group_size()
+        group_size = len(model_ids) if dev.type == "cuda" else cpu_group_size(arch)
     if not eval_batch:  # examples per evaluation pass; on the CPU small passes stay in cache (256: 3x faster than 2048)
         eval_batch = 8192 if dev.type == "cuda" else 256
     if len(model_ids) <= group_size:
