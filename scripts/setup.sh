@@ -14,3 +14,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+# Headless Chromium renders `memscore report` pages in tests/test_report.py. Best effort: a
+# machine without apt (or without root) only gets a warning, and that test then fails saying why.
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+    echo "warning: could not install chromium with apt-get; tests/test_report.py needs /usr/bin/chromium" >&2
+  fi
+fi

@@ -500,8 +500,67 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a self-contained HTML report of a run (a `memscore run --out` DIR, or a JOB id)")
+    p.add_argument("source", metavar="JOB|DIR", help="a directory written by `memscore run`, or a job id on the Results service")
+    p.add_argument("--out", required=True, metavar="FILE.html")
+    p.add_argument("--dataset", default="", help="load the examples from here instead of the spec's dataset reference "
+                                                 "(e.g. a local copy of an uploaded .npz)")
+    p.add_argument("--per-class", type=int, default=8, help="most memorized examples shown per class (default 8)")
+    p.add_argument("--influence-examples", type=int, default=12, help="test examples shown with their influencers (default 12)")
+    _add_service_flags(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from .report import RESULT_FILES, load_dataset_for_report, read_result_files, render_report
+
+        source = Path(args.source)
+        notes, objects = [], None
+        if source.is_dir():
+            missing = [name for name in RESULT_FILES if not (source / name).is_file()]
+            if missing:
+                print(f"error: {source} lacks {', '.join(missing)} (expected the --out directory of `memscore run`)", file=sys.stderr)
+                return 2
+            files = {name: (source / name).read_bytes() for name in RESULT_FILES}
+            title = f"memscore report: {source.resolve().name}"
+        else:
+            import grpc
+
+            try:
+                with _client(args) as c:
+                    files = {name: c.artifact(args.source, name) for name in RESULT_FILES}
+            except grpc.RpcError as e:
+                print(f"error: {args.source!r} is not a directory, and the Results service at {args.results} answered "
+                      f"{e.code().name}: {e.details()}", file=sys.stderr)
+                return 1
+            title = f"memscore report: job {args.source}"
+        scores, influence, summary = read_result_files(files)
+        ref = args.dataset or summary.get("spec", {}).get("dataset", "")
+        if ref.startswith("datasets/"):
+            try:  # uploaded data lives in the service's object store: reachable when this machine shares it
+                from .store.objects import open_object_store
+
+                objects = open_object_store()
+            except Exception as e:
+                notes.append(f"the object store holding {ref} could not be opened: {e}")
+        ds, why = load_dataset_for_report(summary, args.dataset, objects)
+        if ds is None:
+            notes.append(f"Examples are listed, not drawn: {why}.")
+            print(f"warning: {why}; the report lists examples without pictures", file=sys.stderr)
+        page = render_report(scores, influence, summary, ds, notes=notes, title=title, per_class=args.per_class,
+                             influence_examples=args.influence_examples)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page, encoding="utf-8")
+        print(f"wrote {out} ({len(page.encode()) / 1024:.0f} KiB)")
+        return 0
+
+    p.set_defaults(func=run)
+
+
 # Order here is the order in `memscore --help`.
-COMMANDS = [_add_run, _add_exposure, _add_up, _add_submit, _add_watch, _add_status, _add_results, _add_influence, _add_cancel, _add_upload, _add_health]
+COMMANDS = [_add_run, _add_exposure, _add_up, _add_submit, _add_watch, _add_status, _add_results, _add_influence, _add_cancel, _add_upload, _add_health, _add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:

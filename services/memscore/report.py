@@ -1,0 +1,426 @@
+"""A scoring run as one self-contained HTML page: `memscore report JOB|DIR --out FILE.html`.
+
+The page holds the run summary, a histogram of the scores, per class a grid of its most
+memorized training examples (images drawn as images, sequences and flat vectors as line plots)
+and, per test example with the strongest influence, the test example beside its most
+influential training examples. Every picture is a PNG embedded as a `data:` URI and the style
+sheet is inline, so the file opens offline, attached to an e-mail or from an artifact store.
+
+Pure: `render_report` takes the result columns, the summary and (optionally) the dataset and
+returns a string. `read_result_files` parses the bytes a run writes; `run_dataset` turns the
+dataset named in the spec back into the one the job trained on (label noise included). Where
+the data cannot be had, the page shows tables instead of pictures and says why.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import numpy as np
+
+from .engine.datasets import Dataset
+
+RESULT_FILES = ("scores.parquet", "influence.parquet", "summary.json")
+THUMB_PX = 96  # longer side of an example's thumbnail, pixels
+LINE_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+
+Columns = dict[str, np.ndarray]
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+
+
+def read_result_files(files: dict[str, bytes]) -> tuple[Columns, Columns, dict]:
+    """(scores columns, influence columns, summary) from the bytes of `RESULT_FILES`."""
+    import pyarrow.parquet as pq
+
+    missing = [name for name in RESULT_FILES if name not in files]
+    if missing:
+        raise ValueError(f"missing result files: {', '.join(missing)}")
+
+    def columns(data: bytes) -> Columns:
+        table = pq.read_table(io.BytesIO(data))
+        return {name: table.column(name).to_numpy() for name in table.column_names}
+
+    return columns(files["scores.parquet"]), columns(files["influence.parquet"]), json.loads(files["summary.json"])
+
+
+def run_dataset(summary: dict, ds: Dataset) -> Dataset:
+    """The dataset the run trained on: `ds` (as loaded from the spec's reference) with the
+    spec's label noise applied as `engine.scoring.prepare_dataset` does. Raises ValueError if
+    it is not the data the run saw (its fingerprint differs from the summary's)."""
+    from .engine.datasets import flip_labels
+
+    spec = summary.get("spec", {})
+    noise = float(spec.get("label_noise") or 0.0)
+    if noise > 0:
+        ds, _ = flip_labels(ds, noise, int(spec.get("seed", 0)))
+    want = summary.get("dataset", {}).get("fingerprint")
+    if want and ds.fingerprint() != want:
+        raise ValueError(
+            f"dataset {ds.name!r} as loaded now ({ds.n_train} train, {ds.n_test} test) is not the data "
+            f"the run trained on (fingerprint {ds.fingerprint()[:12]} != {want[:12]})"
+        )
+    return ds
+
+
+# -- pictures -------------------------------------------------------------------------------------
+
+
+def _png_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    """[0, 1] data as is; anything else stretched to its own min..max."""
+    a = np.nan_to_num(a.astype(np.float64))
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0.0 or hi > 1.0:
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return np.clip(np.round(a * 255), 0, 255).astype(np.uint8)
+
+
+def _image_png(x: np.ndarray) -> bytes:
+    """A (c, h, w) example: grey for one channel, RGB for three, else its first channel."""
+    from PIL import Image
+
+    if x.shape[0] == 3:
+        im = Image.fromarray(_to_uint8(x.transpose(1, 2, 0)), "RGB")
+    else:
+        im = Image.fromarray(_to_uint8(x[0]), "L")
+    scale = max(1, THUMB_PX // max(im.size))
+    im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _line_png(x: np.ndarray, width: int = 2 * THUMB_PX, height: int = THUMB_PX) -> bytes:
+    """A sequence (L,) / (c, L) or a flat vector (d,) as a line plot, one line per channel.
+    Drawn at 2x and downsampled, which antialiases the lines."""
+    from PIL import Image, ImageDraw
+
+    rows = np.nan_to_num(np.atleast_2d(x.reshape(x.shape[0], -1) if x.ndim > 1 else x).astype(np.float64))
+    W, H, pad = 2 * width, 2 * height, 8
+    im = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(im)
+    lo, hi = float(rows.min()), float(rows.max())
+    span = hi - lo if hi > lo else 1.0
+
+    def y_of(v):
+        return H - pad - (v - lo) / span * (H - 2 * pad)
+
+    if lo < 0.0 < hi:
+        draw.line([(0, y_of(0.0)), (W, y_of(0.0))], fill=(210, 210, 210), width=2)
+    L = rows.shape[1]
+    xs = np.linspace(pad, W - pad, L) if L > 1 else np.array([W / 2])
+    for c, row in enumerate(rows[: len(LINE_COLOURS)]):
+        pts = [(float(a), float(y_of(v))) for a, v in zip(xs, row)]
+        if len(pts) > 1:
+            draw.line(pts, fill=LINE_COLOURS[c], width=3)
+        else:
+            draw.ellipse([pts[0][0] - 3, pts[0][1] - 3, pts[0][0] + 3, pts[0][1] + 3], fill=LINE_COLOURS[c])
+    draw.rectangle([0, 0, W - 1, H - 1], outline=(200, 200, 200), width=2)
+    im = im.resize((width, height), Image.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def example_png(ds: Dataset, x: np.ndarray) -> bytes:
+    """One example as a picture fitting its kind."""
+    if ds.kind == "image" and x.ndim == 3:
+        return _image_png(x)
+    return _line_png(x)
+
+
+def _histogram_png(scores: Columns) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [c for c in ("memorization", "memorization_soft", "heldout_accuracy") if c in scores]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.0 * len(cols), 2.8), squeeze=False)
+    flipped = scores.get("label_flipped")
+    for ax, col in zip(axes[0], cols):
+        v = np.asarray(scores[col], np.float64)
+        ok = np.isfinite(v)
+        bins = np.linspace(0.0, 1.0, 21) if col == "heldout_accuracy" else np.linspace(-1.0, 1.0, 41)
+        if flipped is not None and flipped.any():
+            ax.hist([v[ok & ~flipped], v[ok & flipped]], bins=bins, stacked=True, label=["clean label", "flipped label"])
+            ax.legend(fontsize=7)
+        else:
+            ax.hist(v[ok], bins=bins, color="tab:blue")
+        if col.startswith("memorization"):
+            ax.axvline(0.25, color="tab:red", lw=0.8, ls="--")
+        ax.set_title(f"{col} ({int(ok.sum())} examples)", fontsize=9)
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# -- html -----------------------------------------------------------------------------------------
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px; color: #222; max-width: 1400px; }
+h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; }
+h3 { font-size: 14px; margin: 16px 0 6px; }
+.note { background: #fff6d8; border: 1px solid #e8d58a; padding: 6px 10px; margin: 8px 0; }
+table { border-collapse: collapse; font-size: 13px; } td, th { padding: 2px 10px 2px 0; text-align: left; vertical-align: top; }
+th { font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.grid { display: flex; flex-wrap: wrap; gap: 8px; }
+figure { margin: 0; padding: 4px; border: 1px solid #e3e3e3; border-radius: 4px; background: #fafafa; text-align: center; }
+figure img { display: block; margin: 0 auto; image-rendering: pixelated; }
+figcaption { font-size: 11px; line-height: 1.3; margin-top: 3px; }
+figure.flipped { border-color: #d62728; } figure.test { border-color: #1f77b4; background: #eef5fc; }
+.influence-row { display: flex; align-items: center; gap: 8px; margin: 6px 0; flex-wrap: wrap; }
+.arrow { font-size: 20px; color: #888; }
+img.plot { max-width: 100%; }
+details pre { font-size: 11px; background: #f6f6f6; padding: 8px; overflow-x: auto; }
+"""
+
+
+def _esc(v) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (float, np.floating)):
+        return "NaN" if not np.isfinite(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _class_name(ds: Dataset | None, c: int) -> str:
+    if ds is not None and ds.class_names and 0 <= c < len(ds.class_names):
+        return ds.class_names[c]
+    return str(c)
+
+
+def _summary_rows(summary: dict) -> list[tuple[str, str]]:
+    spec, info = summary.get("spec", {}), summary.get("dataset", {})
+    timings, recipe = summary.get("timings", {}), summary.get("recipe", {})
+    frac = summary.get("fraction_memorization_ge", {})
+    acc, acc_sd = summary.get("mean_test_accuracy"), summary.get("std_test_accuracy")
+    rows = [
+        ("dataset", f"{info.get('name', spec.get('dataset', '?'))} ({spec.get('dataset', '')}): {info.get('n_train', '?')} train, "
+                    f"{info.get('n_test', '?')} test, {info.get('num_classes', '?')} classes, {info.get('kind', '?')} "
+                    f"{tuple(info.get('feature_shape', ()))}"),
+        ("model", f"{summary.get('arch', spec.get('model', '?'))}, {recipe.get('epochs', '?')} epochs, batch {recipe.get('batch_size', '?')}, "
+                  f"lr {recipe.get('lr', '?')}"),
+        ("models", f"{summary.get('models_done', '?')} of {summary.get('models_total', spec.get('models', '?'))}"
+                   + ("" if summary.get("final", True) else " (anytime estimate: the job had not finished)")),
+        ("subset ratio, seed", f"{spec.get('ratio', '?')}, {spec.get('seed', '?')}"),
+    ]
+    if spec.get("label_noise"):
+        rows.append(("label noise", f"{spec['label_noise']:.1%} of training labels flipped ({info.get('labels_flipped', '?')} examples)"))
+    rows += [
+        ("test accuracy", f"{_fmt(acc)} ± {_fmt(acc_sd)} (mean ± sd over models)"),
+        ("in-sample / held-out accuracy", f"{_fmt(summary.get('mean_in_sample_accuracy'))} / {_fmt(summary.get('mean_heldout_accuracy'))}"),
+        ("mean memorization", _fmt(summary.get("mean_memorization"))),
+        ("memorization ≥ 0.25 / ≥ 0.5", f"{_fmt(frac.get('0.25'))} / {_fmt(frac.get('0.5'))} of examples"),
+        ("examples without an estimate", _fmt(summary.get("examples_without_estimate"))),
+        ("influence pairs ≥ threshold", f"{summary.get('influence_pairs_above_threshold', '?')} (threshold {spec.get('influence_threshold', '?')})"),
+        ("time", ", ".join(f"{k.replace('_seconds', '')} {v:.1f} s" for k, v in timings.items() if isinstance(v, (int, float)))),
+        ("environment", ", ".join(f"{k} {v}" for k, v in summary.get("environment", {}).items())),
+    ]
+    return rows
+
+
+def _ranked_by_memorization(scores: Columns, idx: np.ndarray) -> np.ndarray:
+    """`idx` most memorized first: memorization, then soft memorization; NaN last."""
+    mem = np.nan_to_num(np.asarray(scores["memorization"], np.float64)[idx], nan=-np.inf)
+    soft = np.nan_to_num(np.asarray(scores.get("memorization_soft", scores["memorization"]), np.float64)[idx], nan=-np.inf)
+    return idx[np.lexsort((idx, -soft, -mem))]
+
+
+def _label_text(scores: Columns, ds: Dataset | None, i: int) -> str:
+    y = int(scores["label"][i])
+    text = f"label {_esc(_class_name(ds, y))}"
+    flipped = scores.get("label_flipped")
+    if flipped is not None and bool(flipped[i]):
+        was = ds.extras.get("clean_y_train") if ds is not None else None
+        text += f" <b>(flipped{'; was ' + _esc(_class_name(ds, int(was[i]))) if was is not None else ''})</b>"
+    return text
+
+
+def _example_figure(uri: str, caption: str, css: str = "") -> str:
+    return f'<figure class="example {css}"><img src="{uri}" alt=""><figcaption>{caption}</figcaption></figure>'
+
+
+def _memorized_section(scores: Columns, ds: Dataset | None, per_class: int, max_classes: int) -> str:
+    labels = np.asarray(scores["label"], np.int64)
+    mem = np.asarray(scores["memorization"], np.float64)
+    se = np.asarray(scores.get("memorization_stderr", np.full(len(mem), np.nan)), np.float64)
+    classes = np.unique(labels)
+    out = ['<section id="memorized"><h2>Most memorized training examples, per class</h2>']
+    if len(classes) > max_classes:
+        # The classes whose top examples are most memorized come first.
+        best = {c: np.nanmax(np.where(labels == c, mem, np.nan)) if np.isfinite(mem[labels == c]).any() else -np.inf for c in classes}
+        classes = np.array(sorted(classes, key=lambda c: -best[c])[:max_classes])
+        out.append(f'<p class="note">{len(np.unique(labels))} classes; showing the {max_classes} with the most memorized examples.</p>')
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        top = _ranked_by_memorization(scores, members)[:per_class]
+        m = mem[members]
+        fin = m[np.isfinite(m)]
+        stats = (f"{len(members)} examples, mean memorization {_fmt(float(fin.mean()) if len(fin) else None)}, "
+                 f"{(fin >= 0.25).mean() if len(fin) else 0:.1%} at ≥ 0.25")
+        out.append(f'<div class="class-grid" id="class-{int(c)}" data-class="{int(c)}">'
+                   f"<h3>class {_esc(_class_name(ds, int(c)))}: {stats}</h3>")
+        if ds is not None:
+            out.append('<div class="grid">')
+            for i in top:
+                flipped = scores.get("label_flipped") is not None and bool(scores["label_flipped"][i])
+                caption = f"#{int(i)} · {_label_text(scores, ds, int(i))}<br>mem {_fmt(mem[i], 2)} ± {_fmt(se[i], 2)}"
+                out.append(_example_figure(_png_uri(example_png(ds, ds.x_train[i])), caption, "flipped" if flipped else ""))
+            out.append("</div>")
+        else:
+            out.append(_table(["train index", "label", "memorization", "stderr", "held-out accuracy"],
+                              [[int(i), _label_text(scores, None, int(i)), _fmt(mem[i]), _fmt(se[i]),
+                                _fmt(float(scores["heldout_accuracy"][i]))] for i in top], raw=True))
+        out.append("</div>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def _table(header: list[str], rows: list[list], raw: bool = False, css: str = "", numeric: bool = True) -> str:
+    """An HTML table; `raw` cells are HTML already; `numeric` right-aligns cells that are numbers."""
+
+    def cell(v):
+        num = numeric and (isinstance(v, (int, float, np.integer, np.floating))
+                           or (isinstance(v, str) and v.replace(".", "", 1).lstrip("-").isdigit()))
+        return f'<td{" class=num" if num else ""}>{v if raw else _esc(v)}</td>'
+
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
+    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _influence_section(influence: Columns, scores: Columns, ds: Dataset | None, examples: int, k: int) -> str:
+    out = ['<section id="influence"><h2>Influence: test examples and their most influential training examples</h2>']
+    if not influence or len(influence.get("test_index", ())) == 0:
+        out.append("<p>No influence pairs were kept for this run.</p></section>")
+        return "\n".join(out)
+    tr, te = influence["train_index"], influence["test_index"]
+    val, rank = influence["influence"], influence["topk_rank"]
+    top1 = np.flatnonzero(rank == 1)
+    se = influence.get("influence_stderr", np.zeros(len(val)))
+    chosen = top1[np.lexsort((te[top1], se[top1], -val[top1]))][:examples]  # ties: the surer estimate first
+    out.append(f"<p>The {len(chosen)} test examples whose most influential training example has the highest influence "
+               f"(FZ eq. 2: P[correct on the test example | train example in the subset] − P[… | held out]), "
+               f"each followed by its top {k} training examples (influence ± standard error; with few models most of "
+               f"these values are noise).</p>")
+    mem = np.asarray(scores["memorization"], np.float64)
+    for r in chosen:
+        j = int(te[r])
+        row = np.flatnonzero((te == j) & (rank >= 1) & (rank <= k))
+        row = row[np.argsort(rank[row], kind="stable")]
+        test_label = int(influence["test_label"][r]) if "test_label" in influence else None
+        if ds is not None:
+            parts = ['<div class="influence-row">',
+                     _example_figure(_png_uri(example_png(ds, ds.x_test[j])),
+                                     f"test #{j}<br>label {_esc(_class_name(ds, int(ds.y_test[j])))}", "test"),
+                     '<span class="arrow">←</span>']
+            for q in row:
+                i = int(tr[q])
+                parts.append(_example_figure(
+                    _png_uri(example_png(ds, ds.x_train[i])),
+                    f"train #{i} · {_label_text(scores, ds, i)}<br>infl {_fmt(float(val[q]), 2)} ± {_fmt(float(se[q]), 2)}"
+                    f" · mem {_fmt(mem[i], 2)}"))
+            parts.append("</div>")
+            out.append("".join(parts))
+        else:
+            out.append(f"<h3>test #{j} (label {test_label})</h3>")
+            out.append(_table(["rank", "train index", "train label", "influence", "stderr", "memorization"],
+                              [[int(rank[q]), int(tr[q]), int(scores["label"][int(tr[q])]), _fmt(float(val[q])),
+                                _fmt(float(se[q])),
+                                _fmt(mem[int(tr[q])])] for q in row]))
+    above = np.flatnonzero(influence.get("above_threshold", np.zeros(len(tr), bool)))
+    if len(above):
+        above = above[np.argsort(-val[above], kind="stable")][:25]
+        out.append(f"<h3>Strongest pairs at or above the threshold ({len(np.flatnonzero(influence['above_threshold']))} in all; top 25)</h3>")
+        out.append(_table(["train index", "test index", "influence", "train label", "test label"],
+                          [[int(tr[q]), int(te[q]), _fmt(float(val[q])),
+                            int(influence["train_label"][q]) if "train_label" in influence else "–",
+                            int(influence["test_label"][q]) if "test_label" in influence else "–"] for q in above]))
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def render_report(
+    scores: Columns,
+    influence: Columns,
+    summary: dict,
+    ds: Dataset | None = None,
+    notes: list[str] | tuple[str, ...] = (),
+    title: str = "",
+    per_class: int = 8,
+    max_classes: int = 50,
+    influence_examples: int = 12,
+    influence_k: int = 5,
+) -> str:
+    """The HTML page for one run. `ds` is the dataset the run trained on (see `run_dataset`);
+    None draws no pictures of examples (tables instead). `notes` are shown at the top."""
+    name = summary.get("dataset", {}).get("name") or summary.get("spec", {}).get("dataset", "run")
+    title = title or f"memscore report: {name}"
+    notes = list(notes)
+    if ds is not None and ds.n_train != len(scores["label"]):
+        notes.append(f"the dataset has {ds.n_train} training examples but the scores {len(scores['label'])}; examples not drawn")
+        ds = None
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+    ]
+    parts += [f'<p class="note">{_esc(n)}</p>' for n in notes]
+    parts.append('<section id="summary"><h2>Run summary</h2>')
+    parts.append(_table(["", ""], [[k, v] for k, v in _summary_rows(summary)], css="summary", numeric=False))
+    parts.append(f"<details><summary>summary.json</summary><pre>{_esc(json.dumps(summary, indent=2, sort_keys=True))}</pre></details>")
+    parts.append("</section>")
+    parts.append('<section id="histogram"><h2>Score distributions</h2>'
+                 f'<img class="plot" src="{_png_uri(_histogram_png(scores))}" alt="histograms of the scores">'
+                 "<p>Counts on a log scale; the dashed line is Feldman &amp; Zhang's threshold for a memorized example (0.25).</p>"
+                 "</section>")
+    parts.append(_memorized_section(scores, ds, per_class, max_classes))
+    parts.append(_influence_section(influence, scores, ds, influence_examples, influence_k))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def load_dataset_for_report(summary: dict, ref: str = "", objects=None) -> tuple[Dataset | None, str]:
+    """(the run's dataset, "") or (None, why not). `ref` overrides the spec's dataset reference;
+    `datasets/<sha256>.npz` references are read from `objects` (an ObjectStore) when given."""
+    from .engine.datasets import DatasetError, dataset_from_npz_bytes, load_dataset
+
+    ref = ref or summary.get("spec", {}).get("dataset", "")
+    try:
+        if ref.startswith("datasets/"):
+            if objects is None:
+                return None, f"dataset {ref} is in the service's object store, which is not reachable from here"
+            try:
+                data = objects.get_bytes(ref)
+            except Exception as e:  # not there, a store that is down, credentials missing
+                return None, (f"{ref} could not be read from the object store {objects.describe()} ({type(e).__name__}); "
+                              "point MEMSCORE_STORE (and MEMSCORE_S3_*) at the service's store, or pass --dataset with a local copy")
+            ds = dataset_from_npz_bytes(data)
+        else:
+            ds = load_dataset(ref)
+        return run_dataset(summary, ds), ""
+    except (DatasetError, ValueError, OSError, KeyError) as e:
+        return None, f"dataset {ref!r} could not be loaded: {e}"
+    except Exception as e:  # a store that is down, credentials missing: still write the page
+        return None, f"dataset {ref!r} could not be loaded: {type(e).__name__}: {e}"
+
+
+__all__ = ["RESULT_FILES", "example_png", "load_dataset_for_report", "read_result_files", "render_report", "run_dataset"]
