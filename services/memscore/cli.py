@@ -73,7 +73,8 @@ def _spec_from_args(args: argparse.Namespace):
     )
 
 
-def _print_ranked(rows: list[dict], file=sys.stdout) -> None:
+def _print_ranked(rows: list[dict], file=None) -> None:
+    file = file or sys.stdout  # looked up at call time, so redirections apply
     cols = ("index", "label", "memorization", "memorization_stderr", "memorization_soft", "heldout_accuracy", "n_in", "n_out")
     print("  ".join(f"{c:>12}" for c in cols), file=file)
     for r in rows:

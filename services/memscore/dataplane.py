@@ -20,6 +20,7 @@ from collections import OrderedDict
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from kombu.exceptions import OperationalError
 
 from .engine.spec import ScoringSpec
 from .errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -132,7 +133,7 @@ class ScoringPlane:
         try:
             self.rt.objects.put_bytes(layout.spec_key(record.job_id), json.dumps({"kind": kind, "spec": spec}).encode())
             self._enqueue_work(record)
-        except (StoreUnavailable, OSError, Exception) as e:  # broker or store down: leave nothing half-made
+        except (StoreUnavailable, OSError, OperationalError) as e:  # broker or store down: leave nothing half-made
             self.rt.jobs.delete(record.job_id)
             raise Unavailable(f"could not queue the job ({type(e).__name__}: {e}); nothing was stored, retry") from e
         return record, True

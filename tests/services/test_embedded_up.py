@@ -60,6 +60,7 @@ def test_embedded_up_serves_submit_watch_results(tmp_path):
         assert [e.index for e in ranked] == want.tolist()
         assert (tmp_path / "home" / "jobs.sqlite3").exists()
         assert list((tmp_path / "home" / "store" / "jobs").glob(f"{job.job_id}/results/scores.parquet"))
+        check_cli_commands(f"127.0.0.1:{gw}", f"127.0.0.1:{res}", job.job_id, blobs, tmp_path, ranked)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -67,3 +68,46 @@ def test_embedded_up_serves_submit_watch_results(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def check_cli_commands(gateway: str, results: str, job_id: str, blobs, tmp_path, ranked) -> None:
+    """The client commands users script against, on a live server."""
+    import csv
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from memscore.cli import main
+
+    svc = ["--gateway", gateway, "--results", results]
+
+    def run(*args):
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(args))
+        return code, out.getvalue(), err.getvalue()
+
+    code, out, _ = run("results", job_id, "--top", "5", *svc)
+    assert code == 0 and len(out.strip().splitlines()) == 6  # header + 5 rows
+    assert out.splitlines()[1].split()[0] == str(ranked[0].index)
+    code, _, _ = run("results", job_id, "--top", "0", "--class", "2", "--csv", str(tmp_path / "c2.csv"), *svc)
+    rows = list(csv.DictReader(open(tmp_path / "c2.csv")))
+    assert code == 0 and rows and all(r["label"] == "2" for r in rows)
+    code, out, _ = run("influence", job_id, "--test-index", "3", "--top", "4", *svc)
+    assert code == 0 and len(out.strip().splitlines()) == 5
+    code, out, _ = run("status", job_id, *svc)
+    assert code == 0 and "JOB_STATE_SUCCEEDED" in out
+    code, out, _ = run("status", *svc)
+    assert code == 0 and job_id in out
+    code, out, _ = run("watch", job_id, *svc)
+    assert code == 0 and "SUCCEEDED" in out
+    code, out, _ = run("upload", str(blobs), *svc)
+    assert code == 0 and out.strip().startswith("datasets/") and out.strip().endswith(".npz")
+    code, out, _ = run("submit", "--dataset", out.strip(), "--model", "mlp", "--models", "4", "--epochs", "2",
+                       "--shard-size", "2", "--request-id", "cli-1", "--wait", *svc)
+    assert code == 0 and out.splitlines()[0].startswith("job-") and "SUCCEEDED" in out
+    code, _, err = run("cancel", "job-nope", *svc)
+    assert code == 1 and "NOT_FOUND" in err
+    code, _, err = run("submit", "--dataset", "mnist1d", "--models", "1", "--ratio", "2", *svc)
+    assert code == 1 and "INVALID_ARGUMENT" in err and "spec.scoring.ratio" in err and "spec.scoring.models" in err
+    code, _, _ = run("report", job_id, "--out", str(tmp_path / "r.html"), "--results", results)
+    assert code == 0 and "data:image/png;base64" in (tmp_path / "r.html").read_text()
