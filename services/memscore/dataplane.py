@@ -135,6 +135,10 @@ class ScoringPlane:
             self._enqueue_work(record)
         except (StoreUnavailable, OSError, OperationalError) as e:  # broker or store down: leave nothing half-made
             self.rt.jobs.delete(record.job_id)
+            try:
+                self.rt.objects.delete_prefix(layout.job_prefix(record.job_id))
+            except (StoreUnavailable, OSError):
+                pass  # the store is what failed: there is nothing in it to remove
             raise Unavailable(f"could not queue the job ({type(e).__name__}: {e}); nothing was stored, retry") from e
         return record, True
 
