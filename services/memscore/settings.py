@@ -23,6 +23,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_S3_SECRET_KEY": ("", "S3 secret key"),
     "MEMSCORE_S3_SECURE": ("false", "use TLS to the S3 endpoint (true/false)"),
     "MEMSCORE_S3_REGION": ("", "S3 region (optional)"),
+    "MEMSCORE_S3_PUBLIC_ENDPOINT": ("", "http(s)://host[:port] of the S3 endpoint as outside clients reach it, for presigned URLs; empty = MEMSCORE_S3_ENDPOINT"),
     "MEMSCORE_GATEWAY_PORT": ("50051", "gRPC port of the Scoring service"),
     "MEMSCORE_RESULTS_PORT": ("50052", "gRPC port of the Results service"),
     "MEMSCORE_BIND": ("0.0.0.0", "address the gRPC servers listen on"),
@@ -57,6 +58,7 @@ class Settings:
     s3_secret_key: str = field(default_factory=lambda: env("MEMSCORE_S3_SECRET_KEY"))
     s3_secure: bool = field(default_factory=lambda: env("MEMSCORE_S3_SECURE").lower() in ("1", "true", "yes"))
     s3_region: str = field(default_factory=lambda: env("MEMSCORE_S3_REGION"))
+    s3_public_endpoint: str = field(default_factory=lambda: env("MEMSCORE_S3_PUBLIC_ENDPOINT"))
     gateway_port: int = field(default_factory=lambda: int(env("MEMSCORE_GATEWAY_PORT")))
     results_port: int = field(default_factory=lambda: int(env("MEMSCORE_RESULTS_PORT")))
     bind: str = field(default_factory=lambda: env("MEMSCORE_BIND"))

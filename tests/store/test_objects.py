@@ -143,6 +143,22 @@ def test_presigned_url_serves_the_object(store):
         assert resp.read() == b'{"ok": true}'
 
 
+def test_presigned_urls_name_the_public_endpoint(s3_settings):
+    """Behind a proxy or in a cluster, clients reach S3 by another name than the services do."""
+    import dataclasses
+
+    host, port = s3_settings.s3_endpoint.split(":")
+    public = dataclasses.replace(s3_settings, s3_public_endpoint=f"http://localhost:{port}")
+    store = open_object_store(public)
+    store.put_bytes("jobs/j/results/scores.parquet", b"PAR1")
+    url = store.presigned_get_url("jobs/j/results/scores.parquet", expires_s=60)
+    assert url.startswith(f"http://localhost:{port}/")
+    with urllib.request.urlopen(url, timeout=10) as resp:  # the signature holds for that host
+        assert resp.read() == b"PAR1"
+    with pytest.raises(ValueError, match="public S3 endpoint"):
+        open_object_store(dataclasses.replace(s3_settings, s3_public_endpoint="ftp://x"))
+
+
 def test_local_store_hides_temp_files_and_stays_under_root(tmp_path):
     store = LocalObjectStore(tmp_path / "root")
     store.put_bytes("a/b", b"1")

@@ -253,6 +253,7 @@ class S3ObjectStore(ObjectStore):
         read_timeout_s: float = 300.0,
         retries: int = 3,
         part_size: int = 0,  # bytes per multipart part; 0 = minio's choice (>= 5 MiB)
+        public_endpoint: str = "",  # http(s)://host[:port] that outside clients reach; "" = endpoint
     ):
         import certifi
         import urllib3
@@ -291,6 +292,17 @@ class S3ObjectStore(ObjectStore):
 
         self._make_client = make_client
         self._minio = make_client()
+        self._public = None
+        if public_endpoint:
+            from urllib.parse import urlparse
+
+            u = urlparse(public_endpoint if "://" in public_endpoint else f"{'https' if secure else 'http'}://{public_endpoint}")
+            if u.scheme not in ("http", "https") or not u.netloc or u.path.strip("/"):
+                raise ValueError(f"public S3 endpoint {public_endpoint!r}: expected http(s)://host[:port]")
+            # Presigning is local computation; an explicit region keeps this client from ever
+            # asking the (possibly unreachable from here) public endpoint for the bucket's region.
+            self._public = Minio(u.netloc, access_key=access_key or None, secret_key=secret_key or None,
+                                 secure=u.scheme == "https", region=region or "us-east-1")
         self._pid = os.getpid()
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
@@ -459,9 +471,8 @@ class S3ObjectStore(ObjectStore):
         check_key(key)
         if not 1 <= expires_s <= _MAX_PRESIGN_S:
             raise ValueError(f"expires_s must be between 1 and {_MAX_PRESIGN_S}, got {expires_s}")
-        return self._call(
-            self._client.presigned_get_object, self.bucket, key, expires=timedelta(seconds=expires_s), key=key
-        )
+        client = self._public or self._client
+        return self._call(client.presigned_get_object, self.bucket, key, expires=timedelta(seconds=expires_s), key=key)
 
     def describe(self) -> str:
         return f"s3://{self.bucket}@{'https' if self.secure else 'http'}://{self.endpoint}"
@@ -487,6 +498,7 @@ def open_object_store(settings: "Settings | None" = None, **s3_options) -> Objec
             bucket=bucket,
             secure=settings.s3_secure,
             region=settings.s3_region,
+            public_endpoint=settings.s3_public_endpoint,
             **s3_options,
         )
     if "://" in spec and not spec.startswith("file://"):
