@@ -39,6 +39,7 @@ METRICS = (
     "memorization_soft_stderr",
 )
 MAX_PAGE = 1000
+BUILTIN_SHAPES = {"mnist1d": (40,), "digits": (1, 8, 8), "longtail": (1, 16, 16)}  # engine/datasets.py
 
 
 class AnytimeEstimates:
@@ -170,25 +171,40 @@ class ScoringPlane:
             if why:
                 problems.append(("spec.scoring.dataset", why))
             else:
-                self._check_dataset_size(s.dataset)
+                problems += self._check_dataset_fits(s)
         if problems:
             raise InvalidArgument(problems)
         s.shard_size = s.effective_shard_size  # fixed at submit: model k's shard never changes
         return s.to_dict(), s.num_shards, s.models
 
-    def _check_dataset_size(self, ref: str) -> None:
+    def _dataset_meta(self, ref: str) -> dict | None:
+        """What the gateway knows of a dataset without loading it: built-ins' shapes, and the
+        facts recorded at upload. None for a path on the server (checked by the worker)."""
+        if ref in BUILTIN_SHAPES:
+            return {"feature_shape": BUILTIN_SHAPES[ref], "n_train": 0}
         if not layout.is_dataset_key(ref):
-            return
-        meta_key = ref + ".meta.json"
+            return None
         try:
-            meta = json.loads(self.rt.objects.get_bytes(meta_key))
+            return json.loads(self.rt.objects.get_bytes(ref + ".meta.json"))
         except ObjectNotFound:
-            return
+            return None
+
+    def _check_dataset_fits(self, s: ScoringSpec) -> list[tuple[str, str]]:
+        """The dataset's size is within limits and the model takes its shape."""
+        meta = self._dataset_meta(s.dataset)
+        if meta is None:
+            return []
         if meta.get("n_train", 0) > self.rt.settings.max_train_examples:
             raise ResourceExhausted(
                 f"spec.scoring.dataset: {meta['n_train']} training examples exceeds this server's limit of "
                 f"{self.rt.settings.max_train_examples} (MEMSCORE_MAX_TRAIN_EXAMPLES)"
             )
+        shape = tuple(meta.get("feature_shape") or ())
+        takes = {"cnn1d": (1, 2), "resnet": (3,)}.get(s.model)
+        if shape and takes and len(shape) not in takes:
+            need = "(L,) or (c, L) sequences" if s.model == "cnn1d" else "(c, h, w) images"
+            return [("spec.scoring.model", f"{s.model} takes {need}; this dataset's examples have shape {shape}")]
+        return []
 
     def _check_exposure(self, spec: dict) -> tuple[dict, int, int]:
         from .engine.spec import ExposureSpec

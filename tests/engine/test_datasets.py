@@ -321,3 +321,11 @@ def test_flip_labels_rejects_fractions_outside_0_1():
     ds = load_longtail(seed=0, n_train=300, n_test=100, num_classes=4, image_size=8)
     with pytest.raises(DatasetError, match="fraction"):
         flip_labels(ds, 1.5, seed=0)
+
+
+def test_builtin_shapes_known_to_the_gateway_match_the_loaders():
+    from memscore.dataplane import BUILTIN_SHAPES
+    from memscore.engine.datasets import load_dataset
+
+    for name, shape in BUILTIN_SHAPES.items():
+        assert load_dataset(name).feature_shape == shape

@@ -129,6 +129,11 @@ def test_bad_requests_get_the_right_status_codes(stack, client, tmp_path):
         client.submit_scoring(dataset="mnist1d", models=10**6)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
+    with pytest.raises(grpc.RpcError) as e:  # a model that cannot take the data fails now, not in a worker
+        client.submit_scoring(dataset="mnist1d", model="resnet", models=4)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations(e.value)] == ["spec.scoring.model"]
+
     with pytest.raises(grpc.RpcError) as e:
         client.submit(job_pb2.JobSpec())
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
