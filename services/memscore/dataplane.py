@@ -483,12 +483,22 @@ class ResultsPlane:
             raise InvalidArgument([("index", f"must be in 0..{n - 1}, got {index}")])
         return _row(cols, index, 0), final
 
-    def influence(self, job_id: str, test_index: int | None = None, limit: int = 100) -> list[dict]:
+    def _influence_table(self, job_id: str) -> tuple[JobRecord, dict[str, np.ndarray]]:
         rec = self._job(job_id)
         if rec.state != "SUCCEEDED":
             raise FailedPrecondition(f"job {job_id} is {rec.state}; influence is computed when the job SUCCEEDED")
         key = layout.result_key(job_id, "influence.parquet")
-        cols = self._cached(("influence", job_id, rec.version), lambda: _read_parquet(self.rt.objects.get_bytes(key)))
+        return rec, self._cached(("influence", job_id, rec.version), lambda: _read_parquet(self.rt.objects.get_bytes(key)))
+
+    def influence_of_train(self, job_id: str, index: int, limit: int = 10) -> list[dict]:
+        """The stored pairs in which training example `index` is the influencer, strongest first."""
+        _, cols = self._influence_table(job_id)
+        sel = np.nonzero(cols["train_index"] == index)[0]
+        sel = sel[np.argsort(-cols["influence"][sel], kind="stable")][:limit]
+        return [{c: cols[c][i].item() for c in cols} for i in sel]
+
+    def influence(self, job_id: str, test_index: int | None = None, limit: int = 100) -> list[dict]:
+        rec, cols = self._influence_table(job_id)
         if test_index is None:
             sel = np.nonzero(cols["above_threshold"])[0]
             sel = sel[np.argsort(-cols["influence"][sel], kind="stable")]

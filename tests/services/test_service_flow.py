@@ -59,6 +59,10 @@ def test_submit_watch_and_results_match_an_embedded_run(stack, client, blobs):
     only_class_1 = client.ranked(job.job_id, classes=[1], limit=0)
     assert only_class_1 and all(e.label == 1 for e in only_class_1)
 
+    ex = client.example(job.job_id, int(ranked[0].index))
+    assert ex.final and ex.example.index == ranked[0].index and ex.example.memorization == ranked[0].memorization
+    assert all(p.train_index == ranked[0].index for p in ex.influence)
+    assert [p.influence for p in ex.influence] == sorted((p.influence for p in ex.influence), reverse=True)
     pairs = client.influence(job.job_id, test_index=5, limit=3)
     assert [p.test_index for p in pairs] == [5, 5, 5]
     assert pairs[0].influence >= pairs[1].influence >= pairs[2].influence

@@ -15,7 +15,7 @@ from ..rpc import build_server
 from ..runtime import Runtime, runtime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ResultsService"].full_name
-BATCH = 500  # examples per streamed message: well under the 4 MiB default message limit
+BATCH = 500  # influence pairs per streamed message: well under the 4 MiB default message limit
 ARTIFACT_CHUNK = 1 << 20
 
 _EXAMPLE_FIELDS = ("index", "label", "memorization", "memorization_stderr", "memorization_soft",
@@ -49,16 +49,13 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
         )
         cols = self.plane.scores(request.job_id)[0]
         models = int(cols["n_in"][0] + cols["n_out"][0]) if len(cols["n_in"]) else 0  # models merged
-        if not rows:
-            yield pb.StreamRankedResponse(next_page_token=token, final=final, models=models)
-        for a in range(0, len(rows), BATCH):
-            last = a + BATCH >= len(rows)
-            yield pb.StreamRankedResponse(examples=[_example(r) for r in rows[a : a + BATCH]],
-                                          next_page_token=token if last else "", final=final, models=models)
+        # one message per page: at most MAX_PAGE (1000) examples, ~0.1 MB, far below message limits
+        yield pb.StreamRankedResponse(examples=[_example(r) for r in rows], next_page_token=token, final=final, models=models)
 
     def GetExample(self, request, context):
         row, final = self.plane.example(request.job_id, request.index)
-        return pb.GetExampleResponse(example=_example(row), final=final)
+        pairs = self.plane.influence_of_train(request.job_id, request.index) if final else []
+        return pb.GetExampleResponse(example=_example(row), final=final, influence=[_pair(r) for r in pairs])
 
     def StreamInfluence(self, request, context):
         test_index = request.test_index if request.HasField("test_index") else None
