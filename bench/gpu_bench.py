@@ -2,7 +2,7 @@
 
 One device call, well under 8 minutes on one H200 (the default plan below):
 
-    PYTHONUNBUFFERED=1 python bench/gpu_bench.py --out $OUT/gpu_bench.json
+    PYTHONPATH=services PYTHONUNBUFFERED=1 python3 bench/gpu_bench.py --out $OUT/gpu_bench.json
 
 Synthetic tensors (28×28×1, 10 classes, 60 000 train / 10 000 test) are enough for timing:
 the work per step does not depend on pixel values. For each architecture it trains `--models`
