@@ -103,6 +103,17 @@ def _check_new_record(record: JobRecord) -> None:
         raise ValueError(f"state {record.state!r} must be one of {', '.join(STATES)}")
 
 
+def _new_record(record: JobRecord, request_id: str | None) -> JobRecord:
+    """The record as first stored: checked, version 1, counters and flags reset."""
+    _check_new_record(record)
+    now = time.time()
+    return dataclasses.replace(
+        record, request_id=record.request_id if request_id is None else request_id,
+        created_at=record.created_at or now, updated_at=now,
+        version=1, shards_done=0, models_done=0, cancel_requested=False,
+    )
+
+
 def _apply_update(rec: JobRecord, fields: dict[str, Any]) -> JobRecord | None:
     """The record after `update(**fields)`, or None when nothing may change (terminal)."""
     bad = sorted(set(fields) - ({f.name for f in dataclasses.fields(JobRecord)} - _STORE_FIELDS))
@@ -252,13 +263,8 @@ class RedisJobStore(JobStore):
         self._r.close()
 
     def create(self, record: JobRecord, request_id: str | None = None) -> tuple[JobRecord, bool]:
-        _check_new_record(record)
-        request_id = record.request_id if request_id is None else request_id
-        now = time.time()
-        new = dataclasses.replace(
-            record, request_id=request_id, created_at=record.created_at or now, updated_at=now,
-            version=1, shards_done=0, models_done=0, cancel_requested=False,
-        )
+        new = _new_record(record, request_id)
+        request_id = new.request_id
         job_key = self._k("job", new.job_id)
         req_key = self._k("req", request_id) if request_id else None
         out: list[tuple[JobRecord, bool]] = []
@@ -465,13 +471,8 @@ class SqliteJobStore(JobStore):
         return new
 
     def create(self, record: JobRecord, request_id: str | None = None) -> tuple[JobRecord, bool]:
-        _check_new_record(record)
-        request_id = record.request_id if request_id is None else request_id
-        now = time.time()
-        new = dataclasses.replace(
-            record, request_id=request_id, created_at=record.created_at or now, updated_at=now,
-            version=1, shards_done=0, models_done=0, cancel_requested=False,
-        )
+        new = _new_record(record, request_id)
+        request_id = new.request_id
 
         def body(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
             if request_id:
