@@ -35,18 +35,34 @@ def _healthy(target: str) -> bool:
         return False
 
 
-def test_embedded_up_serves_submit_watch_results(tmp_path):
+def start_up(tmp_path, gw: int, res: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env["MEMSCORE_HOME"] = str(tmp_path / "home")
     env["OMP_NUM_THREADS"] = "1"
-    gw, res = free_port(), free_port()
-    log = open(tmp_path / "up.log", "w")
+    log = open(tmp_path / "up.log", "a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "memscore.cli", "up", "--gateway-port", str(gw), "--results-port", str(res), "--bind", "127.0.0.1"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
+    wait_for(lambda: _healthy(f"127.0.0.1:{gw}") and _healthy(f"127.0.0.1:{res}"), 60, what="memscore up")
+    return proc
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
     try:
-        wait_for(lambda: _healthy(f"127.0.0.1:{gw}") and _healthy(f"127.0.0.1:{res}"), 60, what="memscore up")
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def test_embedded_up_serves_submit_watch_results(tmp_path):
+    gw, res = free_port(), free_port()
+    proc = start_up(tmp_path, gw, res)
+    try:
         blobs = write_blobs_npz(tmp_path / "blobs.npz")
         spec = dict(model="mlp", models=6, epochs=3, seed=1, shard_size=3)
         with Client(f"127.0.0.1:{gw}", f"127.0.0.1:{res}") as c:
@@ -62,12 +78,38 @@ def test_embedded_up_serves_submit_watch_results(tmp_path):
         assert list((tmp_path / "home" / "store" / "jobs").glob(f"{job.job_id}/results/scores.parquet"))
         check_cli_commands(f"127.0.0.1:{gw}", f"127.0.0.1:{res}", job.job_id, blobs, tmp_path, ranked)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop(proc)
+
+
+def test_embedded_up_killed_mid_job_resumes_it_on_restart(tmp_path):
+    """The in-memory queue dies with the process; the job store and the traces do not."""
+    from memscore.store.jobs import SqliteJobStore
+
+    gw, res = free_port(), free_port()
+    blobs = write_blobs_npz(tmp_path / "blobs.npz")
+    spec = dict(model="mlp", models=12, epochs=300, seed=1, shard_size=2)
+    proc = start_up(tmp_path, gw, res)
+    try:
+        with Client(f"127.0.0.1:{gw}", f"127.0.0.1:{res}") as c:
+            job = c.submit_scoring(dataset=str(blobs), **spec)
+            wait_for(lambda: c.get(job.job_id).progress.shards_done >= 2, 120, what="two shards done")
+        stop(proc, signal.SIGKILL)
+        jobs = SqliteJobStore(tmp_path / "home" / "jobs.sqlite3")
+        rec = jobs.get(job.job_id)
+        assert rec.state == "RUNNING" and 2 <= rec.shards_done < 6
+        done_before = rec.shards_done
+        proc = start_up(tmp_path, gw, res)
+        with Client(f"127.0.0.1:{gw}", f"127.0.0.1:{res}") as c:
+            final = c.wait(job.job_id, timeout=180)
+        assert final.state == job_pb2.JOB_STATE_SUCCEEDED, (tmp_path / "up.log").read_text()[-3000:]
+        delivered_once = sum(jobs.incr_attempts(job.job_id, s) == 2 for s in range(6))
+        assert delivered_once >= done_before  # finished shards were not trained again
+        local = run_scoring(load_dataset(str(blobs)), ScoringSpec(dataset=str(blobs), **spec), device="cpu")
+        with Client(f"127.0.0.1:{gw}", f"127.0.0.1:{res}") as c:
+            got = [e.memorization for e in sorted(c.ranked(job.job_id, limit=0), key=lambda e: e.index)]
+        np.testing.assert_array_equal(np.array(got), local.scores["memorization"])
+    finally:
+        stop(proc)
 
 
 def check_cli_commands(gateway: str, results: str, job_id: str, blobs, tmp_path, ranked) -> None:
