@@ -120,40 +120,27 @@ STATE_TO_PB = {
 PB_TO_STATE = {v: k for k, v in STATE_TO_PB.items()}
 KIND_TO_PB = {"scoring": job_pb2.JOB_KIND_SCORING, "exposure": job_pb2.JOB_KIND_EXPOSURE}
 
-_SCORING_OPTIONAL = ("influence_top_k", "influence_threshold", "max_influence_pairs")
+def _set_fields(msg, always: tuple[str, ...] = ()) -> dict:
+    """The fields of a spec message that carry a value. In proto3 a zero or empty value means
+    "the default", which the engine's spec dataclass supplies; `optional` fields say
+    explicitly whether they were set (their 0 is a value)."""
+    out = {}
+    for f in msg.DESCRIPTOR.fields:
+        value = getattr(msg, f.name)
+        if f.is_repeated:
+            value = list(value)
+        if (msg.HasField(f.name) if f.has_presence else bool(value)) or f.name in always:
+            out[f.name] = value
+    return out
 
 
 def spec_from_pb(spec: job_pb2.JobSpec) -> tuple[str, dict]:
-    """(kind, spec dict) from a JobSpec; unset optional fields take the dataclass defaults."""
+    """(kind, spec dict) from a JobSpec; unset fields take the engine dataclass's defaults."""
     which = spec.WhichOneof("kind")
     if which == "scoring":
-        s = spec.scoring
-        d = {
-            f: getattr(s, f)
-            for f in ("dataset", "model", "models", "ratio", "epochs", "seed", "batch_size", "lr", "shard_size", "label_noise", "keep_checkpoints")
-        }
-        d["model"] = d["model"] or "auto"
-        if s.models == 0:
-            d["models"] = 64
-        if s.ratio == 0.0:
-            d["ratio"] = 0.7
-        for f in _SCORING_OPTIONAL:
-            if s.HasField(f):
-                d[f] = getattr(s, f)
-        return "scoring", d
+        return "scoring", _set_fields(spec.scoring, always=("dataset",))  # "" is reported as missing
     if which == "exposure":
-        e = spec.exposure
-        d = {"corpus": e.corpus or "builtin", "canaries": list(e.canaries), "insertions": list(e.insertions),
-             "model": e.model or "lstm", "epochs": e.epochs, "seed": e.seed}
-        if e.enumeration_budget:
-            d["enumeration_budget"] = e.enumeration_budget
-        if e.num_samples:
-            d["num_samples"] = e.num_samples
-        if not d["canaries"]:
-            d.pop("canaries")
-        if not d["insertions"]:
-            d.pop("insertions")
-        return "exposure", d
+        return "exposure", _set_fields(spec.exposure)
     return "", {}
 
 

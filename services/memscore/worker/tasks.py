@@ -20,6 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from ..engine.datasets import DatasetError
 from ..engine.spec import ScoringSpec
+from ..engine.subsets import shard_model_ids
 from ..runtime import runtime
 from ..store import layout
 from ..store.jobs import JobNotFound
@@ -90,7 +91,7 @@ def train_shard(self, job_id: str, shard: int) -> str:
     spec = ScoringSpec.from_dict(rec.spec)
     key = layout.trace_key(job_id, shard)
     if rt.objects.exists(key):
-        _shard_finished(job_id, shard, len(range(shard * spec.effective_shard_size, min(spec.models, (shard + 1) * spec.effective_shard_size))))
+        _shard_finished(job_id, shard, len(shard_model_ids(spec.models, spec.effective_shard_size, shard)))
         return "already done"
     attempts = rt.jobs.incr_attempts(job_id, shard)
     if attempts > rt.settings.max_attempts:
