@@ -64,9 +64,17 @@ def bench(ds: Dataset, arch: str, models: int, group: int, epochs: int, device: 
     train_flops = 3 * fwd * steps * recipe.batch_size * models
     eval_flops = fwd * (ds.n_train + ds.n_test) * models
     res = {
-        "arch": arch, "params_per_model": params, "forward_flops_per_example": fwd, "models": models, "group": group,
-        "epochs": epochs, "steps_per_model": steps, "batch_size": recipe.batch_size, "wall_s": wall,
-        "s_per_model": wall / models, "tflops": (train_flops + eval_flops) / wall / 1e12,
+        "arch": arch,
+        "params_per_model": params,
+        "forward_flops_per_example": fwd,
+        "models": models,
+        "group": group,
+        "epochs": epochs,
+        "steps_per_model": steps,
+        "batch_size": recipe.batch_size,
+        "wall_s": wall,
+        "s_per_model": wall / models,
+        "tflops": (train_flops + eval_flops) / wall / 1e12,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
     }
     print(json.dumps(res), flush=True)
@@ -88,8 +96,12 @@ def main() -> None:
         args.models, args.group = 4, 2
     epochs = dict(kv.split(":") for kv in args.epochs.split(","))
     ds = synthetic_mnist(n, m)
-    info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-            "n_train": n, "n_test": m}
+    info = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "n_train": n,
+        "n_test": m,
+    }
     print(json.dumps(info), flush=True)
     results = [bench(ds, a, args.models, args.group, int(epochs.get(a, 1)), device) for a in args.archs.split(",")]
     if args.out:

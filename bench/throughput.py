@@ -37,14 +37,22 @@ def main() -> None:
     ds = load_mnist1d()
     arch = resolve_arch(args.arch, ds)
     recipe = replace(make_recipe(arch, epochs=args.epochs))
-    info = {"arch": arch, "epochs": args.epochs, "batch_size": recipe.batch_size, "n_train": ds.n_train,
-            "threads": torch.get_num_threads(), "device": args.device}
+    info = {
+        "arch": arch,
+        "epochs": args.epochs,
+        "batch_size": recipe.batch_size,
+        "n_train": ds.n_train,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+    }
 
     # Warm-up, untimed: the first model in a process pays one-off costs (oneDNN primitive
     # creation, allocator growth) that would otherwise inflate the plain loop's time ~3x.
     warm = replace(recipe, epochs=1)
     train_single(ds, arch, 0, 0.7, 0, warm)
-    train_ensemble(ds, arch, list(range(min(4, args.shard_size))), 0.7, 0, warm, device=args.device, group_size=args.group_size)
+    train_ensemble(
+        ds, arch, list(range(min(4, args.shard_size))), 0.7, 0, warm, device=args.device, group_size=args.group_size
+    )
 
     t = time.perf_counter()
     for k in range(args.sequential_models):
@@ -52,13 +60,22 @@ def main() -> None:
     seq = (time.perf_counter() - t) / args.sequential_models
 
     t = time.perf_counter()
-    train_ensemble(ds, arch, list(range(args.shard_size)), 0.7, 0, recipe, device=args.device, group_size=args.group_size)
+    train_ensemble(
+        ds, arch, list(range(args.shard_size)), 0.7, 0, recipe, device=args.device, group_size=args.group_size
+    )
     vec = (time.perf_counter() - t) / args.shard_size
 
-    res = {**info, "sequential_s_per_model": seq, "vectorised_s_per_model": vec, "shard_size": args.shard_size,
-           "speedup": seq / vec}
-    print(f"{arch} on mnist1d ({ds.n_train} train, {args.epochs} epochs, batch {recipe.batch_size}, "
-          f"{torch.get_num_threads()} threads, {args.device})")
+    res = {
+        **info,
+        "sequential_s_per_model": seq,
+        "vectorised_s_per_model": vec,
+        "shard_size": args.shard_size,
+        "speedup": seq / vec,
+    }
+    print(
+        f"{arch} on mnist1d ({ds.n_train} train, {args.epochs} epochs, batch {recipe.batch_size}, "
+        f"{torch.get_num_threads()} threads, {args.device})"
+    )
     print(f"  sequential loop : {seq:8.3f} s/model  ({args.sequential_models} models)")
     group = args.group_size or (args.shard_size if args.device.startswith("cuda") else cpu_group_size(arch))
     res["group_size"] = group

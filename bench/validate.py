@@ -39,7 +39,6 @@ from memscore.engine.ensemble import make_recipe, train_ensemble
 from memscore.engine.estimators import ScoreAccumulator
 from memscore.engine.traces import Trace
 
-
 # -- shared helpers -------------------------------------------------------------------------------
 
 
@@ -78,19 +77,35 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _train(ds: Dataset, args, models: int, ratio: float = 0.7, seed: int | None = None, ids=None) -> tuple[Trace, float]:
+def _train(
+    ds: Dataset, args, models: int, ratio: float = 0.7, seed: int | None = None, ids=None
+) -> tuple[Trace, float]:
     """Train `models` subset models (ids 0..models-1 unless `ids`); (trace, wall seconds)."""
     t0 = time.perf_counter()
-    out = train_ensemble(ds, args.arch, list(ids if ids is not None else range(models)), ratio,
-                         args.seed if seed is None else seed, make_recipe(args.arch, epochs=args.epochs), device=args.device)
+    out = train_ensemble(
+        ds,
+        args.arch,
+        list(ids if ids is not None else range(models)),
+        ratio,
+        args.seed if seed is None else seed,
+        make_recipe(args.arch, epochs=args.epochs),
+        device=args.device,
+    )
     return out.trace, time.perf_counter() - t0
 
 
 def _scores(trace: Trace, model_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """FZ scores from the models in `model_rows` of `trace` (all if None)."""
     if model_rows is not None:
-        trace = Trace(trace.model_ids[model_rows], trace.masks[model_rows], trace.train_correct[model_rows],
-                      trace.train_prob[model_rows], trace.test_correct[model_rows], trace.test_prob[model_rows], trace.meta)
+        trace = Trace(
+            trace.model_ids[model_rows],
+            trace.masks[model_rows],
+            trace.train_correct[model_rows],
+            trace.train_prob[model_rows],
+            trace.test_correct[model_rows],
+            trace.test_prob[model_rows],
+            trace.meta,
+        )
     acc = ScoreAccumulator(trace.masks.shape[1], trace.test_correct.shape[1])
     acc.add(trace)
     return acc.scores()
@@ -125,7 +140,7 @@ def _with_probe(ds: Dataset, x_probe: np.ndarray, keep_test: bool = True) -> tup
 
 def _probe_probs(trace: Trace, offset: int, n_probe: int, C: int) -> np.ndarray:
     """(G, n_probe, C) class probabilities on the probe block written by `_with_probe`."""
-    p = trace.test_prob[:, offset:offset + C * n_probe].reshape(len(trace.model_ids), C, n_probe)
+    p = trace.test_prob[:, offset : offset + C * n_probe].reshape(len(trace.model_ids), C, n_probe)
     return p.transpose(0, 2, 1).astype(np.float64)
 
 
@@ -189,8 +204,9 @@ def label_noise(args) -> dict:
         t0 = time.perf_counter()
         for f in range(args.folds):
             tr, te = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
-            fold_ds, _ = _with_probe(replace(ds, x_train=ds.x_train[tr], y_train=ds.y_train[tr], extras={}),
-                                     ds.x_train[te], keep_test=False)
+            fold_ds, _ = _with_probe(
+                replace(ds, x_train=ds.x_train[tr], y_train=ds.y_train[tr], extras={}), ds.x_train[te], keep_test=False
+            )
             # ratio (n-1)/n: the engine's subsets are strict, so each fold model sees all but one example.
             ft, _ = _train(fold_ds, args, 1, ratio=(len(tr) - 1) / len(tr), ids=[f])
             oof[te] = _probe_probs(ft, 0, len(te), C)[0]
@@ -205,22 +221,35 @@ def label_noise(args) -> dict:
             "memorization_soft": (s["memorization_soft"], args.models, fz_seconds),
             "1 - heldout_accuracy": (1.0 - s["heldout_accuracy"], args.models, fz_seconds),
             "cleanlab self_confidence, ensemble held-out probs": (cl_ens, args.models, fz_seconds + cl_ens_seconds),
-            "cleanlab normalized_margin, ensemble held-out probs": (cl_ens_margin, args.models, fz_seconds + cl_ens_seconds),
+            "cleanlab normalized_margin, ensemble held-out probs": (
+                cl_ens_margin,
+                args.models,
+                fz_seconds + cl_ens_seconds,
+            ),
             f"cleanlab self_confidence, {args.folds}-fold CV": (cl_cv, args.folds, cl_cv_seconds),
         }
         mem = s["memorization"]
-        level = {"noise": frac, "flipped": k, "n_train": n, "mean_test_accuracy": float(trace.test_correct[:, :offset].mean()),
-                 "mean_in_sample_accuracy": float(np.nanmean(s["in_sample_accuracy"])),
-                 "flipped_mem_ge_0.25": float((mem[flipped] >= 0.25).mean()),
-                 "clean_mem_ge_0.25": float((mem[~flipped] >= 0.25).mean()), "methods": {}}
+        level = {
+            "noise": frac,
+            "flipped": k,
+            "n_train": n,
+            "mean_test_accuracy": float(trace.test_correct[:, :offset].mean()),
+            "mean_in_sample_accuracy": float(np.nanmean(s["in_sample_accuracy"])),
+            "flipped_mem_ge_0.25": float((mem[flipped] >= 0.25).mean()),
+            "clean_mem_ge_0.25": float((mem[~flipped] >= 0.25).mean()),
+            "methods": {},
+        }
         for name, (score, models, seconds) in methods.items():
             auroc, pk = _auroc(score, flipped), _precision_at_k(score, flipped, k)
             level["methods"][name] = {"auroc": auroc, "precision_at_k": pk, "models": models, "seconds": seconds}
             rows.append([f"{frac:.0%}", k, name, models, auroc, pk, round(seconds, 1)])
         results.append(level)
         fig_data[frac] = (s["memorization_soft"], flipped)
-        print(f"noise {frac:.0%}: test acc {level['mean_test_accuracy']:.3f}, in-sample {level['mean_in_sample_accuracy']:.3f}, "
-              f"mem>=0.25: {level['flipped_mem_ge_0.25']:.0%} of flipped vs {level['clean_mem_ge_0.25']:.1%} of clean")
+        print(
+            f"noise {frac:.0%}: test acc {level['mean_test_accuracy']:.3f}, in-sample "
+            f"{level['mean_in_sample_accuracy']:.3f}, "
+            f"mem>=0.25: {level['flipped_mem_ge_0.25']:.0%} of flipped vs {level['clean_mem_ge_0.25']:.1%} of clean"
+        )
 
     print(_table(["noise", "k", "method", "models", "AUROC", "P@k", "seconds"], rows))
     plt = _plt()
@@ -266,7 +295,9 @@ def convergence(args) -> dict:
             point[col] = {"spearman": rho, "examples": int(ok.sum()), "spearman_brown": 2 * rho / (1 + rho)}
         points.append(point)
         m, ms = point["memorization"], point["memorization_soft"]
-        rows.append([K, len(a), m["examples"], m["spearman"], m["spearman_brown"], ms["spearman"], ms["spearman_brown"]])
+        rows.append(
+            [K, len(a), m["examples"], m["spearman"], m["spearman_brown"], ms["spearman"], ms["spearman_brown"]]
+        )
     print(f"mnist1d ({ds.n_train} train), {args.arch}, {max(args.ks)} models trained in {seconds:.0f} s")
     print(_table(["K", "per half", "examples", "rho mem", "SB(K) mem", "rho soft", "SB(K) soft"], rows))
 
@@ -283,8 +314,13 @@ def convergence(args) -> dict:
     Ks = [p["K"] for p in points]
     for col, style in (("memorization", "o-"), ("memorization_soft", "s-")):
         ax.plot(Ks, [p[col]["spearman"] for p in points], style, label=f"{col} (split-half)")
-        ax.plot(Ks, [p[col]["spearman_brown"] for p in points], style.replace("-", ":"), alpha=0.6,
-                label=f"{col} (Spearman-Brown, all K)")
+        ax.plot(
+            Ks,
+            [p[col]["spearman_brown"] for p in points],
+            style.replace("-", ":"),
+            alpha=0.6,
+            label=f"{col} (Spearman-Brown, all K)",
+        )
     for t in (0.9, 0.95):
         ax.axhline(t, color="grey", lw=0.7, ls="--")
     ax.set_xscale("log", base=2)
@@ -320,11 +356,22 @@ def marginal_utility(args) -> dict:
         sub = replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep], x_test=x_eval, y_test=y_eval, extras={})
         t, secs = _train(sub, args, args.retrain, ratio=(len(keep) - 1) / len(keep), seed=args.seed + 1)
         acc = t.test_accuracy
-        print(f"  {tag:<28} {len(keep):>5} examples: test accuracy {acc.mean():.4f} ± {acc.std(ddof=1) / np.sqrt(len(acc)):.4f} ({secs:.0f} s)")
-        return {"kept": int(len(keep)), "test_accuracy": acc.tolist(), "mean": float(acc.mean()),
-                "stderr": float(acc.std(ddof=1) / np.sqrt(len(acc))), "seconds": secs}
+        print(
+            f"  {tag:<28} {len(keep):>5} examples: test accuracy {acc.mean():.4f} ± "
+            f"{acc.std(ddof=1) / np.sqrt(len(acc)):.4f} ({secs:.0f} s)"
+        )
+        return {
+            "kept": int(len(keep)),
+            "test_accuracy": acc.tolist(),
+            "mean": float(acc.mean()),
+            "stderr": float(acc.std(ddof=1) / np.sqrt(len(acc))),
+            "seconds": secs,
+        }
 
-    print(f"retraining {args.retrain} models per condition on mnist1d ({n} train), evaluated on {len(y_eval)} fresh examples")
+    print(
+        f"retraining {args.retrain} models per condition on mnist1d ({n} train), evaluated on {len(y_eval)} "
+        "fresh examples"
+    )
     results = {"full": retrain(np.arange(n), "full training set")}
     removed_stats = {}
     for x in args.fractions:
@@ -333,7 +380,9 @@ def marginal_utility(args) -> dict:
         removed_stats[str(x)] = {"mean_memorization_removed": float(np.nanmean(s["memorization"][top]))}
         results[f"top{x:g}"] = retrain(np.sort(by_mem[r:]), f"without top {x:.0%} memorized")
         results[f"random{x:g}"] = retrain(np.sort(rng.permutation(n)[r:]), f"without random {x:.0%}")
-    rows = [[name, v["kept"], v["mean"], v["stderr"], v["mean"] - results["full"]["mean"]] for name, v in results.items()]
+    rows = [
+        [name, v["kept"], v["mean"], v["stderr"], v["mean"] - results["full"]["mean"]] for name, v in results.items()
+    ]
     print(_table(["condition", "kept", "test acc", "stderr", "vs full"], rows))
 
     plt = _plt()
@@ -348,7 +397,12 @@ def marginal_utility(args) -> dict:
     ax.set_title(f"mnist1d ({n} train), {args.arch}, {args.retrain} models each")
     ax.legend()
     _save_fig(fig, args, "marginal_utility.png")
-    payload = {"config": _config(args), "score_models": int(len(trace.model_ids)), "results": results, "removed": removed_stats}
+    payload = {
+        "config": _config(args),
+        "score_models": int(len(trace.model_ids)),
+        "results": results,
+        "removed": removed_stats,
+    }
     _save_json(args, "marginal_utility", payload)
     return payload
 
@@ -386,8 +440,14 @@ def influence(args) -> dict:
 
     base = load_longtail(seed=args.seed, n_train=args.n_train, n_test=args.n_test, rare_train=(1, 2))
     ds, test_idx, copy_idx = plant_near_copies(base, args.plant, args.seed, args.copy_noise)
-    spec = ScoringSpec(dataset="longtail", model=args.arch, models=args.models, epochs=args.epochs, seed=args.seed,
-                       influence_top_k=args.top_k)
+    spec = ScoringSpec(
+        dataset="longtail",
+        model=args.arch,
+        models=args.models,
+        epochs=args.epochs,
+        seed=args.seed,
+        influence_top_k=args.top_k,
+    )
     t0 = time.perf_counter()
     res = run_scoring(ds, spec, device=args.device)
     seconds = time.perf_counter() - t0
@@ -408,8 +468,15 @@ def influence(args) -> dict:
     common = np.flatnonzero(sub_te < 0)
     pairs = []
     for j, c, row, vals in zip(test_idx, copy_idx, top, inf.topk_value[test_idx]):
-        pairs.append({"test_index": int(j), "copy_train_index": int(c), "top_train": row.tolist(),
-                      "top_influence": [float(v) for v in vals], "copy_rank": int(np.flatnonzero(row == c)[0]) + 1 if (row == c).any() else None})
+        pairs.append(
+            {
+                "test_index": int(j),
+                "copy_train_index": int(c),
+                "top_train": row.tolist(),
+                "top_influence": [float(v) for v in vals],
+                "copy_rank": int(np.flatnonzero(row == c)[0]) + 1 if (row == c).any() else None,
+            }
+        )
     summary = {
         "planted": int(args.plant),
         "recall_at_1": float(hit1.mean()),
@@ -424,11 +491,27 @@ def influence(args) -> dict:
         "mean_test_accuracy": res.summary["mean_test_accuracy"],
         "seconds": seconds,
     }
-    print(f"longtail ({ds.n_train} train incl. {args.plant} planted copies, their subgroups' originals dropped, {ds.n_test} test), {args.arch}, K={args.models}: "
-          f"{seconds:.0f} s, test accuracy {summary['mean_test_accuracy']:.3f}")
+    print(
+        f"longtail ({ds.n_train} train incl. {args.plant} planted copies, their subgroups' originals "
+        f"dropped, {ds.n_test} test), {args.arch}, K={args.models}: "
+        f"{seconds:.0f} s, test accuracy {summary['mean_test_accuracy']:.3f}"
+    )
     print(_table(["measure", "value"], [[k, v] for k, v in summary.items() if k != "seconds"]))
-    print(_table(["test", "copy", "copy rank", "top-1 train", "top-1 infl"],
-                 [[p["test_index"], p["copy_train_index"], p["copy_rank"] or "-", p["top_train"][0], p["top_influence"][0]] for p in pairs]))
+    print(
+        _table(
+            ["test", "copy", "copy rank", "top-1 train", "top-1 infl"],
+            [
+                [
+                    p["test_index"],
+                    p["copy_train_index"],
+                    p["copy_rank"] or "-",
+                    p["top_train"][0],
+                    p["top_influence"][0],
+                ]
+                for p in pairs
+            ],
+        )
+    )
 
     plt = _plt()
     show = min(len(test_idx), 8)
@@ -444,8 +527,11 @@ def influence(args) -> dict:
             if i >= 0:
                 ax.imshow(ds.x_train[i, 0], cmap="gray", vmin=0, vmax=1)
                 tag = " copy" if i == copy_idx[r] else (" same sg" if sub_tr[i] == sub_te[j] else "")
-                ax.set_title(f"#{i} y={ds.y_train[i]}\ninfl {inf.topk_value[j, c - 1]:.2f}{tag}", fontsize=6,
-                             color="tab:red" if i == copy_idx[r] else "black")
+                ax.set_title(
+                    f"#{i} y={ds.y_train[i]}\ninfl {inf.topk_value[j, c - 1]:.2f}{tag}",
+                    fontsize=6,
+                    color="tab:red" if i == copy_idx[r] else "black",
+                )
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -474,10 +560,20 @@ def exposure(args) -> dict:
         m = r.summary["model"]
         results[arch] = {"rows": r.rows, "model": m, "seconds": seconds}
         for row in r.rows:
-            rows.append([arch, row["insertions"], row["exposure"], row["rank"], row["method"],
-                         "yes" if row["extracted_greedy"] or row["extracted_beam"] else "no"])
-        print(f"{arch}: {m.get('parameters', 0):,} parameters, {m.get('steps')} steps, "
-              f"{m.get('final_loss_bits_per_char', float('nan')):.2f} bits/char, {seconds:.0f} s")
+            rows.append(
+                [
+                    arch,
+                    row["insertions"],
+                    row["exposure"],
+                    row["rank"],
+                    row["method"],
+                    "yes" if row["extracted_greedy"] or row["extracted_beam"] else "no",
+                ]
+            )
+        print(
+            f"{arch}: {m.get('parameters', 0):,} parameters, {m.get('steps')} steps, "
+            f"{m.get('final_loss_bits_per_char', float('nan')):.2f} bits/char, {seconds:.0f} s"
+        )
     print(_table(["arch", "t", "exposure", "rank", "method", "extracted"], rows))
     space = results[args.archs[0]]["rows"][0]["space_size"]
 
@@ -534,8 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("label-noise", help="find flipped labels: memorization vs cleanlab")
     common(p)
-    p.add_argument("--dataset", default="mnist1d", choices=["mnist1d", "digits"],
-                   help="digits: scikit-learn's 8x8 digits (1347 train), where an MLP generalises well")
+    p.add_argument(
+        "--dataset",
+        default="mnist1d",
+        choices=["mnist1d", "digits"],
+        help="digits: scikit-learn's 8x8 digits (1347 train), where an MLP generalises well",
+    )
     p.add_argument("--name", default="label_noise", help="basename of the JSON and PNG written")
     p.add_argument("--num-samples", type=int, default=1250, help="mnist1d examples (80%% train)")
     p.add_argument("--models", type=int, default=32)

@@ -1,7 +1,7 @@
 """Write docs/configuration.md from `memscore.settings.ENV_VARS`, the one list of settings.
 
-    python deploy/gen_config_doc.py           # rewrite the doc
-    python deploy/gen_config_doc.py --check   # exit 1 if the doc is out of date (tests do this)
+python deploy/gen_config_doc.py           # rewrite the doc
+python deploy/gen_config_doc.py --check   # exit 1 if the doc is out of date (tests do this)
 """
 
 from __future__ import annotations

@@ -5,4 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
+# Style first (config in pyproject.toml): a formatting slip fails in seconds, not after the suite.
+.venv/bin/ruff format --check --quiet .
+.venv/bin/ruff check --quiet .
 exec .venv/bin/python -m pytest -q "$@"

@@ -28,12 +28,33 @@ def corpus_file(tmp_path):
 
 def test_exposure_writes_parquet_and_summary_and_prints_a_table(tmp_path, corpus_file, capsys):
     out = tmp_path / "out"
-    code = main(["exposure", "--corpus", str(corpus_file), "--canary", "the pin is {dd}", "--canary", "id {a}",
-                 "--insertions", "0,1,4", "--seed", "2", "--out", str(out), *TINY])
+    code = main(
+        [
+            "exposure",
+            "--corpus",
+            str(corpus_file),
+            "--canary",
+            "the pin is {dd}",
+            "--canary",
+            "id {a}",
+            "--insertions",
+            "0,1,4",
+            "--seed",
+            "2",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
     assert code == 0
     table = pq.read_table(out / "exposure.parquet").to_pylist()
     assert [(r["format"], r["insertions"]) for r in table] == [
-        ("the pin is {dd}", 0), ("the pin is {dd}", 1), ("the pin is {dd}", 4), ("id {a}", 0), ("id {a}", 1), ("id {a}", 4)
+        ("the pin is {dd}", 0),
+        ("the pin is {dd}", 1),
+        ("the pin is {dd}", 4),
+        ("id {a}", 0),
+        ("id {a}", 1),
+        ("id {a}", 4),
     ]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["spec"]["canaries"] == ["the pin is {dd}", "id {a}"] and summary["spec"]["seed"] == 2
@@ -52,7 +73,10 @@ def test_exposure_defaults_to_the_builtin_corpus(tmp_path):
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["--canary", "ok {dd}", "--canary", "the pin is {dxd}"], "--canary #2: canary format 'the pin is {dxd}': unknown placeholder"),
+        (
+            ["--canary", "ok {dd}", "--canary", "the pin is {dxd}"],
+            "--canary #2: canary format 'the pin is {dxd}': unknown placeholder",
+        ),
         (["--canary", "no slot"], "--canary #1: canary format 'no slot' has no slot"),
         (["--insertions", "0,1,x"], "--insertions: expected comma-separated whole numbers"),
         (["--insertions", "0,-4"], "--insertions: each count must be between 0 and 100000"),

@@ -10,15 +10,41 @@ from memscore.cli import main
 
 from .services.conftest import write_blobs_npz
 
-SCORE_COLUMNS = ["index", "label", "memorization", "memorization_stderr", "memorization_soft",
-                 "in_sample_accuracy", "heldout_accuracy", "n_in", "n_out"]
+SCORE_COLUMNS = [
+    "index",
+    "label",
+    "memorization",
+    "memorization_stderr",
+    "memorization_soft",
+    "in_sample_accuracy",
+    "heldout_accuracy",
+    "n_in",
+    "n_out",
+]
 
 
 def run(tmp_path, name, *extra):
     data = write_blobs_npz(tmp_path / "blobs.npz")
     out = tmp_path / name
-    code = main(["run", "--dataset", str(data), "--model", "mlp", "--models", "6", "--epochs", "3", "--seed", "4",
-                 "--out", str(out), "--quiet", *extra])
+    code = main(
+        [
+            "run",
+            "--dataset",
+            str(data),
+            "--model",
+            "mlp",
+            "--models",
+            "6",
+            "--epochs",
+            "3",
+            "--seed",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+            *extra,
+        ]
+    )
     return code, out
 
 
@@ -33,8 +59,15 @@ def test_run_writes_scores_influence_and_summary_identically_for_the_same_seed(t
     assert {"train_index", "test_index", "influence"} <= set(infl.column_names)
     assert infl.num_rows >= 80 * 10  # top-10 per test example at least
     summary = json.loads((a / "summary.json").read_text())
-    for key in ("spec", "mean_test_accuracy", "memorization_histogram", "fraction_memorization_ge",
-                "mean_in_sample_accuracy", "mean_heldout_accuracy", "timings"):
+    for key in (
+        "spec",
+        "mean_test_accuracy",
+        "memorization_histogram",
+        "fraction_memorization_ge",
+        "mean_in_sample_accuracy",
+        "mean_heldout_accuracy",
+        "timings",
+    ):
         assert key in summary
     assert summary["fraction_memorization_ge"].keys() == {"0.25", "0.5"}
     assert sum(summary["memorization_histogram"]["counts"]) + summary["examples_without_estimate"] == 240
@@ -46,15 +79,20 @@ def test_run_writes_scores_influence_and_summary_identically_for_the_same_seed(t
     strip = lambda s: {k: v for k, v in s.items() if k != "timings"}  # noqa: E731
     assert strip(json.loads((b / "summary.json").read_text())) == strip(summary)
     code, c = run(tmp_path, "c", "--seed", "5")
-    assert not np.array_equal(pq.read_table(c / "scores.parquet").column("n_in").to_numpy(), scores.column("n_in").to_numpy())
+    assert not np.array_equal(
+        pq.read_table(c / "scores.parquet").column("n_in").to_numpy(), scores.column("n_in").to_numpy()
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--dataset", "nope"], "neither a built-in"),
-    (["--dataset", "mnist1d", "--ratio", "1.2"], "--ratio"),
-    (["--dataset", "mnist1d", "--models", "1"], "--models"),
-    (["--dataset", "mnist1d", "--model", "vgg"], "--model"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "nope"], "neither a built-in"),
+        (["--dataset", "mnist1d", "--ratio", "1.2"], "--ratio"),
+        (["--dataset", "mnist1d", "--models", "1"], "--models"),
+        (["--dataset", "mnist1d", "--model", "vgg"], "--model"),
+    ],
+)
 def test_bad_arguments_exit_2_naming_the_problem(tmp_path, capsys, args, message):
     assert main(["run", *args, "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert message in capsys.readouterr().err
@@ -62,7 +100,12 @@ def test_bad_arguments_exit_2_naming_the_problem(tmp_path, capsys, args, message
 
 def test_bad_dataset_file_exits_2_with_the_reason(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
-    np.savez(bad, x_train=np.zeros((5, 3), np.float32), y_train=np.array([0, 1, 0, 1, -1]),
-             x_test=np.zeros((2, 3), np.float32), y_test=np.array([0, 1]))
+    np.savez(
+        bad,
+        x_train=np.zeros((5, 3), np.float32),
+        y_train=np.array([0, 1, 0, 1, -1]),
+        x_test=np.zeros((2, 3), np.float32),
+        y_test=np.array([0, 1]),
+    )
     assert main(["run", "--dataset", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "-1" in capsys.readouterr().err

@@ -61,11 +61,22 @@ def _parse(page: str) -> _Grids:
 
 def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install it (scripts/setup.sh does: apt-get install -y chromium) "
-                    "to render the report headless", pytrace=False)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
+        pytest.fail(
+            f"{CHROMIUM} is missing: install it (scripts/setup.sh does: apt-get install -y chromium) "
+            "to render the report headless",
+            pytrace=False,
+        )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=90)
 
 
@@ -88,17 +99,22 @@ def test_report_of_a_run_dir_shows_a_grid_of_images_per_class_in_chromium(digits
     parsed = _parse(page)
     assert len(parsed.grids) == 10, parsed.grids
     assert all(n == 6 for n in parsed.grids.values()), parsed.grids
-    assert 'id="influence"' in page and "figure class=\"example test\"" in page
+    assert 'id="influence"' in page and 'figure class="example test"' in page
     assert "(flipped; was" in page  # label noise re-applied: flipped examples show their clean label
     assert "Examples are listed, not drawn" not in page
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
 
     # Chromium: every image decodes (checked by a load handler added to a copy of the page) ...
     probe = tmp_path / "probe.html"
-    probe.write_text(page.replace("</body>", "<script>addEventListener('load', () => { const bad = "
-                                  "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length; "
-                                  "document.body.dataset.images = document.images.length; "
-                                  "document.body.dataset.broken = bad; });</script></body>"))
+    probe.write_text(
+        page.replace(
+            "</body>",
+            "<script>addEventListener('load', () => { const bad = "
+            "[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length; "
+            "document.body.dataset.images = document.images.length; "
+            "document.body.dataset.broken = bad; });</script></body>",
+        )
+    )
     dom = _chromium(["--dump-dom", probe.as_uri()], tmp_path)
     assert dom.returncode == 0, dom.stderr[-2000:]
     seen = _parse(dom.stdout)
@@ -131,8 +147,9 @@ def test_sequence_examples_are_drawn_as_line_plots():
     page = render_report(scores, influence, summary, ds, per_class=3, influence_examples=2, influence_k=3)
     parsed = _parse(page)
     assert len(parsed.grids) == 10 and all(n == 3 for n in parsed.grids.values())
-    from PIL import Image
     import base64
+
+    from PIL import Image
 
     first = page.split('class="class-grid"', 1)[1].split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
     with Image.open(io.BytesIO(base64.b64decode(first))) as im:

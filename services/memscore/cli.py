@@ -38,7 +38,12 @@ def _add_health(sub: argparse._SubParsersAction) -> None:
 
 def _add_spec_flags(p: argparse.ArgumentParser) -> None:
     """The scoring-spec flags, shared by `run` (embedded) and `submit` (service)."""
-    p.add_argument("--dataset", required=True, help="mnist1d | digits | longtail | PATH.npz | ImageFolder DIR (submit: also datasets/<sha256>.npz from `memscore upload`)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="mnist1d | digits | longtail | PATH.npz | ImageFolder DIR "
+        "(submit: also datasets/<sha256>.npz from `memscore upload`)",
+    )
     p.add_argument("--model", default="auto", help="auto | mlp | cnn1d | resnet (auto: by data kind)")
     p.add_argument("--models", type=int, default=64, help="K, number of subset models (default 64)")
     p.add_argument("--ratio", type=float, default=0.7, help="subset ratio r (default 0.7, as in Feldman & Zhang)")
@@ -48,8 +53,12 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.0, help="peak learning rate; 0 = recipe default")
     p.add_argument("--shard-size", type=int, default=0, help="models trained at once; 0 = auto")
     p.add_argument("--top-k", type=int, default=10, help="influence: top training examples kept per test example")
-    p.add_argument("--influence-threshold", type=float, default=0.15, help="influence: global pairs kept at or above this")
-    p.add_argument("--label-noise", type=float, default=0.0, help="flip this fraction of training labels (validation experiments)")
+    p.add_argument(
+        "--influence-threshold", type=float, default=0.15, help="influence: global pairs kept at or above this"
+    )
+    p.add_argument(
+        "--label-noise", type=float, default=0.0, help="flip this fraction of training labels (validation experiments)"
+    )
     p.add_argument("--keep-checkpoints", action="store_true", help="store each shard's stacked weights")
 
 
@@ -75,7 +84,16 @@ def _spec_from_args(args: argparse.Namespace):
 
 def _print_ranked(rows: list[dict], file=None) -> None:
     file = file or sys.stdout  # looked up at call time, so redirections apply
-    cols = ("index", "label", "memorization", "memorization_stderr", "memorization_soft", "heldout_accuracy", "n_in", "n_out")
+    cols = (
+        "index",
+        "label",
+        "memorization",
+        "memorization_stderr",
+        "memorization_soft",
+        "heldout_accuracy",
+        "n_in",
+        "n_out",
+    )
     print("  ".join(f"{c:>12}" for c in cols), file=file)
     for r in rows:
         print("  ".join(f"{r[c]:>12.3f}" if isinstance(r[c], float) else f"{r[c]:>12}" for c in cols), file=file)
@@ -140,16 +158,29 @@ def _add_exposure(sub: argparse._SubParsersAction) -> None:
         "exposure",
         help="Secret Sharer test in this process: plant canaries in a corpus, train a character LM, measure exposure",
     )
-    p.add_argument("--corpus", default="builtin", metavar="PATH", help="UTF-8 text file to train on (default: the built-in corpus)")
-    p.add_argument("--canary", action="append", default=[], metavar="FORMAT",
-                   help="canary format, secret in braces: 'the pin is {dddd}' (d digit, a letter; repeatable; "
-                        "default 'my social security number is {ddd-dd-dddd}')")
-    p.add_argument("--insertions", default="0,1,4,16", metavar="LIST", help="comma-separated insertion counts t (default 0,1,4,16)")
+    p.add_argument(
+        "--corpus", default="builtin", metavar="PATH", help="UTF-8 text file to train on (default: the built-in corpus)"
+    )
+    p.add_argument(
+        "--canary",
+        action="append",
+        default=[],
+        metavar="FORMAT",
+        help="canary format, secret in braces: 'the pin is {dddd}' (d digit, a letter; repeatable; "
+        "default 'my social security number is {ddd-dd-dddd}')",
+    )
+    p.add_argument(
+        "--insertions", default="0,1,4,16", metavar="LIST", help="comma-separated insertion counts t (default 0,1,4,16)"
+    )
     p.add_argument("--model", default="lstm", help="lstm | transformer")
     p.add_argument("--epochs", type=int, default=0, help="passes over the corpus; 0 = the LM recipe's default")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--enumeration-budget", type=int, default=100_000, help="largest |R| scored exactly (default 100000)")
-    p.add_argument("--num-samples", type=int, default=10_000, help="candidates sampled for extrapolation (default 10000)")
+    p.add_argument(
+        "--enumeration-budget", type=int, default=100_000, help="largest |R| scored exactly (default 100000)"
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=10_000, help="candidates sampled for extrapolation (default 10000)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--out", metavar="DIR", help="directory for exposure.parquet and summary.json (in-process runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -170,12 +201,19 @@ def _add_exposure(sub: argparse._SubParsersAction) -> None:
         try:
             insertions = [int(t) for t in args.insertions.split(",")]
         except ValueError:
-            print(f"error: --insertions: expected comma-separated whole numbers like 0,1,4,16, got {args.insertions!r}",
-                  file=sys.stderr)
+            print(
+                f"error: --insertions: expected comma-separated whole numbers like 0,1,4,16, got {args.insertions!r}",
+                file=sys.stderr,
+            )
             return 2
         spec = ExposureSpec(
-            canaries=args.canary or ExposureSpec().canaries, insertions=insertions, corpus=args.corpus,
-            model=args.model, epochs=args.epochs, seed=args.seed, enumeration_budget=args.enumeration_budget,
+            canaries=args.canary or ExposureSpec().canaries,
+            insertions=insertions,
+            corpus=args.corpus,
+            model=args.model,
+            epochs=args.epochs,
+            seed=args.seed,
+            enumeration_budget=args.enumeration_budget,
             num_samples=args.num_samples,
         )
         problems = spec.validate()
@@ -215,16 +253,24 @@ def _add_exposure(sub: argparse._SubParsersAction) -> None:
             bar.refresh()
 
         result = run_exposure_job(
-            spec, corpus_text, device=args.device, progress=progress, corpus_source=spec.corpus,
-            steps=args.steps, hidden=args.hidden, layers=args.layers,
+            spec,
+            corpus_text,
+            device=args.device,
+            progress=progress,
+            corpus_source=spec.corpus,
+            steps=args.steps,
+            hidden=args.hidden,
+            layers=args.layers,
         )
         bar.close()
         for name, data in result.files.items():
             (out / name).write_bytes(data)
         m = result.summary["model"]
-        print(f"{m['arch']} ({m['parameters']:,} parameters), {m['steps']} steps on "
-              f"{result.summary['corpus']['training_chars']:,} characters: "
-              f"{m['final_loss_bits_per_char']:.2f} bits/char at the end of training")
+        print(
+            f"{m['arch']} ({m['parameters']:,} parameters), {m['steps']} steps on "
+            f"{result.summary['corpus']['training_chars']:,} characters: "
+            f"{m['final_loss_bits_per_char']:.2f} bits/char at the end of training"
+        )
         for fmt in spec.canaries:
             rows = [r for r in result.rows if r["format"] == fmt]
             size = rows[0]["space_size"]
@@ -233,9 +279,12 @@ def _add_exposure(sub: argparse._SubParsersAction) -> None:
             for r in rows:
                 rank = f"{r['rank']:.0f}" if r["rank_exact"] else f"~{r['rank']:.3g}"
                 extracted = {(True, True): "both", (True, False): "greedy", (False, True): "beam"}.get(
-                    (bool(r["extracted_greedy"]), bool(r["extracted_beam"])), "no")
-                print(f"{r['insertions']:>7}  {r['exposure']:>8.2f}  {rank:>12}  "
-                      f"{'yes' if r['rank_exact'] else 'no':>6}  {extracted:>10}")
+                    (bool(r["extracted_greedy"]), bool(r["extracted_beam"])), "no"
+                )
+                print(
+                    f"{r['insertions']:>7}  {r['exposure']:>8.2f}  {rank:>12}  "
+                    f"{'yes' if r['rank_exact'] else 'no':>6}  {extracted:>10}"
+                )
         print(f"\nwrote {out / 'exposure.parquet'}, {out / 'summary.json'}")
         return 0
 
@@ -254,7 +303,10 @@ def _submit_exposure(args: argparse.Namespace, spec) -> int:
             if code == 0:
                 print(f"{'format':40}  {'t':>5}  {'exposure':>8}  {'rank':>10}  extracted")
                 for r in c.exposure(job.job_id).canaries:
-                    print(f"{r.format[:40]:40}  {r.insertions:>5}  {r.exposure:>8.2f}  {r.rank:>10.3g}  {'yes' if r.extracted else 'no'}")
+                    print(
+                        f"{r.format[:40]:40}  {r.insertions:>5}  {r.exposure:>8.2f}  {r.rank:>10.3g}  "
+                        f"{'yes' if r.extracted else 'no'}"
+                    )
             return code
 
     return submit(args)
@@ -349,7 +401,9 @@ def _add_watch(sub: argparse._SubParsersAction) -> None:
 def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show one job, or list jobs")
     p.add_argument("job", nargs="?", help="job id; omit to list recent jobs")
-    p.add_argument("--state", default="", help="list only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)")
+    p.add_argument(
+        "--state", default="", help="list only jobs in this state (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)"
+    )
     _add_service_flags(p)
 
     @_rpc_errors
@@ -376,11 +430,16 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 def _add_results(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("results", help="examples of a job ranked by a score")
     p.add_argument("job")
-    p.add_argument("--metric", default="memorization",
-                   help="memorization | memorization_soft | heldout_accuracy | in_sample_accuracy | *_stderr")
+    p.add_argument(
+        "--metric",
+        default="memorization",
+        help="memorization | memorization_soft | heldout_accuracy | in_sample_accuracy | *_stderr",
+    )
     p.add_argument("--top", type=int, default=20, help="how many (0 = all)")
     p.add_argument("--ascending", action="store_true", help="lowest first")
-    p.add_argument("--class", dest="classes", type=int, action="append", default=[], help="only this label (repeatable)")
+    p.add_argument(
+        "--class", dest="classes", type=int, action="append", default=[], help="only this label (repeatable)"
+    )
     p.add_argument("--csv", default="", help="write the rows to this CSV file")
     _add_service_flags(p)
 
@@ -388,13 +447,24 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
     def run(args: argparse.Namespace) -> int:
         import csv
 
-        from .dataplane import METRICS
-
-        cols = ("rank", "index", "label", "memorization", "memorization_stderr", "memorization_soft",
-                "memorization_soft_stderr", "in_sample_accuracy", "heldout_accuracy", "n_in", "n_out")
+        cols = (
+            "rank",
+            "index",
+            "label",
+            "memorization",
+            "memorization_stderr",
+            "memorization_soft",
+            "memorization_soft_stderr",
+            "in_sample_accuracy",
+            "heldout_accuracy",
+            "n_in",
+            "n_out",
+        )
         with _client(args) as c:
             rows, final, models = [], True, 0
-            for page in c.ranked_pages(args.job, args.metric, ascending=args.ascending, classes=args.classes, limit=args.top):
+            for page in c.ranked_pages(
+                args.job, args.metric, ascending=args.ascending, classes=args.classes, limit=args.top
+            ):
                 rows += [{k: getattr(e, k) for k in cols} for e in page.examples]
                 final, models = page.final, page.models
         if not final:
@@ -413,7 +483,9 @@ def _add_results(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_influence(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("influence", help="most influential training examples of a test example (or the global top pairs)")
+    p = sub.add_parser(
+        "influence", help="most influential training examples of a test example (or the global top pairs)"
+    )
     p.add_argument("job")
     p.add_argument("--test-index", type=int, default=None, help="omit for the global top pairs")
     p.add_argument("--top", type=int, default=20)
@@ -425,7 +497,9 @@ def _add_influence(sub: argparse._SubParsersAction) -> None:
             pairs = c.influence(args.job, args.test_index, args.top)
         print(f"{'train_index':>12}  {'test_index':>10}  {'influence':>9}  {'train_label':>11}  {'test_label':>10}")
         for p in pairs:
-            print(f"{p.train_index:>12}  {p.test_index:>10}  {p.influence:>9.3f}  {p.train_label:>11}  {p.test_label:>10}")
+            print(
+                f"{p.train_index:>12}  {p.test_index:>10}  {p.influence:>9.3f}  {p.train_label:>11}  {p.test_label:>10}"
+            )
         return 0
 
     p.set_defaults(func=run)
@@ -490,8 +564,11 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
         s = Settings()
         logging.basicConfig(level=s.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         e = embedded.start(s, args.gateway_port, args.results_port, args.bind)
-        print(f"memscore up: gateway :{e.gateway_port}, results :{e.results_port}, store {e.runtime.objects.describe()}, "
-              f"jobs {e.runtime.jobs.describe()}, broker {s.broker_url or 'memory:// (embedded)'}", flush=True)
+        print(
+            f"memscore up: gateway :{e.gateway_port}, results :{e.results_port}, store {e.runtime.objects.describe()}, "
+            f"jobs {e.runtime.jobs.describe()}, broker {s.broker_url or 'memory:// (embedded)'}",
+            flush=True,
+        )
         try:
             run_until_signalled([])
         finally:
@@ -502,13 +579,23 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help="write a self-contained HTML report of a run (a `memscore run --out` DIR, or a JOB id)")
-    p.add_argument("source", metavar="JOB|DIR", help="a directory written by `memscore run`, or a job id on the Results service")
+    p = sub.add_parser(
+        "report", help="write a self-contained HTML report of a run (a `memscore run --out` DIR, or a JOB id)"
+    )
+    p.add_argument(
+        "source", metavar="JOB|DIR", help="a directory written by `memscore run`, or a job id on the Results service"
+    )
     p.add_argument("--out", required=True, metavar="FILE.html")
-    p.add_argument("--dataset", default="", help="load the examples from here instead of the spec's dataset reference "
-                                                 "(e.g. a local copy of an uploaded .npz)")
+    p.add_argument(
+        "--dataset",
+        default="",
+        help="load the examples from here instead of the spec's dataset reference "
+        "(e.g. a local copy of an uploaded .npz)",
+    )
     p.add_argument("--per-class", type=int, default=8, help="most memorized examples shown per class (default 8)")
-    p.add_argument("--influence-examples", type=int, default=12, help="test examples shown with their influencers (default 12)")
+    p.add_argument(
+        "--influence-examples", type=int, default=12, help="test examples shown with their influencers (default 12)"
+    )
     _add_service_flags(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -521,7 +608,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         if source.is_dir():
             missing = [name for name in RESULT_FILES if not (source / name).is_file()]
             if missing:
-                print(f"error: {source} lacks {', '.join(missing)} (expected the --out directory of `memscore run`)", file=sys.stderr)
+                print(
+                    f"error: {source} lacks {', '.join(missing)} (expected the --out directory of `memscore run`)",
+                    file=sys.stderr,
+                )
                 return 2
             files = {name: (source / name).read_bytes() for name in RESULT_FILES}
             title = f"memscore report: {source.resolve().name}"
@@ -532,8 +622,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                 with _client(args) as c:
                     files = {name: c.artifact(args.source, name) for name in RESULT_FILES}
             except grpc.RpcError as e:
-                print(f"error: {args.source!r} is not a directory, and the Results service at {args.results} answered "
-                      f"{e.code().name}: {e.details()}", file=sys.stderr)
+                print(
+                    f"error: {args.source!r} is not a directory, and the Results service at {args.results} answered "
+                    f"{e.code().name}: {e.details()}",
+                    file=sys.stderr,
+                )
                 return 1
             title = f"memscore report: job {args.source}"
         scores, influence, summary = read_result_files(files)
@@ -549,8 +642,16 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
         if ds is None:
             notes.append(f"Examples are listed, not drawn: {why}.")
             print(f"warning: {why}; the report lists examples without pictures", file=sys.stderr)
-        page = render_report(scores, influence, summary, ds, notes=notes, title=title, per_class=args.per_class,
-                             influence_examples=args.influence_examples)
+        page = render_report(
+            scores,
+            influence,
+            summary,
+            ds,
+            notes=notes,
+            title=title,
+            per_class=args.per_class,
+            influence_examples=args.influence_examples,
+        )
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page, encoding="utf-8")
@@ -561,7 +662,20 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 # Order here is the order in `memscore --help`.
-COMMANDS = [_add_run, _add_exposure, _add_up, _add_submit, _add_watch, _add_status, _add_results, _add_influence, _add_cancel, _add_upload, _add_health, _add_report]
+COMMANDS = [
+    _add_run,
+    _add_exposure,
+    _add_up,
+    _add_submit,
+    _add_watch,
+    _add_status,
+    _add_results,
+    _add_influence,
+    _add_cancel,
+    _add_upload,
+    _add_health,
+    _add_report,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

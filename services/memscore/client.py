@@ -50,7 +50,10 @@ def state_name(state: int) -> str:
 
 class Client:
     def __init__(self, gateway: str = "localhost:50051", results: str = "localhost:50052", timeout: float = 30.0):
-        opts = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES), ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        opts = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
         self._gw_channel = grpc.insecure_channel(gateway, options=opts)
         self._res_channel = grpc.insecure_channel(results, options=opts)
         self.scoring = spb_grpc.ScoringServiceStub(self._gw_channel)
@@ -82,14 +85,18 @@ class Client:
         return self.scoring.GetJob(spb.GetJobRequest(job_id=job_id), timeout=self.timeout).job
 
     def list(self, state: int = 0, page_size: int = 50, page_token: str = "") -> tuple[list[job_pb2.Job], str]:
-        r = self.scoring.ListJobs(spb.ListJobsRequest(state=state, page_size=page_size, page_token=page_token), timeout=self.timeout)
+        r = self.scoring.ListJobs(
+            spb.ListJobsRequest(state=state, page_size=page_size, page_token=page_token), timeout=self.timeout
+        )
         return list(r.jobs), r.next_page_token
 
     def cancel(self, job_id: str) -> job_pb2.Job:
         return self.scoring.CancelJob(spb.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
 
     def extend(self, job_id: str, additional_models: int) -> job_pb2.Job:
-        return self.scoring.ExtendJob(spb.ExtendJobRequest(job_id=job_id, additional_models=additional_models), timeout=self.timeout).job
+        return self.scoring.ExtendJob(
+            spb.ExtendJobRequest(job_id=job_id, additional_models=additional_models), timeout=self.timeout
+        ).job
 
     def watch(self, job_id: str, timeout: float | None = None) -> Iterator[job_pb2.JobEvent]:
         """Progress events until the job is terminal (the stream then ends)."""
@@ -120,15 +127,29 @@ class Client:
         return self.scoring.UploadDataset(requests(), timeout=max(self.timeout, 600))
 
     # -- results ---------------------------------------------------------------------------
-    def ranked_pages(self, job_id: str, metric: str = "memorization", ascending: bool = False, classes=(),
-                     min_score: float | None = None, max_score: float | None = None, limit: int = 0,
-                     page_size: int = 500) -> Iterator[rpb.StreamRankedResponse]:
+    def ranked_pages(
+        self,
+        job_id: str,
+        metric: str = "memorization",
+        ascending: bool = False,
+        classes=(),
+        min_score: float | None = None,
+        max_score: float | None = None,
+        limit: int = 0,
+        page_size: int = 500,
+    ) -> Iterator[rpb.StreamRankedResponse]:
         """Every page of a ranking, following page tokens."""
         token = ""
         while True:
-            req = rpb.StreamRankedRequest(job_id=job_id, metric=metric, classes=list(classes), limit=limit,
-                                          page_size=page_size, page_token=token,
-                                          order=rpb.SORT_ORDER_ASCENDING if ascending else rpb.SORT_ORDER_DESCENDING)
+            req = rpb.StreamRankedRequest(
+                job_id=job_id,
+                metric=metric,
+                classes=list(classes),
+                limit=limit,
+                page_size=page_size,
+                page_token=token,
+                order=rpb.SORT_ORDER_ASCENDING if ascending else rpb.SORT_ORDER_DESCENDING,
+            )
             if min_score is not None:
                 req.min_score = min_score
             if max_score is not None:
@@ -153,7 +174,10 @@ class Client:
         return [p for msg in self.results.StreamInfluence(req, timeout=self.timeout) for p in msg.pairs]
 
     def artifact(self, job_id: str, name: str) -> bytes:
-        return b"".join(m.chunk for m in self.results.GetArtifact(rpb.GetArtifactRequest(job_id=job_id, name=name), timeout=self.timeout))
+        return b"".join(
+            m.chunk
+            for m in self.results.GetArtifact(rpb.GetArtifactRequest(job_id=job_id, name=name), timeout=self.timeout)
+        )
 
     def exposure(self, job_id: str) -> rpb.GetExposureResponse:
         return self.results.GetExposure(rpb.GetExposureRequest(job_id=job_id), timeout=self.timeout)

@@ -14,7 +14,6 @@ import json
 import os
 import tempfile
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from typing import Callable, Iterable, Iterator
@@ -161,7 +160,9 @@ class ScoringPlane:
             raise InvalidArgument([("spec.scoring", str(e))]) from None
         limit = self.rt.settings.max_models
         if s.models > limit:
-            raise ResourceExhausted(f"spec.scoring.models: {s.models} models exceeds this server's limit of {limit} (MEMSCORE_MAX_MODELS)")
+            raise ResourceExhausted(
+                f"spec.scoring.models: {s.models} models exceeds this server's limit of {limit} (MEMSCORE_MAX_MODELS)"
+            )
         problems = [(f"spec.scoring.{f}", m) for f, m in s.validate(max_models=limit)]
         if s.dataset:
             try:
@@ -217,7 +218,12 @@ class ScoringPlane:
         if s.corpus not in ("", "builtin") and not (
             (layout.is_dataset_key(s.corpus) and self.rt.objects.exists(s.corpus)) or os.path.exists(s.corpus)
         ):
-            problems.append(("spec.exposure.corpus", f"{s.corpus!r} is neither 'builtin', an uploaded datasets/<sha256>.txt, nor a path on the server"))
+            problems.append(
+                (
+                    "spec.exposure.corpus",
+                    f"{s.corpus!r} is neither 'builtin', an uploaded datasets/<sha256>.txt, nor a path on the server",
+                )
+            )
         if problems:
             raise InvalidArgument(problems)
         return s.to_dict(), 1, 1
@@ -250,10 +256,14 @@ class ScoringPlane:
         self.get(job_id)
         rec = self.rt.jobs.request_cancel(job_id)
         if not rec.terminal:
-            rec = self.rt.jobs.update(job_id, state="CANCELLED", error="cancelled by request", eta_s=None, message="cancelled")
+            rec = self.rt.jobs.update(
+                job_id, state="CANCELLED", error="cancelled by request", eta_s=None, message="cancelled"
+            )
         return rec
 
-    def watch(self, job_id: str, poll_timeout_s: float = 5.0, is_active: Callable[[], bool] = lambda: True) -> Iterator[JobRecord]:
+    def watch(
+        self, job_id: str, poll_timeout_s: float = 5.0, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[JobRecord]:
         """Yield the job now, then on every change, until it reaches a terminal state."""
         rec = self.get(job_id)
         yield rec
@@ -279,10 +289,18 @@ class ScoringPlane:
         g = spec.effective_shard_size
         if additional_models <= 0 or additional_models % g or spec.models % g:
             raise InvalidArgument(
-                [("additional_models", f"must be a positive multiple of the job's shard size {g} (and the job's models a multiple too)")]
+                [
+                    (
+                        "additional_models",
+                        f"must be a positive multiple of the job's shard size {g} (and the job's models a "
+                        "multiple too)",
+                    )
+                ]
             )
         if spec.models + additional_models > self.rt.settings.max_models:
-            raise ResourceExhausted(f"{spec.models + additional_models} models exceeds the limit {self.rt.settings.max_models}")
+            raise ResourceExhausted(
+                f"{spec.models + additional_models} models exceeds the limit {self.rt.settings.max_models}"
+            )
         old_shards = spec.num_shards
         spec.models += additional_models
         rec = self.rt.jobs.reopen(
@@ -340,15 +358,22 @@ class ScoringPlane:
                     ds = dataset_from_npz_bytes(data)
                 except DatasetError as e:
                     problems = getattr(e, "problems", None) or [("", str(e))]
-                    raise InvalidArgument([(f"dataset.{f}" if f else "chunk", f"not a valid dataset: {m}") for f, m in problems]) from None
+                    raise InvalidArgument(
+                        [(f"dataset.{f}" if f else "chunk", f"not a valid dataset: {m}") for f, m in problems]
+                    ) from None
                 except Exception as e:  # not an npz at all
                     raise InvalidArgument([("chunk", f"not a readable .npz ({type(e).__name__}: {e})")]) from None
                 if ds.n_train > self.rt.settings.max_train_examples:
                     raise ResourceExhausted(
                         f"{ds.n_train} training examples exceeds the limit {self.rt.settings.max_train_examples}"
                     )
-                meta.update(n_train=ds.n_train, n_test=ds.n_test, num_classes=ds.num_classes, kind=ds.kind,
-                            feature_shape=list(ds.feature_shape))
+                meta.update(
+                    n_train=ds.n_train,
+                    n_test=ds.n_test,
+                    num_classes=ds.num_classes,
+                    kind=ds.kind,
+                    feature_shape=list(ds.feature_shape),
+                )
                 key = layout.dataset_key(sha)
             del data
             try:
@@ -459,7 +484,15 @@ class ResultsPlane:
         if limit < 0:
             raise InvalidArgument([("limit", "must be >= 0")])
         classes = sorted(set(int(c) for c in classes))
-        query = {"job": job_id, "metric": metric, "desc": descending, "classes": classes, "min": min_score, "max": max_score, "limit": limit}
+        query = {
+            "job": job_id,
+            "metric": metric,
+            "desc": descending,
+            "classes": classes,
+            "min": min_score,
+            "max": max_score,
+            "limit": limit,
+        }
         offset = 0
         if page_token:
             tok = _decode_token(page_token)
@@ -467,7 +500,10 @@ class ResultsPlane:
                 raise InvalidArgument([("page_token", "belongs to a different query")])
             offset = int(tok["offset"])
         cols, final, _ = self.scores(job_id)
-        order = self._cached(("order", job_id, id(cols), json.dumps(query)), lambda: _rank(cols, metric, descending, classes, min_score, max_score))
+        order = self._cached(
+            ("order", job_id, id(cols), json.dumps(query)),
+            lambda: _rank(cols, metric, descending, classes, min_score, max_score),
+        )
         if limit:
             order = order[:limit]
         size = page_size or 100
@@ -488,7 +524,9 @@ class ResultsPlane:
         if rec.state != "SUCCEEDED":
             raise FailedPrecondition(f"job {job_id} is {rec.state}; influence is computed when the job SUCCEEDED")
         key = layout.result_key(job_id, "influence.parquet")
-        return rec, self._cached(("influence", job_id, rec.version), lambda: _read_parquet(self.rt.objects.get_bytes(key)))
+        return rec, self._cached(
+            ("influence", job_id, rec.version), lambda: _read_parquet(self.rt.objects.get_bytes(key))
+        )
 
     def influence_of_train(self, job_id: str, index: int, limit: int = 10) -> list[dict]:
         """The stored pairs in which training example `index` is the influencer, strongest first."""
@@ -521,7 +559,9 @@ class ResultsPlane:
 
         rec = self._job(job_id)
         if rec.kind != "scoring" or rec.state != "SUCCEEDED":
-            raise FailedPrecondition(f"job {job_id} is a {rec.state} {rec.kind} job; influence queries need a SUCCEEDED scoring job")
+            raise FailedPrecondition(
+                f"job {job_id} is a {rec.state} {rec.kind} job; influence queries need a SUCCEEDED scoring job"
+            )
         spec = ScoringSpec.from_dict(rec.spec)
         if not spec.keep_checkpoints:
             raise FailedPrecondition(f"job {job_id} did not keep its checkpoints; submit it with keep_checkpoints=true")
@@ -537,15 +577,32 @@ class ResultsPlane:
                 ck = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
                 yield ck["model_ids"], ck["state"]
 
-        res = query_influence(summary["arch"], tuple(info["feature_shape"]), info["num_classes"], info["n_train"],
-                              spec.ratio, spec.seed, checkpoints(), x, y, top_k)
+        res = query_influence(
+            summary["arch"],
+            tuple(info["feature_shape"]),
+            info["num_classes"],
+            info["n_train"],
+            spec.ratio,
+            spec.seed,
+            checkpoints(),
+            x,
+            y,
+            top_k,
+        )
         labels = self._labels(rec)
         rows = []
         for q in range(len(x)):
             for i, v in zip(res.topk_train[q], res.topk_value[q]):
                 if i >= 0:
-                    rows.append({"train_index": int(i), "test_index": q, "influence": float(v),
-                                 "train_label": int(labels[i]), "test_label": int(y[q])})
+                    rows.append(
+                        {
+                            "train_index": int(i),
+                            "test_index": q,
+                            "influence": float(v),
+                            "train_label": int(labels[i]),
+                            "test_label": int(y[q]),
+                        }
+                    )
         return rows
 
     def artifact(self, job_id: str, name: str) -> tuple[str, Iterator[bytes], int]:
@@ -590,7 +647,12 @@ def _query_points(data: bytes, feature_shape: tuple, num_classes: int) -> tuple[
     if x.dtype.kind not in "fiu" or y.dtype.kind not in "iu":
         problems.append(("examples_npz", f"x must be numeric and y integer, got {x.dtype} and {y.dtype}"))
     elif tuple(x.shape[1:]) != feature_shape or y.shape != (x.shape[0],):
-        problems.append(("examples_npz", f"x must be (q, {', '.join(map(str, feature_shape))}) and y (q,), got {x.shape} and {y.shape}"))
+        problems.append(
+            (
+                "examples_npz",
+                f"x must be (q, {', '.join(map(str, feature_shape))}) and y (q,), got {x.shape} and {y.shape}",
+            )
+        )
     elif not 1 <= len(x) <= MAX_QUERY_POINTS:
         problems.append(("examples_npz", f"between 1 and {MAX_QUERY_POINTS} points per query, got {len(x)}"))
     elif y.min() < 0 or y.max() >= num_classes:

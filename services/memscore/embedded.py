@@ -39,8 +39,13 @@ class Embedded:
         self.worker_thread.join(timeout=30)
 
 
-def start(settings: Settings | None = None, gateway_port: int | None = None, results_port: int | None = None,
-          bind: str | None = None, with_worker: bool = True) -> Embedded:
+def start(
+    settings: Settings | None = None,
+    gateway_port: int | None = None,
+    results_port: int | None = None,
+    bind: str | None = None,
+    with_worker: bool = True,
+) -> Embedded:
     from .dataplane import ScoringPlane
     from .gateway.server import serve as serve_gateway
     from .results.server import serve as serve_results

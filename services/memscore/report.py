@@ -18,6 +18,7 @@ import base64
 import html
 import io
 import json
+
 import numpy as np
 
 from .engine.datasets import Dataset
@@ -150,7 +151,9 @@ def _histogram_png(scores: Columns) -> bytes:
         ok = np.isfinite(v)
         bins = np.linspace(0.0, 1.0, 21) if col == "heldout_accuracy" else np.linspace(-1.0, 1.0, 41)
         if flipped is not None and flipped.any():
-            ax.hist([v[ok & ~flipped], v[ok & flipped]], bins=bins, stacked=True, label=["clean label", "flipped label"])
+            ax.hist(
+                [v[ok & ~flipped], v[ok & flipped]], bins=bins, stacked=True, label=["clean label", "flipped label"]
+            )
             ax.legend(fontsize=7)
         else:
             ax.hist(v[ok], bins=bins, color="tab:blue")
@@ -173,10 +176,12 @@ body { font: 14px/1.45 system-ui, -apple-system, 'Segoe UI', sans-serif; margin:
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 14px; margin: 16px 0 6px; }
 .note { background: #fff6d8; border: 1px solid #e8d58a; padding: 6px 10px; margin: 8px 0; }
-table { border-collapse: collapse; font-size: 13px; } td, th { padding: 2px 10px 2px 0; text-align: left; vertical-align: top; }
+table { border-collapse: collapse; font-size: 13px; }
+td, th { padding: 2px 10px 2px 0; text-align: left; vertical-align: top; }
 th { font-weight: 600; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
-figure { margin: 0; padding: 4px; border: 1px solid #e3e3e3; border-radius: 4px; background: #fafafa; text-align: center; }
+figure { margin: 0; padding: 4px; border: 1px solid #e3e3e3; border-radius: 4px; background: #fafafa;
+         text-align: center; }
 figure img { display: block; margin: 0 auto; image-rendering: pixelated; }
 figcaption { font-size: 11px; line-height: 1.3; margin-top: 3px; }
 figure.flipped { border-color: #d62728; } figure.test { border-color: #1f77b4; background: #eef5fc; }
@@ -211,25 +216,52 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
     frac = summary.get("fraction_memorization_ge", {})
     acc, acc_sd = summary.get("mean_test_accuracy"), summary.get("std_test_accuracy")
     rows = [
-        ("dataset", f"{info.get('name', spec.get('dataset', '?'))} ({spec.get('dataset', '')}): {info.get('n_train', '?')} train, "
-                    f"{info.get('n_test', '?')} test, {info.get('num_classes', '?')} classes, {info.get('kind', '?')} "
-                    f"{tuple(info.get('feature_shape', ()))}"),
-        ("model", f"{summary.get('arch', spec.get('model', '?'))}, {recipe.get('epochs', '?')} epochs, batch {recipe.get('batch_size', '?')}, "
-                  f"lr {recipe.get('lr', '?')}"),
-        ("models", f"{summary.get('models_done', '?')} of {summary.get('models_total', spec.get('models', '?'))}"
-                   + ("" if summary.get("final", True) else " (anytime estimate: the job had not finished)")),
+        (
+            "dataset",
+            f"{info.get('name', spec.get('dataset', '?'))} ({spec.get('dataset', '')}): "
+            f"{info.get('n_train', '?')} train, "
+            f"{info.get('n_test', '?')} test, {info.get('num_classes', '?')} classes, {info.get('kind', '?')} "
+            f"{tuple(info.get('feature_shape', ()))}",
+        ),
+        (
+            "model",
+            f"{summary.get('arch', spec.get('model', '?'))}, {recipe.get('epochs', '?')} epochs, batch "
+            f"{recipe.get('batch_size', '?')}, "
+            f"lr {recipe.get('lr', '?')}",
+        ),
+        (
+            "models",
+            f"{summary.get('models_done', '?')} of {summary.get('models_total', spec.get('models', '?'))}"
+            + ("" if summary.get("final", True) else " (anytime estimate: the job had not finished)"),
+        ),
         ("subset ratio, seed", f"{spec.get('ratio', '?')}, {spec.get('seed', '?')}"),
     ]
     if spec.get("label_noise"):
-        rows.append(("label noise", f"{spec['label_noise']:.1%} of training labels flipped ({info.get('labels_flipped', '?')} examples)"))
+        rows.append(
+            (
+                "label noise",
+                f"{spec['label_noise']:.1%} of training labels flipped ({info.get('labels_flipped', '?')} examples)",
+            )
+        )
     rows += [
         ("test accuracy", f"{_fmt(acc)} ± {_fmt(acc_sd)} (mean ± sd over models)"),
-        ("in-sample / held-out accuracy", f"{_fmt(summary.get('mean_in_sample_accuracy'))} / {_fmt(summary.get('mean_heldout_accuracy'))}"),
+        (
+            "in-sample / held-out accuracy",
+            f"{_fmt(summary.get('mean_in_sample_accuracy'))} / {_fmt(summary.get('mean_heldout_accuracy'))}",
+        ),
         ("mean memorization", _fmt(summary.get("mean_memorization"))),
         ("memorization ≥ 0.25 / ≥ 0.5", f"{_fmt(frac.get('0.25'))} / {_fmt(frac.get('0.5'))} of examples"),
         ("examples without an estimate", _fmt(summary.get("examples_without_estimate"))),
-        ("influence pairs ≥ threshold", f"{summary.get('influence_pairs_above_threshold', '?')} (threshold {spec.get('influence_threshold', '?')})"),
-        ("time", ", ".join(f"{k.replace('_seconds', '')} {v:.1f} s" for k, v in timings.items() if isinstance(v, (int, float)))),
+        (
+            "influence pairs ≥ threshold",
+            f"{summary.get('influence_pairs_above_threshold', '?')} (threshold {spec.get('influence_threshold', '?')})",
+        ),
+        (
+            "time",
+            ", ".join(
+                f"{k.replace('_seconds', '')} {v:.1f} s" for k, v in timings.items() if isinstance(v, (int, float))
+            ),
+        ),
         ("environment", ", ".join(f"{k} {v}" for k, v in summary.get("environment", {}).items())),
     ]
     return rows
@@ -238,7 +270,9 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
 def _ranked_by_memorization(scores: Columns, idx: np.ndarray) -> np.ndarray:
     """`idx` most memorized first: memorization, then soft memorization; NaN last."""
     mem = np.nan_to_num(np.asarray(scores["memorization"], np.float64)[idx], nan=-np.inf)
-    soft = np.nan_to_num(np.asarray(scores.get("memorization_soft", scores["memorization"]), np.float64)[idx], nan=-np.inf)
+    soft = np.nan_to_num(
+        np.asarray(scores.get("memorization_soft", scores["memorization"]), np.float64)[idx], nan=-np.inf
+    )
     return idx[np.lexsort((idx, -soft, -mem))]
 
 
@@ -264,29 +298,54 @@ def _memorized_section(scores: Columns, ds: Dataset | None, per_class: int, max_
     out = ['<section id="memorized"><h2>Most memorized training examples, per class</h2>']
     if len(classes) > max_classes:
         # The classes whose top examples are most memorized come first.
-        best = {c: np.nanmax(np.where(labels == c, mem, np.nan)) if np.isfinite(mem[labels == c]).any() else -np.inf for c in classes}
+        best = {
+            c: np.nanmax(np.where(labels == c, mem, np.nan)) if np.isfinite(mem[labels == c]).any() else -np.inf
+            for c in classes
+        }
         classes = np.array(sorted(classes, key=lambda c: -best[c])[:max_classes])
-        out.append(f'<p class="note">{len(np.unique(labels))} classes; showing the {max_classes} with the most memorized examples.</p>')
+        out.append(
+            f'<p class="note">{len(np.unique(labels))} classes; showing the {max_classes} with the most '
+            "memorized examples.</p>"
+        )
     for c in classes:
         members = np.flatnonzero(labels == c)
         top = _ranked_by_memorization(scores, members)[:per_class]
         m = mem[members]
         fin = m[np.isfinite(m)]
-        stats = (f"{len(members)} examples, mean memorization {_fmt(float(fin.mean()) if len(fin) else None)}, "
-                 f"{(fin >= 0.25).mean() if len(fin) else 0:.1%} at ≥ 0.25")
-        out.append(f'<div class="class-grid" id="class-{int(c)}" data-class="{int(c)}">'
-                   f"<h3>class {_esc(_class_name(ds, int(c)))}: {stats}</h3>")
+        stats = (
+            f"{len(members)} examples, mean memorization {_fmt(float(fin.mean()) if len(fin) else None)}, "
+            f"{(fin >= 0.25).mean() if len(fin) else 0:.1%} at ≥ 0.25"
+        )
+        out.append(
+            f'<div class="class-grid" id="class-{int(c)}" data-class="{int(c)}">'
+            f"<h3>class {_esc(_class_name(ds, int(c)))}: {stats}</h3>"
+        )
         if ds is not None:
             out.append('<div class="grid">')
             for i in top:
                 flipped = scores.get("label_flipped") is not None and bool(scores["label_flipped"][i])
                 caption = f"#{int(i)} · {_label_text(scores, ds, int(i))}<br>mem {_fmt(mem[i], 2)} ± {_fmt(se[i], 2)}"
-                out.append(_example_figure(_png_uri(example_png(ds, ds.x_train[i])), caption, "flipped" if flipped else ""))
+                out.append(
+                    _example_figure(_png_uri(example_png(ds, ds.x_train[i])), caption, "flipped" if flipped else "")
+                )
             out.append("</div>")
         else:
-            out.append(_table(["train index", "label", "memorization", "stderr", "held-out accuracy"],
-                              [[int(i), _label_text(scores, None, int(i)), _fmt(mem[i]), _fmt(se[i]),
-                                _fmt(float(scores["heldout_accuracy"][i]))] for i in top], raw=True))
+            out.append(
+                _table(
+                    ["train index", "label", "memorization", "stderr", "held-out accuracy"],
+                    [
+                        [
+                            int(i),
+                            _label_text(scores, None, int(i)),
+                            _fmt(mem[i]),
+                            _fmt(se[i]),
+                            _fmt(float(scores["heldout_accuracy"][i])),
+                        ]
+                        for i in top
+                    ],
+                    raw=True,
+                )
+            )
         out.append("</div>")
     out.append("</section>")
     return "\n".join(out)
@@ -296,9 +355,11 @@ def _table(header: list[str], rows: list[list], raw: bool = False, css: str = ""
     """An HTML table; `raw` cells are HTML already; `numeric` right-aligns cells that are numbers."""
 
     def cell(v):
-        num = numeric and (isinstance(v, (int, float, np.integer, np.floating))
-                           or (isinstance(v, str) and v.replace(".", "", 1).lstrip("-").isdigit()))
-        return f'<td{" class=num" if num else ""}>{v if raw else _esc(v)}</td>'
+        num = numeric and (
+            isinstance(v, (int, float, np.integer, np.floating))
+            or (isinstance(v, str) and v.replace(".", "", 1).lstrip("-").isdigit())
+        )
+        return f"<td{' class=num' if num else ''}>{v if raw else _esc(v)}</td>"
 
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
@@ -315,10 +376,12 @@ def _influence_section(influence: Columns, scores: Columns, ds: Dataset | None, 
     top1 = np.flatnonzero(rank == 1)
     se = influence.get("influence_stderr", np.zeros(len(val)))
     chosen = top1[np.lexsort((te[top1], se[top1], -val[top1]))][:examples]  # ties: the surer estimate first
-    out.append(f"<p>The {len(chosen)} test examples whose most influential training example has the highest influence "
-               f"(FZ eq. 2: P[correct on the test example | train example in the subset] − P[… | held out]), "
-               f"each followed by its top {k} training examples (influence ± standard error; with few models most of "
-               f"these values are noise).</p>")
+    out.append(
+        f"<p>The {len(chosen)} test examples whose most influential training example has the highest influence "
+        f"(FZ eq. 2: P[correct on the test example | train example in the subset] − P[… | held out]), "
+        f"each followed by its top {k} training examples (influence ± standard error; with few models most of "
+        f"these values are noise).</p>"
+    )
     mem = np.asarray(scores["memorization"], np.float64)
     for r in chosen:
         j = int(te[r])
@@ -326,32 +389,67 @@ def _influence_section(influence: Columns, scores: Columns, ds: Dataset | None, 
         row = row[np.argsort(rank[row], kind="stable")]
         test_label = int(influence["test_label"][r]) if "test_label" in influence else None
         if ds is not None:
-            parts = ['<div class="influence-row">',
-                     _example_figure(_png_uri(example_png(ds, ds.x_test[j])),
-                                     f"test #{j}<br>label {_esc(_class_name(ds, int(ds.y_test[j])))}", "test"),
-                     '<span class="arrow">←</span>']
+            parts = [
+                '<div class="influence-row">',
+                _example_figure(
+                    _png_uri(example_png(ds, ds.x_test[j])),
+                    f"test #{j}<br>label {_esc(_class_name(ds, int(ds.y_test[j])))}",
+                    "test",
+                ),
+                '<span class="arrow">←</span>',
+            ]
             for q in row:
                 i = int(tr[q])
-                parts.append(_example_figure(
-                    _png_uri(example_png(ds, ds.x_train[i])),
-                    f"train #{i} · {_label_text(scores, ds, i)}<br>infl {_fmt(float(val[q]), 2)} ± {_fmt(float(se[q]), 2)}"
-                    f" · mem {_fmt(mem[i], 2)}"))
+                parts.append(
+                    _example_figure(
+                        _png_uri(example_png(ds, ds.x_train[i])),
+                        f"train #{i} · {_label_text(scores, ds, i)}<br>infl {_fmt(float(val[q]), 2)} ± "
+                        f"{_fmt(float(se[q]), 2)}"
+                        f" · mem {_fmt(mem[i], 2)}",
+                    )
+                )
             parts.append("</div>")
             out.append("".join(parts))
         else:
             out.append(f"<h3>test #{j} (label {test_label})</h3>")
-            out.append(_table(["rank", "train index", "train label", "influence", "stderr", "memorization"],
-                              [[int(rank[q]), int(tr[q]), int(scores["label"][int(tr[q])]), _fmt(float(val[q])),
-                                _fmt(float(se[q])),
-                                _fmt(mem[int(tr[q])])] for q in row]))
+            out.append(
+                _table(
+                    ["rank", "train index", "train label", "influence", "stderr", "memorization"],
+                    [
+                        [
+                            int(rank[q]),
+                            int(tr[q]),
+                            int(scores["label"][int(tr[q])]),
+                            _fmt(float(val[q])),
+                            _fmt(float(se[q])),
+                            _fmt(mem[int(tr[q])]),
+                        ]
+                        for q in row
+                    ],
+                )
+            )
     above = np.flatnonzero(influence.get("above_threshold", np.zeros(len(tr), bool)))
     if len(above):
         above = above[np.argsort(-val[above], kind="stable")][:25]
-        out.append(f"<h3>Strongest pairs at or above the threshold ({len(np.flatnonzero(influence['above_threshold']))} in all; top 25)</h3>")
-        out.append(_table(["train index", "test index", "influence", "train label", "test label"],
-                          [[int(tr[q]), int(te[q]), _fmt(float(val[q])),
-                            int(influence["train_label"][q]) if "train_label" in influence else "–",
-                            int(influence["test_label"][q]) if "test_label" in influence else "–"] for q in above]))
+        out.append(
+            "<h3>Strongest pairs at or above the threshold "
+            f"({len(np.flatnonzero(influence['above_threshold']))} in all; top 25)</h3>"
+        )
+        out.append(
+            _table(
+                ["train index", "test index", "influence", "train label", "test label"],
+                [
+                    [
+                        int(tr[q]),
+                        int(te[q]),
+                        _fmt(float(val[q])),
+                        int(influence["train_label"][q]) if "train_label" in influence else "–",
+                        int(influence["test_label"][q]) if "test_label" in influence else "–",
+                    ]
+                    for q in above
+                ],
+            )
+        )
     out.append("</section>")
     return "\n".join(out)
 
@@ -374,7 +472,9 @@ def render_report(
     title = title or f"memscore report: {name}"
     notes = list(notes)
     if ds is not None and ds.n_train != len(scores["label"]):
-        notes.append(f"the dataset has {ds.n_train} training examples but the scores {len(scores['label'])}; examples not drawn")
+        notes.append(
+            f"the dataset has {ds.n_train} training examples but the scores {len(scores['label'])}; examples not drawn"
+        )
         ds = None
     parts = [
         "<!doctype html>",
@@ -386,12 +486,18 @@ def render_report(
     parts += [f'<p class="note">{_esc(n)}</p>' for n in notes]
     parts.append('<section id="summary"><h2>Run summary</h2>')
     parts.append(_table(["", ""], [[k, v] for k, v in _summary_rows(summary)], css="summary", numeric=False))
-    parts.append(f"<details><summary>summary.json</summary><pre>{_esc(json.dumps(summary, indent=2, sort_keys=True))}</pre></details>")
+    parts.append(
+        "<details><summary>summary.json</summary>"
+        f"<pre>{_esc(json.dumps(summary, indent=2, sort_keys=True))}</pre></details>"
+    )
     parts.append("</section>")
-    parts.append('<section id="histogram"><h2>Score distributions</h2>'
-                 f'<img class="plot" src="{_png_uri(_histogram_png(scores))}" alt="histograms of the scores">'
-                 "<p>Counts on a log scale; the dashed line is Feldman &amp; Zhang's threshold for a memorized example (0.25).</p>"
-                 "</section>")
+    parts.append(
+        '<section id="histogram"><h2>Score distributions</h2>'
+        f'<img class="plot" src="{_png_uri(_histogram_png(scores))}" alt="histograms of the scores">'
+        "<p>Counts on a log scale; the dashed line is Feldman &amp; Zhang's threshold for a memorized "
+        "example (0.25).</p>"
+        "</section>"
+    )
     parts.append(_memorized_section(scores, ds, per_class, max_classes))
     parts.append(_influence_section(influence, scores, ds, influence_examples, influence_k))
     parts.append("</body></html>")
@@ -411,8 +517,11 @@ def load_dataset_for_report(summary: dict, ref: str = "", objects=None) -> tuple
             try:
                 data = objects.get_bytes(ref)
             except Exception as e:  # not there, a store that is down, credentials missing
-                return None, (f"{ref} could not be read from the object store {objects.describe()} ({type(e).__name__}); "
-                              "point MEMSCORE_STORE (and MEMSCORE_S3_*) at the service's store, or pass --dataset with a local copy")
+                return None, (
+                    f"{ref} could not be read from the object store {objects.describe()} ({type(e).__name__}); "
+                    "point MEMSCORE_STORE (and MEMSCORE_S3_*) at the service's store, or pass --dataset "
+                    "with a local copy"
+                )
             ds = dataset_from_npz_bytes(data)
         else:
             ds = load_dataset(ref)
@@ -423,4 +532,11 @@ def load_dataset_for_report(summary: dict, ref: str = "", objects=None) -> tuple
         return None, f"dataset {ref!r} could not be loaded: {type(e).__name__}: {e}"
 
 
-__all__ = ["RESULT_FILES", "example_png", "load_dataset_for_report", "read_result_files", "render_report", "run_dataset"]
+__all__ = [
+    "RESULT_FILES",
+    "example_png",
+    "load_dataset_for_report",
+    "read_result_files",
+    "render_report",
+    "run_dataset",
+]

@@ -35,7 +35,9 @@ def _abort(context: grpc.ServicerContext, e: MemscoreError) -> None:
     status = status_pb2.Status(code=rpc_code, message=str(e))
     if isinstance(e, InvalidArgument):
         br = error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in e.violations]
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in e.violations
+            ]
         )
         status.details.add().Pack(br)
     context.abort_with_status(rpc_status.to_status(status))
@@ -120,6 +122,7 @@ STATE_TO_PB = {
 PB_TO_STATE = {v: k for k, v in STATE_TO_PB.items()}
 KIND_TO_PB = {"scoring": job_pb2.JOB_KIND_SCORING, "exposure": job_pb2.JOB_KIND_EXPOSURE}
 
+
 def _set_fields(msg, always: tuple[str, ...] = ()) -> dict:
     """The fields of a spec message that carry a value. In proto3 a zero or empty value means
     "the default", which the engine's spec dataclass supplies; `optional` fields say
@@ -158,7 +161,10 @@ def _ts(t: float) -> timestamp_pb2.Timestamp:
 
 def progress_to_pb(rec) -> job_pb2.JobProgress:
     p = job_pb2.JobProgress(
-        shards_done=rec.shards_done, shards_total=rec.shards_total, models_done=rec.models_done, models_total=rec.models_total
+        shards_done=rec.shards_done,
+        shards_total=rec.shards_total,
+        models_done=rec.models_done,
+        models_total=rec.models_total,
     )
     if rec.eta_s is not None:
         p.eta_seconds = float(rec.eta_s)

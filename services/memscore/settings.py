@@ -17,13 +17,20 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_BROKER_URL": ("", "Celery broker, e.g. redis://redis:6379/0; empty = embedded"),
     "MEMSCORE_RESULT_BACKEND": ("", "Celery result backend; empty = same as the broker"),
     "MEMSCORE_REDIS_URL": ("", "job-state store, e.g. redis://redis:6379/1; empty = in-memory/local"),
-    "MEMSCORE_STORE": ("", "object store: s3://BUCKET (uses MEMSCORE_S3_*) or a directory; empty = $MEMSCORE_HOME/store"),
+    "MEMSCORE_STORE": (
+        "",
+        "object store: s3://BUCKET (uses MEMSCORE_S3_*) or a directory; empty = $MEMSCORE_HOME/store",
+    ),
     "MEMSCORE_S3_ENDPOINT": ("", "S3/MinIO endpoint host:port, e.g. minio:9000"),
     "MEMSCORE_S3_ACCESS_KEY": ("", "S3 access key"),
     "MEMSCORE_S3_SECRET_KEY": ("", "S3 secret key"),
     "MEMSCORE_S3_SECURE": ("false", "use TLS to the S3 endpoint (true/false)"),
     "MEMSCORE_S3_REGION": ("", "S3 region (optional)"),
-    "MEMSCORE_S3_PUBLIC_ENDPOINT": ("", "http(s)://host[:port] of the S3 endpoint as outside clients reach it, for presigned URLs; empty = MEMSCORE_S3_ENDPOINT"),
+    "MEMSCORE_S3_PUBLIC_ENDPOINT": (
+        "",
+        "http(s)://host[:port] of the S3 endpoint as outside clients reach it, for presigned URLs; empty = "
+        "MEMSCORE_S3_ENDPOINT",
+    ),
     "MEMSCORE_GATEWAY_PORT": ("50051", "gRPC port of the Scoring service"),
     "MEMSCORE_RESULTS_PORT": ("50052", "gRPC port of the Results service"),
     "MEMSCORE_BIND": ("0.0.0.0", "address the gRPC servers listen on"),
@@ -33,7 +40,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_MAX_MODELS": ("100000", "most models one job may train"),
     "MEMSCORE_MAX_UPLOAD_BYTES": ("4294967296", "largest dataset upload in bytes"),
     "MEMSCORE_SHARD_TIMEOUT_S": ("21600", "longest a shard may run; Redis visibility timeout is set above it"),
-    "MEMSCORE_VISIBILITY_TIMEOUT_S": ("", "seconds before Redis redelivers an unacknowledged task; empty = shard timeout + 900"),
+    "MEMSCORE_VISIBILITY_TIMEOUT_S": (
+        "",
+        "seconds before Redis redelivers an unacknowledged task; empty = shard timeout + 900",
+    ),
     "MEMSCORE_MAX_ATTEMPTS": ("3", "deliveries of one shard before its job fails"),
     "MEMSCORE_LOG_LEVEL": ("INFO", "log level of the services"),
 }

@@ -48,9 +48,9 @@ def test_generated_modules_import_under_memscore_api():
 
 def test_reflection_describes_both_services():
     """What grpcurl relies on: the servers' reflection can resolve every service and its imports."""
+    from google.protobuf.descriptor_pool import DescriptorPool
     from grpc_reflection.v1alpha import reflection
     from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-    from google.protobuf.descriptor_pool import DescriptorPool
 
     from memscore.api.v1 import results_service_pb2, scoring_service_pb2
 

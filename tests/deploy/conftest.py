@@ -57,6 +57,7 @@ def pyproject() -> dict[str, Any]:
 
 # ---- Kubernetes -------------------------------------------------------------------------
 
+
 @dataclass
 class Render:
     """One `kubectl kustomize` output: its objects and the file they were written to."""
@@ -110,12 +111,16 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Render]:
             # kustomize accepts only relative paths to other kustomizations.
             tmp = out / name.replace("/", "_")
             tmp.mkdir()
-            (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(K8S / base, tmp)],
-                "components": [os.path.relpath(K8S / component, tmp)],
-            }))
+            (tmp / "kustomization.yaml").write_text(
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                        "kind": "Kustomization",
+                        "resources": [os.path.relpath(K8S / base, tmp)],
+                        "components": [os.path.relpath(K8S / component, tmp)],
+                    }
+                )
+            )
             text = kustomize(tmp)
         else:
             text = kustomize(K8S / name)
@@ -126,6 +131,7 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Render]:
 
 
 # ---- compose and Dockerfiles --------------------------------------------------------------
+
 
 @pytest.fixture(scope="session")
 def compose() -> dict[str, Any]:
@@ -139,14 +145,16 @@ def dockerfiles() -> dict[str, tuple]:
     try:
         import dockerfile
     except ImportError:
-        pytest.fail("the `dockerfile` package (BuildKit's parser) is missing: run `pip install -e '.[dev]'`", pytrace=False)
+        pytest.fail(
+            "the `dockerfile` package (BuildKit's parser) is missing: run `pip install -e '.[dev]'`", pytrace=False
+        )
     return {name: dockerfile.parse_file(str(path)) for name, path in DOCKERFILES.items()}
 
 
 def final_stage(instructions: tuple) -> list:
     """Instructions of the last build stage: what the image runs."""
     starts = [i for i, ins in enumerate(instructions) if ins.cmd.upper() == "FROM"]
-    return list(instructions[starts[-1]:])
+    return list(instructions[starts[-1] :])
 
 
 def shell_commands(script: str) -> list[list[str]]:

@@ -50,7 +50,9 @@ def test_memscore_services_start_after_healthy_redis_and_the_bucket(compose: dic
     assert s["restart"] == "unless-stopped"
 
 
-@pytest.mark.parametrize(("service", "port_var"), [("gateway", "MEMSCORE_GATEWAY_PORT"), ("results", "MEMSCORE_RESULTS_PORT")])
+@pytest.mark.parametrize(
+    ("service", "port_var"), [("gateway", "MEMSCORE_GATEWAY_PORT"), ("results", "MEMSCORE_RESULTS_PORT")]
+)
 def test_grpc_ports_are_published_and_health_checked(compose: dict, service: str, port_var: str) -> None:
     """`memscore submit --gateway localhost:50051` from the host reaches the container."""
     s = compose["services"][service]

@@ -46,7 +46,9 @@ def compose_invocations(compose: dict) -> Iterator[Invocation]:
         if not is_memscore_image(s.get("image", "")):
             continue
         if "command" in s or "entrypoint" in s:
-            yield Invocation(f"compose {name} command", "main", list(s.get("entrypoint", [])) + list(s.get("command", [])))
+            yield Invocation(
+                f"compose {name} command", "main", list(s.get("entrypoint", [])) + list(s.get("command", []))
+            )
         test = s.get("healthcheck", {}).get("test")
         if test:
             kind, *rest = test
@@ -127,10 +129,14 @@ def test_commands_run_in_memscore_images_are_package_entry_points(invocations: l
                     problems.append(f"{inv.where}: `{' '.join(argv)}`: {program} takes no arguments here")
             elif program == "celery":
                 if argv[1:3] != ["-A", CELERY_APP] or argv[3:5] != ["inspect", "ping"]:
-                    problems.append(f"{inv.where}: `{' '.join(argv)}`: only `celery -A {CELERY_APP} inspect ping` is used")
+                    problems.append(
+                        f"{inv.where}: `{' '.join(argv)}`: only `celery -A {CELERY_APP} inspect ping` is used"
+                    )
             else:
-                problems.append(f"{inv.where}: `{' '.join(argv)}`: {program} is not a memscore entry point "
-                                f"(console scripts: {sorted(scripts)})")
+                problems.append(
+                    f"{inv.where}: `{' '.join(argv)}`: {program} is not a memscore entry point "
+                    f"(console scripts: {sorted(scripts)})"
+                )
     assert not problems, "\n".join(problems)
 
 
@@ -149,6 +155,7 @@ def test_health_checks_target_the_services_ports(invocations: list[Invocation]) 
 
 
 # ---- environment variables ----------------------------------------------------------------
+
 
 def compose_env(compose: dict) -> Iterator[tuple[str, str, str]]:
     for name, s in compose["services"].items():
@@ -189,8 +196,14 @@ def test_every_memscore_variable_set_is_a_setting(compose: dict, dockerfiles: di
     unknown = sorted({f"{where}: {key}" for where, key, _ in memscore if key not in ENV_VARS})
     assert not unknown, "not in memscore.settings.ENV_VARS (typo, or add it there):\n" + "\n".join(unknown)
     # A number's default means a number is expected.
-    bad = [f"{where}: {key}={value!r}" for where, key, value in memscore
-           if ENV_VARS[key][0].isdigit() and not value.isdigit()]
-    bad += [f"{where}: {key}={value!r}" for where, key, value in memscore
-            if key == "MEMSCORE_S3_SECURE" and value not in ("true", "false")]
+    bad = [
+        f"{where}: {key}={value!r}"
+        for where, key, value in memscore
+        if ENV_VARS[key][0].isdigit() and not value.isdigit()
+    ]
+    bad += [
+        f"{where}: {key}={value!r}"
+        for where, key, value in memscore
+        if key == "MEMSCORE_S3_SECURE" and value not in ("true", "false")
+    ]
     assert not bad, "\n".join(bad)

@@ -37,15 +37,23 @@ def test_overlay_renders_and_validates_strictly(renders: dict[str, Render], over
     result = run_tool("kubernetes-validate", "--strict", "--quiet", str(render.path))
     report = result.stdout + result.stderr
     assert result.returncode == 0, f"kubernetes-validate --strict {overlay}:\n{report}"
-    unvalidated = [line for line in report.splitlines() if line.startswith("WARN") and not any(g in line for g in CRD_API_GROUPS)]
+    unvalidated = [
+        line for line in report.splitlines() if line.startswith("WARN") and not any(g in line for g in CRD_API_GROUPS)
+    ]
     assert not unvalidated, "objects with no schema other than known CRDs:\n" + "\n".join(unvalidated)
 
 
 def test_prod_renders_the_services_without_in_cluster_datastores_or_secret(renders: dict[str, Render]) -> None:
     prod = renders["overlays/prod"]
     names = {(o["kind"], o["metadata"]["name"]) for o in prod.objects}
-    for expected in [("Namespace", "memscore"), ("Deployment", "memscore-gateway"), ("Deployment", "memscore-results"),
-                     ("Deployment", "memscore-worker"), ("Service", "memscore-gateway"), ("Service", "memscore-results")]:
+    for expected in [
+        ("Namespace", "memscore"),
+        ("Deployment", "memscore-gateway"),
+        ("Deployment", "memscore-results"),
+        ("Deployment", "memscore-worker"),
+        ("Service", "memscore-gateway"),
+        ("Service", "memscore-results"),
+    ]:
         assert expected in names
     assert not prod.of_kind("StatefulSet"), "prod uses external Redis and S3"
     # The real Secret is created out of band; applying must not overwrite it with placeholders.
@@ -77,8 +85,11 @@ def test_dev_runs_redis_and_minio_in_cluster_with_a_bucket_job(renders: dict[str
 def test_every_object_lands_in_the_memscore_namespace(renders: dict[str, Render], overlay: str) -> None:
     render = renders[overlay]
     assert [o["metadata"]["name"] for o in render.of_kind("Namespace")] == ["memscore"]
-    stray = [f"{o['kind']}/{o['metadata']['name']}" for o in render.objects
-             if o["kind"] != "Namespace" and o["metadata"].get("namespace") != "memscore"]
+    stray = [
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in render.objects
+        if o["kind"] != "Namespace" and o["metadata"].get("namespace") != "memscore"
+    ]
     assert not stray, f"objects outside the namespace: {stray}"
 
 
@@ -192,11 +203,19 @@ def _selects(selector: dict, labels: dict) -> bool:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_deny_by_default_and_open_only_the_grpc_services(renders: dict[str, Render], overlay: str) -> None:
+def test_network_policies_deny_by_default_and_open_only_the_grpc_services(
+    renders: dict[str, Render], overlay: str
+) -> None:
     render = renders[overlay]
     policies = render.of_kind("NetworkPolicy")
-    deny = [p["spec"] for p in policies if p["spec"]["podSelector"] == {}
-            and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    deny = [
+        p["spec"]
+        for p in policies
+        if p["spec"]["podSelector"] == {}
+        and set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
     assert deny, "no default-deny policy"
     pods = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in render.workloads()}
     open_to_anyone = set()
@@ -210,8 +229,13 @@ def test_network_policies_deny_by_default_and_open_only_the_grpc_services(render
     # Workers accept no connections at all; they only reach out to Redis and S3.
     worker = pods["memscore-worker"]
     assert not [p for p in policies if p["spec"].get("ingress") and _selects(p["spec"]["podSelector"], worker)]
-    worker_ports = {port["port"] for p in policies if _selects(p["spec"]["podSelector"], worker)
-                    for rule in p["spec"].get("egress", []) for port in rule.get("ports", [])}
+    worker_ports = {
+        port["port"]
+        for p in policies
+        if _selects(p["spec"]["podSelector"], worker)
+        for rule in p["spec"].get("egress", [])
+        for port in rule.get("ports", [])
+    }
     assert {6379, 9000} <= worker_ports
 
 
@@ -225,8 +249,11 @@ def test_dev_datastores_accept_only_memscore_pods(renders: dict[str, Render]) ->
                 for rule in p["spec"].get("ingress", []):
                     for peer in rule["from"]:
                         allowed |= {n for n, labels in pods.items() if _selects(peer["podSelector"], labels)}
-        assert {"memscore-gateway", "memscore-results", "memscore-worker"} <= allowed <= {
-            "memscore-gateway", "memscore-results", "memscore-worker", "minio-init"}, (store, allowed)
+        assert (
+            {"memscore-gateway", "memscore-results", "memscore-worker"}
+            <= allowed
+            <= {"memscore-gateway", "memscore-results", "memscore-worker", "minio-init"}
+        ), (store, allowed)
 
 
 def test_keda_scales_workers_on_the_celery_queue_and_never_to_zero(renders: dict[str, Render]) -> None:

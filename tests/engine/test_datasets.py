@@ -139,23 +139,38 @@ def test_npz_uint8_nhwc_images_become_float_nchw_in_unit_range(tmp_path):
     rng = np.random.default_rng(0)
     x_train = rng.integers(0, 256, size=(12, 6, 5, 3), dtype=np.uint8)
     x_test = rng.integers(0, 256, size=(4, 6, 5, 3), dtype=np.uint8)
-    ds = load_npz(write_npz(tmp_path, x_train=x_train, y_train=np.arange(12) % 2,
-                            x_test=x_test, y_test=np.arange(4) % 2))
+    ds = load_npz(
+        write_npz(tmp_path, x_train=x_train, y_train=np.arange(12) % 2, x_test=x_test, y_test=np.arange(4) % 2)
+    )
     assert ds.kind == "image" and ds.feature_shape == (3, 6, 5)
     assert ds.x_train.dtype == np.float32 and ds.x_train.max() <= 1.0
     np.testing.assert_allclose(ds.x_train[1, 2, 4, 3], x_train[1, 4, 3, 2] / 255, rtol=1e-6)
 
 
 def test_npz_grey_images_get_a_channel_and_float_labels_that_are_whole_are_accepted(tmp_path):
-    ds = load_npz(write_npz(tmp_path, x_train=np.zeros((6, 4, 4)), y_train=np.array([0, 1, 2, 0, 1, 2.0]),
-                            x_test=np.zeros((2, 4, 4)), y_test=np.array([1.0, 2.0])))
+    ds = load_npz(
+        write_npz(
+            tmp_path,
+            x_train=np.zeros((6, 4, 4)),
+            y_train=np.array([0, 1, 2, 0, 1, 2.0]),
+            x_test=np.zeros((2, 4, 4)),
+            y_test=np.array([1.0, 2.0]),
+        )
+    )
     assert ds.kind == "image" and ds.feature_shape == (1, 4, 4) and ds.num_classes == 3
     assert ds.y_train.dtype == np.int64
 
 
 def test_npz_nchw_images_are_kept(tmp_path):
-    ds = load_npz(write_npz(tmp_path, x_train=np.zeros((4, 3, 8, 8), np.float32), y_train=np.array([0, 1, 0, 1]),
-                            x_test=np.zeros((2, 3, 8, 8), np.float32), y_test=np.array([0, 1])))
+    ds = load_npz(
+        write_npz(
+            tmp_path,
+            x_train=np.zeros((4, 3, 8, 8), np.float32),
+            y_train=np.array([0, 1, 0, 1]),
+            x_test=np.zeros((2, 3, 8, 8), np.float32),
+            y_test=np.array([0, 1]),
+        )
+    )
     assert ds.feature_shape == (3, 8, 8)
 
 
@@ -218,8 +233,11 @@ def test_all_problems_are_listed_in_one_message(tmp_path):
     x = good_arrays()["x_train"]
     x[0, 0] = np.nan
     with pytest.raises(DatasetError) as e:
-        load_npz(write_npz(tmp_path, x_train=x, y_train=np.arange(30) % 3,
-                           x_test=np.zeros((10, 6)), y_test=np.arange(10) + 0.5))
+        load_npz(
+            write_npz(
+                tmp_path, x_train=x, y_train=np.arange(30) % 3, x_test=np.zeros((10, 6)), y_test=np.arange(10) + 0.5
+            )
+        )
     assert str(e.value).startswith("3 problems:")
     assert {f for f, _ in e.value.problems} == {"x_train", "x_test", "y_test"}
 
@@ -238,12 +256,20 @@ def test_garbage_bytes_are_not_a_readable_npz():
 
 def test_validate_checks_datasets_built_in_code():
     a = good_arrays()
-    ds = Dataset("d", a["x_train"], a["y_train"], a["x_test"], a["y_test"], num_classes=3, kind="image",
-                 class_names=["a", "b"])
+    ds = Dataset(
+        "d", a["x_train"], a["y_train"], a["x_test"], a["y_test"], num_classes=3, kind="image", class_names=["a", "b"]
+    )
     fields = dict(collect_problems(ds))
     assert "class_names" in fields and "kind" in fields
-    bad = Dataset("d", a["x_train"].astype(np.float64), a["y_train"].astype(np.float32), a["x_test"], a["y_test"],
-                  num_classes=3, kind="vector")
+    bad = Dataset(
+        "d",
+        a["x_train"].astype(np.float64),
+        a["y_train"].astype(np.float32),
+        a["x_test"],
+        a["y_test"],
+        num_classes=3,
+        kind="vector",
+    )
     with pytest.raises(DatasetError, match="x_train: dtype float64 is not float32.*y_train: labels must be integers"):
         validate(bad)
     validate(Dataset("d", a["x_train"], a["y_train"], a["x_test"], a["y_test"], num_classes=3, kind="vector"))
@@ -262,7 +288,9 @@ def write_png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=(6, 5),
             (root / split / c).mkdir(parents=True)
             for i in range(per_class):
                 pixels = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
-                Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(root / split / c / f"{i}.png")
+                Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode).save(
+                    root / split / c / f"{i}.png"
+                )
 
 
 def test_image_folder_loads_rgb_pngs_as_nchw_floats(tmp_path):

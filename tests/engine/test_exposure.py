@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from memscore.engine.canaries import CanaryFormat
@@ -14,7 +13,6 @@ from memscore.engine.exposure import (
     run_exposure_experiment,
 )
 from memscore.engine.lm import log_perplexity
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -132,8 +130,15 @@ def experiment():
     """A 2-layer char LSTM trained on 20,000 characters of the built-in corpus with a pin
     inserted 64 times, one 4 times and one never (measured: about 13 s on one CPU thread)."""
     return run_exposure_experiment(
-        load_corpus("builtin")[:20_000], [PIN], [0, 4, 64], arch="lstm", steps=300, seed=0, hidden=128,
-        device="cpu", enumeration_budget=10_000,
+        load_corpus("builtin")[:20_000],
+        [PIN],
+        [0, 4, 64],
+        arch="lstm",
+        steps=300,
+        seed=0,
+        hidden=128,
+        device="cpu",
+        enumeration_budget=10_000,
     )
 
 
@@ -185,10 +190,24 @@ def test_extrapolation_agrees_with_enumeration_on_a_trained_model(experiment):
 def test_experiment_runs_with_the_transformer_and_reports_progress():
     seen = []
     results = run_exposure_experiment(
-        load_corpus("builtin")[:3000], ["code {dd}", "key {a}"], [0, 2], arch="transformer", steps=10, seed=1,
-        hidden=32, seq_len=32, batch_size=8, device="cpu", progress=lambda done, total: seen.append((done, total)),
+        load_corpus("builtin")[:3000],
+        ["code {dd}", "key {a}"],
+        [0, 2],
+        arch="transformer",
+        steps=10,
+        seed=1,
+        hidden=32,
+        seq_len=32,
+        batch_size=8,
+        device="cpu",
+        progress=lambda done, total: seen.append((done, total)),
     )
-    assert [(r.format, r.insertions) for r in results] == [("code {dd}", 0), ("code {dd}", 2), ("key {a}", 0), ("key {a}", 2)]
+    assert [(r.format, r.insertions) for r in results] == [
+        ("code {dd}", 0),
+        ("code {dd}", 2),
+        ("key {a}", 0),
+        ("key {a}", 2),
+    ]
     assert [r.space_size for r in results] == [100, 100, 26, 26]
     assert all(0.0 <= r.exposure <= math.log2(r.space_size) + 1e-12 and r.rank_exact for r in results)
     assert seen[-1] == (14, 14)  # 10 training steps + 4 canaries

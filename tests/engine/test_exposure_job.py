@@ -4,7 +4,6 @@ import math
 
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from memscore.engine.corpus import load_corpus
 from memscore.engine.ensemble import Cancelled

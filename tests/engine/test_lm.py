@@ -23,7 +23,6 @@ from memscore.engine.lm import (
     train_lm,
 )
 
-
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
@@ -33,8 +32,19 @@ TEXT = load_corpus("builtin")[:6000]
 @pytest.fixture(scope="module", params=["lstm", "transformer"])
 def tiny_lm(request):
     tok = CharTokenizer.build(TEXT, ["the pin is {dddd}"])
-    return train_lm(TEXT, arch=request.param, steps=40, seq_len=32, batch_size=16, hidden=48, embed_dim=16,
-                    heads=2, seed=0, device="cpu", tokenizer=tok)
+    return train_lm(
+        TEXT,
+        arch=request.param,
+        steps=40,
+        seq_len=32,
+        batch_size=16,
+        hidden=48,
+        embed_dim=16,
+        heads=2,
+        seed=0,
+        device="cpu",
+        tokenizer=tok,
+    )
 
 
 # --- corpus -----------------------------------------------------------------------------
@@ -54,7 +64,12 @@ def test_load_corpus_reads_a_local_utf8_file(tmp_path):
 
 @pytest.mark.parametrize(
     "data, words",
-    [(b"", "is empty"), (b" \n\t\n", "is empty"), (b"short text", "too short"), (b"\xff\xfe" + b"a" * 300, "not UTF-8")],
+    [
+        (b"", "is empty"),
+        (b" \n\t\n", "is empty"),
+        (b"short text", "too short"),
+        (b"\xff\xfe" + b"a" * 300, "not UTF-8"),
+    ],
 )
 def test_unusable_corpora_give_clear_errors(data, words):
     with pytest.raises(CorpusError, match=words):
@@ -95,8 +110,16 @@ def test_training_lowers_the_loss_and_reports_progress(tiny_lm):
     # A uniform guess over the vocabulary costs log2(V) bits per character.
     assert tiny_lm.train_summary["final_loss_bits_per_char"] < math.log2(tiny_lm.tokenizer.vocab_size) - 1
     seen = []
-    train_lm(TEXT, steps=7, seq_len=16, batch_size=4, hidden=8, embed_dim=4, device="cpu",
-             progress=lambda done, total: seen.append((done, total)))
+    train_lm(
+        TEXT,
+        steps=7,
+        seq_len=16,
+        batch_size=4,
+        hidden=8,
+        embed_dim=4,
+        device="cpu",
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen[-1] == (7, 7) and all(t == 7 for _, t in seen)
 
 
@@ -122,7 +145,7 @@ def full_sequence_logppl(model, prefix: str, secret: str) -> float:
     ids = torch.as_tensor(model.tokenizer.encode(prefix + secret))[None]
     with torch.no_grad():
         logp = torch.log_softmax(model(ids[:, :-1])[0][0].double(), dim=-1)
-    targets = ids[0, len(prefix):]
+    targets = ids[0, len(prefix) :]
     return float(-logp[torch.arange(len(prefix) - 1, ids.shape[1] - 1), targets].sum() / math.log(2))
 
 
@@ -148,7 +171,9 @@ def test_log_perplexity_accepts_candidates_of_different_lengths(tiny_lm):
 def test_checkpoint_round_trip_scores_identically(tiny_lm):
     again = load_lm(lm_checkpoint(tiny_lm))
     cands = ["0000", "1234", "9876"]
-    np.testing.assert_array_equal(log_perplexity(again, "\nthe pin is ", cands), log_perplexity(tiny_lm, "\nthe pin is ", cands))
+    np.testing.assert_array_equal(
+        log_perplexity(again, "\nthe pin is ", cands), log_perplexity(tiny_lm, "\nthe pin is ", cands)
+    )
 
 
 # --- extraction -----------------------------------------------------------------------------

@@ -46,9 +46,18 @@ class Stack:
     def start_worker(self, name: str = "w") -> subprocess.Popen:
         log = open(self.log_dir / f"worker-{name}-{len(self.workers)}.log", "w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "memscore.worker.main", f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
-             "--without-mingle", "--without-gossip"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "memscore.worker.main",
+                f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.workers.append(proc)
         return proc

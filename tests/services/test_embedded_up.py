@@ -41,8 +41,22 @@ def start_up(tmp_path, gw: int, res: int) -> subprocess.Popen:
     env["OMP_NUM_THREADS"] = "1"
     log = open(tmp_path / "up.log", "a")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "memscore.cli", "up", "--gateway-port", str(gw), "--results-port", str(res), "--bind", "127.0.0.1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "memscore.cli",
+            "up",
+            "--gateway-port",
+            str(gw),
+            "--results-port",
+            str(res),
+            "--bind",
+            "127.0.0.1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     wait_for(lambda: _healthy(f"127.0.0.1:{gw}") and _healthy(f"127.0.0.1:{res}"), 60, what="memscore up")
     return proc
@@ -144,8 +158,23 @@ def check_cli_commands(gateway: str, results: str, job_id: str, blobs, tmp_path,
     assert code == 0 and "SUCCEEDED" in out
     code, out, _ = run("upload", str(blobs), *svc)
     assert code == 0 and out.strip().startswith("datasets/") and out.strip().endswith(".npz")
-    code, out, _ = run("submit", "--dataset", out.strip(), "--model", "mlp", "--models", "4", "--epochs", "2",
-                       "--shard-size", "2", "--request-id", "cli-1", "--wait", *svc)
+    code, out, _ = run(
+        "submit",
+        "--dataset",
+        out.strip(),
+        "--model",
+        "mlp",
+        "--models",
+        "4",
+        "--epochs",
+        "2",
+        "--shard-size",
+        "2",
+        "--request-id",
+        "cli-1",
+        "--wait",
+        *svc,
+    )
     assert code == 0 and out.splitlines()[0].startswith("job-") and "SUCCEEDED" in out
     code, _, err = run("cancel", "job-nope", *svc)
     assert code == 1 and "NOT_FOUND" in err

@@ -142,15 +142,24 @@ def test_bad_requests_get_the_right_status_codes(stack, client, tmp_path):
         client.submit(job_pb2.JobSpec())
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    for call in (lambda: client.get("job-nope"), lambda: client.cancel("job-nope"),
-                 lambda: client.ranked("job-nope"), lambda: list(client.watch("job-nope"))):
+    for call in (
+        lambda: client.get("job-nope"),
+        lambda: client.cancel("job-nope"),
+        lambda: client.ranked("job-nope"),
+        lambda: list(client.watch("job-nope")),
+    ):
         with pytest.raises(grpc.RpcError) as e:
             call()
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
 
     bad = tmp_path / "bad.npz"
-    np.savez(bad, x_train=np.full((10, 3), np.nan, np.float32), y_train=np.zeros(10, int),
-             x_test=np.zeros((4, 3), np.float32), y_test=np.zeros(4, int))
+    np.savez(
+        bad,
+        x_train=np.full((10, 3), np.nan, np.float32),
+        y_train=np.zeros(10, int),
+        x_test=np.zeros((4, 3), np.float32),
+        y_test=np.zeros(4, int),
+    )
     with pytest.raises(grpc.RpcError) as e:
         client.upload(bad)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "NaN" in e.value.details()
@@ -168,7 +177,10 @@ def test_bad_requests_get_the_right_status_codes(stack, client, tmp_path):
 def test_health_and_reflection_are_served(stack):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    for target, service in ((stack.gateway, "memscore.v1.ScoringService"), (stack.results, "memscore.v1.ResultsService")):
+    for target, service in (
+        (stack.gateway, "memscore.v1.ScoringService"),
+        (stack.results, "memscore.v1.ResultsService"),
+    ):
         with grpc.insecure_channel(target) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
@@ -204,7 +216,9 @@ def test_query_influence_of_new_points_equals_the_jobs_own_influence(stack, clie
         x, y = z["x_test"][[3, 7, 11]], z["y_test"][[3, 7, 11]]
     buf = io.BytesIO()
     np.savez(buf, x=x, y=y)
-    resp = client.results.QueryInfluence(results_service_pb2.QueryInfluenceRequest(job_id=job.job_id, examples_npz=buf.getvalue(), top_k=5))
+    resp = client.results.QueryInfluence(
+        results_service_pb2.QueryInfluenceRequest(job_id=job.job_id, examples_npz=buf.getvalue(), top_k=5)
+    )
     for q, j in enumerate((3, 7, 11)):
         got = [p.influence for p in resp.pairs if p.test_index == q]
         want = [p.influence for p in client.influence(job.job_id, test_index=j, limit=5)]
@@ -212,7 +226,9 @@ def test_query_influence_of_new_points_equals_the_jobs_own_influence(stack, clie
     bad = io.BytesIO()
     np.savez(bad, x=x[:, :3], y=y)
     with pytest.raises(grpc.RpcError) as e:
-        client.results.QueryInfluence(results_service_pb2.QueryInfluenceRequest(job_id=job.job_id, examples_npz=bad.getvalue()))
+        client.results.QueryInfluence(
+            results_service_pb2.QueryInfluenceRequest(job_id=job.job_id, examples_npz=bad.getvalue())
+        )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

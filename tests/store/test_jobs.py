@@ -43,9 +43,14 @@ def test_create_get_and_unknown_id(jobs):
     assert created and rec.version == 1 and rec.state == "QUEUED" and rec.request_id == "r1"
     assert rec.created_at > 0 and rec.updated_at >= rec.created_at
     assert jobs.get("j1") == rec
-    for call in (lambda: jobs.get("nope"), lambda: jobs.update("nope", state="RUNNING"),
-                 lambda: jobs.mark_shard_done("nope", 0, 4), lambda: jobs.request_cancel("nope"),
-                 lambda: jobs.cancel_requested("nope"), lambda: jobs.incr_attempts("nope", 0)):
+    for call in (
+        lambda: jobs.get("nope"),
+        lambda: jobs.update("nope", state="RUNNING"),
+        lambda: jobs.mark_shard_done("nope", 0, 4),
+        lambda: jobs.request_cancel("nope"),
+        lambda: jobs.cancel_requested("nope"),
+        lambda: jobs.incr_attempts("nope", 0),
+    ):
         with pytest.raises(JobNotFound):
             call()
     with pytest.raises(ValueError):

@@ -98,8 +98,13 @@ def test_overwrite_is_atomic_for_concurrent_readers(store):
 
 
 def test_list_and_delete_prefix(store):
-    keys = ["jobs/a/shards/0/trace.npz", "jobs/a/shards/1/trace.npz", "jobs/a/spec.json", "jobs/ab/spec.json",
-            "datasets/x.npz"]
+    keys = [
+        "jobs/a/shards/0/trace.npz",
+        "jobs/a/shards/1/trace.npz",
+        "jobs/a/spec.json",
+        "jobs/ab/spec.json",
+        "datasets/x.npz",
+    ]
     for k in keys:
         store.put_bytes(k, k.encode())
     assert store.list() == sorted(keys)
@@ -168,8 +173,7 @@ def test_local_store_hides_temp_files_and_stays_under_root(tmp_path):
 
 
 def test_unreachable_endpoint_raises_store_unavailable(closed_port, s3_credentials):
-    store = S3ObjectStore(f"127.0.0.1:{closed_port}", *s3_credentials, "bucket",
-                          connect_timeout_s=1, retries=0)
+    store = S3ObjectStore(f"127.0.0.1:{closed_port}", *s3_credentials, "bucket", connect_timeout_s=1, retries=0)
     for call in (lambda: store.get_bytes("k"), lambda: store.put_bytes("k", b"x"), lambda: store.list("")):
         with pytest.raises(StoreUnavailable) as info:
             call()
@@ -192,8 +196,9 @@ def test_server_errors_raise_store_unavailable(s3_credentials):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Always503)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
-        store = S3ObjectStore(f"127.0.0.1:{server.server_address[1]}", *s3_credentials, "bucket",
-                              region="us-east-1", retries=1)
+        store = S3ObjectStore(
+            f"127.0.0.1:{server.server_address[1]}", *s3_credentials, "bucket", region="us-east-1", retries=1
+        )
         with pytest.raises(StoreUnavailable):
             store.get_bytes("k")
     finally:

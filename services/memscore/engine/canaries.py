@@ -46,9 +46,7 @@ class CanaryFormat:
         if "\n" in fmt or "\r" in fmt:
             raise ValueError(f"canary format {fmt!r} must be one line (it is inserted as a line)")
         if "{" not in fmt and "}" not in fmt:
-            raise ValueError(
-                f"canary format {fmt!r} has no slot: put the secret in braces, e.g. 'the pin is {{dddd}}'"
-            )
+            raise ValueError(f"canary format {fmt!r} has no slot: put the secret in braces, e.g. 'the pin is {{dddd}}'")
         prefix_end = fmt.find("{")
         if prefix_end < 0 or ("}" in fmt[:prefix_end]):
             raise ValueError(f"canary format {fmt!r} has unbalanced braces ('}}' before '{{')")

@@ -56,7 +56,7 @@ def check_corpus(text: str, source: str = "corpus") -> str:
 
 
 def load_corpus(ref: str) -> str:
-    """"builtin" (see the module docstring) or the path of a local UTF-8 text file."""
+    """ "builtin" (see the module docstring) or the path of a local UTF-8 text file."""
     if ref == BUILTIN:
         return check_corpus(builtin_corpus(), "built-in corpus")
     path = Path(ref).expanduser()

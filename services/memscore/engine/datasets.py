@@ -102,7 +102,9 @@ def _x_problems(name: str, x: object) -> list[tuple[str, str]]:
         n_nan = int(np.isnan(x).sum())
         n_bad = int(bad.sum())
         first = int(np.argmax(bad.reshape(len(x), -1).any(axis=1)))
-        out.append((name, f"{n_bad} non-finite values ({n_nan} NaN, {n_bad - n_nan} inf); the first in example {first}"))
+        out.append(
+            (name, f"{n_bad} non-finite values ({n_nan} NaN, {n_bad - n_nan} inf); the first in example {first}")
+        )
     return out
 
 
@@ -116,8 +118,13 @@ def _y_problems(name: str, y: object, num_classes: int) -> list[tuple[str, str]]
     bad = (y < 0) | (y >= num_classes)
     if num_classes >= 1 and bad.any():
         i = int(np.argmax(bad))
-        return [(name, f"label {int(y[i])} (example {i}) is outside 0..{num_classes - 1}"
-                       + (f"; {int(bad.sum())} labels in all" if bad.sum() > 1 else ""))]
+        return [
+            (
+                name,
+                f"label {int(y[i])} (example {i}) is outside 0..{num_classes - 1}"
+                + (f"; {int(bad.sum())} labels in all" if bad.sum() > 1 else ""),
+            )
+        ]
     return []
 
 
@@ -130,7 +137,9 @@ def collect_problems(ds: Dataset, max_train_examples: int | None = None) -> list
         num_classes = 0
     y_problems = _y_problems("y_train", ds.y_train, num_classes) + _y_problems("y_test", ds.y_test, num_classes)
     problems += y_problems
-    x_ok = all(isinstance(x, np.ndarray) and x.dtype == np.float32 and 2 <= x.ndim <= 4 for x in (ds.x_train, ds.x_test))
+    x_ok = all(
+        isinstance(x, np.ndarray) and x.dtype == np.float32 and 2 <= x.ndim <= 4 for x in (ds.x_train, ds.x_test)
+    )
 
     for split, x, y in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
         if not (isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.ndim >= 2 and y.ndim == 1):
@@ -143,7 +152,9 @@ def collect_problems(ds: Dataset, max_train_examples: int | None = None) -> list
         if len(x) > limit:
             problems.append((f"x_{split}", f"{len(x)} examples exceeds the limit of {limit}"))
     if x_ok and ds.x_train.shape[1:] != ds.x_test.shape[1:]:
-        problems.append(("x_test", f"feature shape {ds.x_test.shape[1:]} differs from x_train's {ds.x_train.shape[1:]}"))
+        problems.append(
+            ("x_test", f"feature shape {ds.x_test.shape[1:]} differs from x_train's {ds.x_train.shape[1:]}")
+        )
 
     if ds.kind not in KINDS:
         problems.append(("kind", f"{ds.kind!r} is not one of {', '.join(KINDS)}"))
@@ -159,7 +170,12 @@ def collect_problems(ds: Dataset, max_train_examples: int | None = None) -> list
             names = [f"{c}" + (f" ({ds.class_names[c]!r})" if ds.class_names else "") for c in empty[:10]]
             more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
             which = "class" if len(empty) == 1 else "classes"
-            problems.append(("y_train", f"{which} {', '.join(names)}{more} ha{'s' if len(empty) == 1 else 've'} no training examples"))
+            problems.append(
+                (
+                    "y_train",
+                    f"{which} {', '.join(names)}{more} ha{'s' if len(empty) == 1 else 've'} no training examples",
+                )
+            )
     return problems
 
 
@@ -206,8 +222,16 @@ def load_digits_dataset(seed: int = 0, test_fraction: float = 0.25) -> Dataset:
     x = (d.images / 16.0).astype(np.float32)[:, None]  # pixel values are 0..16
     y = d.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
-    ds = Dataset("digits", x_train, y_train, x_test, y_test, num_classes=10, kind="image",
-                 class_names=[str(c) for c in range(10)])
+    ds = Dataset(
+        "digits",
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        num_classes=10,
+        kind="image",
+        class_names=[str(c) for c in range(10)],
+    )
     validate(ds)
     return ds
 
@@ -257,9 +281,21 @@ def load_longtail(
         problems.append(("subgroups_per_class", "subgroups_per_class and rare_test must be >= 0"))
     n_groups = num_classes * subgroups_per_class
     if n_train < n_groups * hi + num_classes:
-        problems.append(("n_train", f"{n_train} is too small for {n_groups} subgroups of up to {hi} examples plus one common example per class"))
+        problems.append(
+            (
+                "n_train",
+                f"{n_train} is too small for {n_groups} subgroups of up to {hi} examples plus one common "
+                "example per class",
+            )
+        )
     if n_test < n_groups * rare_test + num_classes:
-        problems.append(("n_test", f"{n_test} is too small for {n_groups} subgroups of {rare_test} examples plus one common example per class"))
+        problems.append(
+            (
+                "n_test",
+                f"{n_test} is too small for {n_groups} subgroups of {rare_test} examples plus one common "
+                "example per class",
+            )
+        )
     _raise_if(problems)
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x4C4F4E47]))  # "LONG"
@@ -282,8 +318,14 @@ def load_longtail(
     x_train, y_train, sub_train = split(n_train, rng.integers(lo, hi + 1, size=n_groups))
     x_test, y_test, sub_test = split(n_test, np.full(n_groups, rare_test))
     ds = Dataset(
-        name="longtail", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-        num_classes=num_classes, kind="image", class_names=[str(c) for c in range(num_classes)],
+        name="longtail",
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        num_classes=num_classes,
+        kind="image",
+        class_names=[str(c) for c in range(num_classes)],
         extras={"train_subgroup": sub_train, "test_subgroup": sub_test},
     )
     validate(ds)
@@ -310,7 +352,9 @@ def _coerce_x(name: str, x: np.ndarray, kind: str | None, problems: list) -> tup
         if x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):
             x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     else:
-        problems.append((name, f"expected 2 to 4 dimensions: (n, d), (n, h, w), (n, c, h, w) or (n, h, w, c); got shape {x.shape}"))
+        problems.append(
+            (name, f"expected 2 to 4 dimensions: (n, d), (n, h, w), (n, c, h, w) or (n, h, w, c); got shape {x.shape}")
+        )
         return x, None
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / np.float32(255.0)
@@ -319,7 +363,9 @@ def _coerce_x(name: str, x: np.ndarray, kind: str | None, problems: list) -> tup
             huge = np.abs(x) > np.finfo(np.float32).max  # would become inf in float32
         if huge.any():
             first = int(np.argmax(huge.reshape(len(x), -1).any(axis=1)))
-            problems.append((name, f"{int(huge.sum())} values exceed float32's range (3.4e38); the first in example {first}"))
+            problems.append(
+                (name, f"{int(huge.sum())} values exceed float32's range (3.4e38); the first in example {first}")
+            )
             return x, inferred
     return np.ascontiguousarray(x, dtype=np.float32), inferred
 
@@ -337,8 +383,13 @@ def _coerce_y(name: str, y: np.ndarray, problems: list) -> np.ndarray:
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             i = int(np.argmax(bad))
-            problems.append((name, f"labels must be integers; label {y[i].item()!r} (example {i}) is not"
-                                   + (f" ({int(bad.sum())} such labels)" if bad.sum() > 1 else "")))
+            problems.append(
+                (
+                    name,
+                    f"labels must be integers; label {y[i].item()!r} (example {i}) is not"
+                    + (f" ({int(bad.sum())} such labels)" if bad.sum() > 1 else ""),
+                )
+            )
             return y
         return y.astype(np.int64)
     problems.append((name, f"labels must be integers, got dtype {y.dtype}"))
@@ -379,6 +430,7 @@ def load_npz(
 
     problems: list[tuple[str, str]] = []
     with npz:
+
         def get(key: str) -> np.ndarray | None:
             try:
                 return npz[key]
@@ -414,7 +466,9 @@ def load_npz(
             cn = get("class_names")
             if cn is not None:
                 if cn.ndim != 1 or cn.dtype.kind not in "US":
-                    problems.append(("class_names", f"expected a 1-D array of strings, got dtype {cn.dtype} shape {cn.shape}"))
+                    problems.append(
+                        ("class_names", f"expected a 1-D array of strings, got dtype {cn.dtype} shape {cn.shape}")
+                    )
                 else:
                     class_names = [c.decode() if isinstance(c, bytes) else str(c) for c in cn.tolist()]
         extras = {}
@@ -447,12 +501,15 @@ def load_npz(
         num_classes = int(max([y.max() for y in (raw["y_train"], raw["y_test"]) if len(y)], default=-1)) + 1
     empty = np.zeros(0, np.float32)  # stands in for an unreadable array, already reported
     ds = Dataset(
-        name=name, x_train=raw["x_train"] if raw["x_train"] is not None else empty,
+        name=name,
+        x_train=raw["x_train"] if raw["x_train"] is not None else empty,
         y_train=raw["y_train"] if raw["y_train"] is not None else empty,
         x_test=raw["x_test"] if raw["x_test"] is not None else empty,
         y_test=raw["y_test"] if raw["y_test"] is not None else empty,
-        num_classes=num_classes, kind=next((k for k in kinds if k), kind or "vector"),
-        class_names=class_names, extras=extras,
+        num_classes=num_classes,
+        kind=next((k for k in kinds if k), kind or "vector"),
+        class_names=class_names,
+        extras=extras,
     )
     problems += [(f, m) for f, m in collect_problems(ds, max_train_examples) if f not in failed]
     _raise_if(problems)
@@ -499,8 +556,10 @@ def load_image_folder(path: str | os.PathLike, max_train_examples: int | None = 
     if train.classes != test.classes:
         only_train = sorted(set(train.classes) - set(test.classes))
         only_test = sorted(set(test.classes) - set(train.classes))
-        raise DatasetError(f"test: class folders differ from train's (only in train: {only_train}, only in test: {only_test})",
-                           [("test", "class folders differ from train's")])
+        raise DatasetError(
+            f"test: class folders differ from train's (only in train: {only_train}, only in test: {only_test})",
+            [("test", "class folders differ from train's")],
+        )
     if limit := max_train_examples:
         if len(train.samples) > limit:
             raise DatasetError(f"train: {len(train.samples)} images exceeds the limit of {limit}")
@@ -520,8 +579,11 @@ def load_image_folder(path: str | os.PathLike, max_train_examples: int | None = 
     odd = [(f, s) for f, s in zip(files, sizes) if s != sizes[0]]
     if odd:
         listed = ", ".join(f"{f} is {w}x{h}" for f, (w, h) in odd[:5])
-        raise DatasetError(f"image: sizes differ from {files[0]}'s {sizes[0][0]}x{sizes[0][1]}: {listed}"
-                           + (f" and {len(odd) - 5} more" if len(odd) > 5 else ""), [("image", "sizes differ")])
+        raise DatasetError(
+            f"image: sizes differ from {files[0]}'s {sizes[0][0]}x{sizes[0][1]}: {listed}"
+            + (f" and {len(odd) - 5} more" if len(odd) > 5 else ""),
+            [("image", "sizes differ")],
+        )
     mode = "L" if all(m in ("1", "L", "LA") for m in modes) else "RGB"
 
     def read(samples: list[tuple[str, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -535,8 +597,16 @@ def load_image_folder(path: str | os.PathLike, max_train_examples: int | None = 
 
     x_train, y_train = read(train.samples)
     x_test, y_test = read(test.samples)
-    ds = Dataset(root.name or str(root), x_train, y_train, x_test, y_test, num_classes=len(train.classes),
-                 kind="image", class_names=list(train.classes))
+    ds = Dataset(
+        root.name or str(root),
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        num_classes=len(train.classes),
+        kind="image",
+        class_names=list(train.classes),
+    )
     validate(ds, max_train_examples)
     return ds
 

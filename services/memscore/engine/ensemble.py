@@ -53,9 +53,15 @@ class Recipe:
 
 
 RECIPES = {
-    "mlp": Recipe(epochs=60, min_steps=1500, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=0.05, augment=False, flip=False),
-    "cnn1d": Recipe(epochs=100, min_steps=1500, batch_size=64, lr=3e-3, weight_decay=0.0, warmup=0.05, augment=False, flip=False),
-    "resnet": Recipe(epochs=40, min_steps=1000, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=0.05, augment=True, flip=False),
+    "mlp": Recipe(
+        epochs=60, min_steps=1500, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=0.05, augment=False, flip=False
+    ),
+    "cnn1d": Recipe(
+        epochs=100, min_steps=1500, batch_size=64, lr=3e-3, weight_decay=0.0, warmup=0.05, augment=False, flip=False
+    ),
+    "resnet": Recipe(
+        epochs=40, min_steps=1000, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=0.05, augment=True, flip=False
+    ),
 }
 
 
@@ -179,15 +185,20 @@ def train_ensemble(
     if not eval_batch:  # examples per evaluation pass; on the CPU small passes stay in cache (256: 3x faster than 2048)
         eval_batch = 8192 if dev.type == "cuda" else 256
     if len(model_ids) <= group_size:
-        return _train_group(ds, arch, model_ids, ratio, seed, recipe, dev, progress, should_stop, keep_weights, eval_batch)
+        return _train_group(
+            ds, arch, model_ids, ratio, seed, recipe, dev, progress, should_stop, keep_weights, eval_batch
+        )
     outs = []
     groups = [model_ids[a : a + group_size] for a in range(0, len(model_ids), group_size)]
     for gi, ids in enumerate(groups):
+
         def group_progress(step, steps, gi=gi):
             if progress is not None:
                 progress(gi * steps + step, len(groups) * steps)
 
-        outs.append(_train_group(ds, arch, ids, ratio, seed, recipe, dev, group_progress, should_stop, keep_weights, eval_batch))
+        outs.append(
+            _train_group(ds, arch, ids, ratio, seed, recipe, dev, group_progress, should_stop, keep_weights, eval_batch)
+        )
     return _concat(outs)
 
 
@@ -283,7 +294,9 @@ def _train_group(
     t_train = time.perf_counter() - t0
 
     with torch.no_grad():
-        train_correct, train_prob = _evaluate(eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp)
+        train_correct, train_prob = _evaluate(
+            eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp
+        )
         test_correct, test_prob = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, use_amp)
     t_total = time.perf_counter() - t0
 

@@ -107,9 +107,12 @@ class ScoreAccumulator:
         acc_out = _mean(self.correct_out, self.n_out)
         soft_in = _mean(self.prob_in, self.n_in)
         soft_out = _mean(self.prob_out, self.n_out)
-        mem_se = np.sqrt(_binary_var_of_mean(self.correct_in, self.n_in) + _binary_var_of_mean(self.correct_out, self.n_out))
+        mem_se = np.sqrt(
+            _binary_var_of_mean(self.correct_in, self.n_in) + _binary_var_of_mean(self.correct_out, self.n_out)
+        )
         soft_se = np.sqrt(
-            _var_of_mean(self.prob_in, self.prob2_in, self.n_in) + _var_of_mean(self.prob_out, self.prob2_out, self.n_out)
+            _var_of_mean(self.prob_in, self.prob2_in, self.n_in)
+            + _var_of_mean(self.prob_out, self.prob2_out, self.n_out)
         )
         return {
             "memorization": acc_in - acc_out,
@@ -156,7 +159,10 @@ class InfluenceAccumulator:
     def add_models(self, masks: np.ndarray, test_correct: np.ndarray) -> None:
         """G models' membership masks (G, n) and correctness on the test points (G, m)."""
         if masks.shape[0] != test_correct.shape[0] or masks.shape[1] != self.n or test_correct.shape[1] != self.m:
-            raise ValueError(f"expected masks (G, {self.n}) and correctness (G, {self.m}), got {masks.shape} and {test_correct.shape}")
+            raise ValueError(
+                f"expected masks (G, {self.n}) and correctness (G, {self.m}), got {masks.shape} and "
+                f"{test_correct.shape}"
+            )
         self._masks.append(np.packbits(masks, axis=1))
         self._test.append(np.packbits(test_correct, axis=1))
         self.num_models += masks.shape[0]

@@ -71,9 +71,7 @@ def exposure_exact(
     return math.log2(size) - math.log2(rank), rank
 
 
-def exposure_extrapolated(
-    canary_logppl: float, reference_logppls: np.ndarray, space_size: int
-) -> tuple[float, float]:
+def exposure_extrapolated(canary_logppl: float, reference_logppls: np.ndarray, space_size: int) -> tuple[float, float]:
     """(exposure in bits, estimated rank) from a skew-normal fitted (scipy's maximum
     likelihood `skewnorm.fit`) to `reference_logppls`, log-perplexities of candidates drawn
     uniformly from R.
@@ -142,7 +140,9 @@ def measure_exposure(
             lo += len(batch)
         canary = float(scores[index])
         exposure, rank = exposure_exact(canary, np.delete(scores, index), space_size=size)
-        return ExposureMeasurement(exposure, float(rank), True, canary, size, "enumeration", size, time.perf_counter() - t0)
+        return ExposureMeasurement(
+            exposure, float(rank), True, canary, size, "enumeration", size, time.perf_counter() - t0
+        )
     if num_samples < 10:
         raise ValueError(f"num_samples must be >= 10 for extrapolation, got {num_samples}")
     drawn = fmt.sample_indices(np.random.default_rng(seed), min(num_samples + 1, size))
@@ -235,8 +235,18 @@ def run_exposure_experiment(
     train_steps = resolve_steps(len(text), steps, epochs, batch_size, seq_len)
     total = train_steps + len(planted)
     model = train_lm(
-        text, arch=arch, steps=train_steps, seq_len=seq_len, batch_size=batch_size, lr=lr, seed=seed,
-        device=device, progress=progress, should_stop=should_stop, tokenizer=tokenizer, hidden=hidden,
+        text,
+        arch=arch,
+        steps=train_steps,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        progress=progress,
+        should_stop=should_stop,
+        tokenizer=tokenizer,
+        hidden=hidden,
         layers=layers,
     )
     t_trained = time.perf_counter()
@@ -247,8 +257,13 @@ def run_exposure_experiment(
         if should_stop is not None and should_stop():
             raise Cancelled(f"exposure measurement stopped after {i}/{len(planted)} canaries")
         m = measure_exposure(
-            model, fmt, canary, enumeration_budget=enumeration_budget, num_samples=num_samples,
-            seed=seed + 1 + i, batch_size=score_batch_size,
+            model,
+            fmt,
+            canary,
+            enumeration_budget=enumeration_budget,
+            num_samples=num_samples,
+            seed=seed + 1 + i,
+            batch_size=score_batch_size,
         )
         score_seconds += m.seconds
         t0 = time.perf_counter()
@@ -259,10 +274,20 @@ def run_exposure_experiment(
         extract_seconds += time.perf_counter() - t0
         results.append(
             CanaryResult(
-                format=fmt.text, canary=canary, secret=secret, insertions=t, exposure=m.exposure, rank=m.rank,
-                rank_exact=m.rank_exact, log_perplexity=m.log_perplexity, space_size=m.space_size,
-                method=m.method, extracted_greedy=greedy == secret, extracted_beam=beamed == secret,
-                greedy_completion=greedy, beam_completion=beamed,
+                format=fmt.text,
+                canary=canary,
+                secret=secret,
+                insertions=t,
+                exposure=m.exposure,
+                rank=m.rank,
+                rank_exact=m.rank_exact,
+                log_perplexity=m.log_perplexity,
+                space_size=m.space_size,
+                method=m.method,
+                extracted_greedy=greedy == secret,
+                extracted_beam=beamed == secret,
+                greedy_completion=greedy,
+                beam_completion=beamed,
             )
         )
         if progress is not None:

@@ -168,11 +168,13 @@ def summary_json(summary: dict) -> bytes:
 def small_summary(summary: dict) -> dict:
     """The few numbers a job record carries while the full table lives in summary.json."""
     model = summary.get("model", {})
-    return _json_safe({
-        "canaries": len(summary.get("canaries", ())),
-        "max_exposure": summary.get("max_exposure"),
-        "extracted": summary.get("extracted"),
-        "final_loss_bits_per_char": model.get("final_loss_bits_per_char"),
-        "train_seconds": model.get("train_seconds"),
-        "models_done": 1,
-    })
+    return _json_safe(
+        {
+            "canaries": len(summary.get("canaries", ())),
+            "max_exposure": summary.get("max_exposure"),
+            "extracted": summary.get("extracted"),
+            "final_loss_bits_per_char": model.get("final_loss_bits_per_char"),
+            "train_seconds": model.get("train_seconds"),
+            "models_done": 1,
+        }
+    )

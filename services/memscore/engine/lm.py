@@ -86,7 +86,9 @@ class TransformerLM(nn.Module):
     def forward(self, tokens: torch.Tensor, state=None):
         t = tokens.shape[1]
         if t > self.cfg.block_size:
-            raise ValueError(f"sequence of {t} tokens is longer than the transformer's block size {self.cfg.block_size}")
+            raise ValueError(
+                f"sequence of {t} tokens is longer than the transformer's block size {self.cfg.block_size}"
+            )
         x = self.embed(tokens) + self.pos(torch.arange(t, device=tokens.device))
         mask = nn.Transformer.generate_square_subsequent_mask(t, device=tokens.device)
         return self.head(self.norm(self.blocks(x, mask=mask, is_causal=True))), None
@@ -157,8 +159,13 @@ def train_lm(
     steps = resolve_steps(len(data_np), steps, epochs, batch_size, seq_len)
     dev = resolve_device(device)
     cfg = LMConfig(
-        arch=arch, vocab_size=tokenizer.vocab_size, embed_dim=embed_dim, hidden=hidden, layers=layers,
-        heads=heads, block_size=max(seq_len, 128),
+        arch=arch,
+        vocab_size=tokenizer.vocab_size,
+        embed_dim=embed_dim,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        block_size=max(seq_len, 128),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -138,7 +138,9 @@ def forward_flops(model: nn.Module, feature_shape: tuple[int, ...]) -> int:
             k = math.prod(mod.kernel_size) * mod.in_channels // mod.groups
             total += 2 * k * out[0].numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
+    ]
     try:
         with torch.no_grad():
             model(torch.zeros(1, *feature_shape))

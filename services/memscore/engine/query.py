@@ -17,8 +17,15 @@ from .models import build_model
 from .subsets import subset_masks
 
 
-def correctness(arch: str, feature_shape: tuple[int, ...], num_classes: int, state: dict[str, torch.Tensor],
-                x: np.ndarray, y: np.ndarray, batch: int = 1024) -> np.ndarray:
+def correctness(
+    arch: str,
+    feature_shape: tuple[int, ...],
+    num_classes: int,
+    state: dict[str, torch.Tensor],
+    x: np.ndarray,
+    y: np.ndarray,
+    batch: int = 1024,
+) -> np.ndarray:
     """bool (G, q): does each of the G stacked models classify each query point correctly."""
     base = build_model(arch, feature_shape, num_classes).to("meta")
     fn = torch.vmap(lambda p, xb: functional_call(base, p, (xb,)), in_dims=(0, None))
@@ -45,5 +52,7 @@ def query_influence(
     """`checkpoints` yields (model_ids, stacked state dict) per shard."""
     acc = InfluenceAccumulator(n_train, len(x))
     for model_ids, state in checkpoints:
-        acc.add_models(subset_masks(n_train, ratio, seed, model_ids), correctness(arch, feature_shape, num_classes, state, x, y))
+        acc.add_models(
+            subset_masks(n_train, ratio, seed, model_ids), correctness(arch, feature_shape, num_classes, state, x, y)
+        )
     return acc.compute(top_k=top_k, threshold=np.inf, max_pairs=0)

@@ -264,12 +264,18 @@ class Reducer:
             "mean_in_sample_accuracy": _nanmean(s["in_sample_accuracy"]),
             "mean_heldout_accuracy": _nanmean(s["heldout_accuracy"]),
             "mean_memorization": _nanmean(mem),
-            "fraction_memorization_ge": {str(t): float((finite >= t).mean()) if len(finite) else None for t in MEM_THRESHOLDS},
+            "fraction_memorization_ge": {
+                str(t): float((finite >= t).mean()) if len(finite) else None for t in MEM_THRESHOLDS
+            },
             "examples_without_estimate": int((~np.isfinite(mem)).sum()),
             "memorization_histogram": {"edges": HIST_EDGES.tolist(), "counts": hist.tolist()},
             "influence_pairs_above_threshold": int(len(infl.pairs_value)) if infl is not None else 0,
             "timings": {"train_seconds": self.train_seconds, "reduce_seconds": time.perf_counter() - t0},
-            "environment": {"devices": sorted(self.devices), "python": platform.python_version(), "torch": _torch_version()},
+            "environment": {
+                "devices": sorted(self.devices),
+                "python": platform.python_version(),
+                "torch": _torch_version(),
+            },
         }
         return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test)
 

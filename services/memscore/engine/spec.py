@@ -126,11 +126,13 @@ class ExposureSpec:
                 continue
             if counts_ok and len(self.insertions) > parsed.space_size:
                 # One distinct secret per insertion count (run_exposure_experiment).
-                problems.append((
-                    f"canaries[{i}]",
-                    f"{fmt!r} has only {parsed.space_size} possible secrets, fewer than the "
-                    f"{len(self.insertions)} insertion counts (each count gets its own secret)",
-                ))
+                problems.append(
+                    (
+                        f"canaries[{i}]",
+                        f"{fmt!r} has only {parsed.space_size} possible secrets, fewer than the "
+                        f"{len(self.insertions)} insertion counts (each count gets its own secret)",
+                    )
+                )
         if not counts_ok:
             problems.append(("insertions", f"must be a list of whole numbers, got {self.insertions!r}"))
         elif not self.insertions:

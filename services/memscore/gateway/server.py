@@ -8,9 +8,8 @@ import signal
 import sys
 import threading
 
-import grpc
-
-from ..api.v1 import job_pb2, scoring_service_pb2 as pb, scoring_service_pb2_grpc as pb_grpc
+from ..api.v1 import scoring_service_pb2 as pb
+from ..api.v1 import scoring_service_pb2_grpc as pb_grpc
 from ..dataplane import ScoringPlane
 from ..errors import InvalidArgument
 from ..rpc import PB_TO_STATE, build_server, event_to_pb, job_to_pb, spec_from_pb
@@ -64,7 +63,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
         # the filename arrives with the first message: read it before the plane needs it
         info = self.plane.upload(all_chunks(), filename=first["filename"])
-        return pb.UploadDatasetResponse(dataset_ref=info["dataset_ref"], sha256=info["sha256"], size_bytes=info["size_bytes"])
+        return pb.UploadDatasetResponse(
+            dataset_ref=info["dataset_ref"], sha256=info["sha256"], size_bytes=info["size_bytes"]
+        )
 
     def ExtendJob(self, request, context):
         return pb.ExtendJobResponse(job=job_to_pb(self.plane.extend(request.job_id, request.additional_models)))
@@ -73,7 +74,9 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 def serve(rt: Runtime, address: str, plane: ScoringPlane | None = None):
     """Start (not block): returns (server, port)."""
     servicer = ScoringServicer(plane or ScoringPlane(rt))
-    server, port, _ = build_server([lambda s: pb_grpc.add_ScoringServiceServicer_to_server(servicer, s)], [SERVICE_NAME], address)
+    server, port, _ = build_server(
+        [lambda s: pb_grpc.add_ScoringServiceServicer_to_server(servicer, s)], [SERVICE_NAME], address
+    )
     server.start()
     return server, port
 
@@ -92,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     rt = runtime()
     logging.basicConfig(level=rt.settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server, port = serve(rt, f"{rt.settings.bind}:{rt.settings.gateway_port}")
-    logging.getLogger("memscore.gateway").info("ScoringService on port %d, store %s, jobs %s", port, rt.objects.describe(), rt.jobs.describe())
+    logging.getLogger("memscore.gateway").info(
+        "ScoringService on port %d, store %s, jobs %s", port, rt.objects.describe(), rt.jobs.describe()
+    )
     run_until_signalled([server])
     return 0
 

@@ -8,7 +8,8 @@ import logging
 import math
 import sys
 
-from ..api.v1 import results_service_pb2 as pb, results_service_pb2_grpc as pb_grpc
+from ..api.v1 import results_service_pb2 as pb
+from ..api.v1 import results_service_pb2_grpc as pb_grpc
 from ..dataplane import ResultsPlane
 from ..errors import InvalidArgument
 from ..rpc import build_server
@@ -18,8 +19,19 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ResultsService"].full_name
 BATCH = 500  # influence pairs per streamed message: well under the 4 MiB default message limit
 ARTIFACT_CHUNK = 1 << 20
 
-_EXAMPLE_FIELDS = ("index", "label", "memorization", "memorization_stderr", "memorization_soft",
-                   "memorization_soft_stderr", "in_sample_accuracy", "heldout_accuracy", "n_in", "n_out", "rank")
+_EXAMPLE_FIELDS = (
+    "index",
+    "label",
+    "memorization",
+    "memorization_stderr",
+    "memorization_soft",
+    "memorization_soft_stderr",
+    "in_sample_accuracy",
+    "heldout_accuracy",
+    "n_in",
+    "n_out",
+    "rank",
+)
 
 
 def _example(row: dict) -> pb.RankedExample:
@@ -27,8 +39,13 @@ def _example(row: dict) -> pb.RankedExample:
 
 
 def _pair(row: dict) -> pb.InfluencePair:
-    return pb.InfluencePair(train_index=row["train_index"], test_index=row["test_index"], influence=row["influence"],
-                            train_label=row["train_label"], test_label=row["test_label"])
+    return pb.InfluencePair(
+        train_index=row["train_index"],
+        test_index=row["test_index"],
+        influence=row["influence"],
+        train_label=row["train_label"],
+        test_label=row["test_label"],
+    )
 
 
 class ResultsServicer(pb_grpc.ResultsServiceServicer):
@@ -50,7 +67,9 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
         cols = self.plane.scores(request.job_id)[0]
         models = int(cols["n_in"][0] + cols["n_out"][0]) if len(cols["n_in"]) else 0  # models merged
         # one message per page: at most MAX_PAGE (1000) examples, ~0.1 MB, far below message limits
-        yield pb.StreamRankedResponse(examples=[_example(r) for r in rows], next_page_token=token, final=final, models=models)
+        yield pb.StreamRankedResponse(
+            examples=[_example(r) for r in rows], next_page_token=token, final=final, models=models
+        )
 
     def GetExample(self, request, context):
         row, final = self.plane.example(request.job_id, request.index)
@@ -80,8 +99,13 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
         return pb.GetExposureResponse(
             canaries=[
                 pb.CanaryExposure(
-                    format=r["format"], canary=r["canary"], insertions=int(r["insertions"]), exposure=float(r["exposure"]),
-                    rank=float(r["rank"]), rank_exact=bool(r["rank_exact"]), log_perplexity=float(r["log_perplexity"]),
+                    format=r["format"],
+                    canary=r["canary"],
+                    insertions=int(r["insertions"]),
+                    exposure=float(r["exposure"]),
+                    rank=float(r["rank"]),
+                    rank_exact=bool(r["rank_exact"]),
+                    log_perplexity=float(r["log_perplexity"]),
                     extracted=bool(r.get("extracted_greedy", False) or r.get("extracted_beam", False)),
                     space_bits=float(math.log2(r["space_size"])) if r.get("space_size") else 0.0,
                 )
@@ -93,7 +117,9 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
 
 def serve(rt: Runtime, address: str, plane: ResultsPlane | None = None):
     servicer = ResultsServicer(plane or ResultsPlane(rt))
-    server, port, _ = build_server([lambda s: pb_grpc.add_ResultsServiceServicer_to_server(servicer, s)], [SERVICE_NAME], address)
+    server, port, _ = build_server(
+        [lambda s: pb_grpc.add_ResultsServiceServicer_to_server(servicer, s)], [SERVICE_NAME], address
+    )
     server.start()
     return server, port
 

@@ -23,7 +23,20 @@ from .objects import (
 )
 
 __all__ = [
-    "KINDS", "STATES", "TERMINAL_STATES", "InvalidPageToken", "JobNotFound", "JobRecord", "JobStore",
-    "RedisJobStore", "SqliteJobStore", "open_job_store",
-    "LocalObjectStore", "ObjectNotFound", "ObjectStore", "S3ObjectStore", "StoreUnavailable", "open_object_store",
+    "KINDS",
+    "STATES",
+    "TERMINAL_STATES",
+    "InvalidPageToken",
+    "JobNotFound",
+    "JobRecord",
+    "JobStore",
+    "RedisJobStore",
+    "SqliteJobStore",
+    "open_job_store",
+    "LocalObjectStore",
+    "ObjectNotFound",
+    "ObjectStore",
+    "S3ObjectStore",
+    "StoreUnavailable",
+    "open_object_store",
 ]

@@ -40,8 +40,17 @@ MAX_PAGE_SIZE = 1000
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # safe inside object keys jobs/<id>/
 # Fields only the store itself sets; `update` refuses them.
 _STORE_FIELDS = frozenset(
-    {"job_id", "kind", "request_id", "created_at", "updated_at", "version", "cancel_requested",
-     "shards_done", "models_done"}
+    {
+        "job_id",
+        "kind",
+        "request_id",
+        "created_at",
+        "updated_at",
+        "version",
+        "cancel_requested",
+        "shards_done",
+        "models_done",
+    }
 )
 
 
@@ -108,9 +117,14 @@ def _new_record(record: JobRecord, request_id: str | None) -> JobRecord:
     _check_new_record(record)
     now = time.time()
     return dataclasses.replace(
-        record, request_id=record.request_id if request_id is None else request_id,
-        created_at=record.created_at or now, updated_at=now,
-        version=1, shards_done=0, models_done=0, cancel_requested=False,
+        record,
+        request_id=record.request_id if request_id is None else request_id,
+        created_at=record.created_at or now,
+        updated_at=now,
+        version=1,
+        shards_done=0,
+        models_done=0,
+        cancel_requested=False,
     )
 
 
@@ -186,16 +200,18 @@ class JobStore(abc.ABC):
         repeat or a terminal job): exactly one caller sees the count reach shards_total."""
 
     @abc.abstractmethod
-    def list(
-        self, state: str | None = None, page_size: int = 50, page_token: str = ""
-    ) -> tuple[list[JobRecord], str]:
+    def list(self, state: str | None = None, page_size: int = 50, page_token: str = "") -> tuple[list[JobRecord], str]:
         """Jobs newest first (by created_at, then job id), optionally in one state. Returns the
         page and the token of the next page ("" at the end). page_size 0 = 50, at most 1000."""
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Raise the cancel flag (workers check it between epochs). No effect on terminal jobs."""
-        return self._mutate(job_id, lambda rec: None if rec.terminal or rec.cancel_requested
-                            else dataclasses.replace(rec, cancel_requested=True))
+        return self._mutate(
+            job_id,
+            lambda rec: (
+                None if rec.terminal or rec.cancel_requested else dataclasses.replace(rec, cancel_requested=True)
+            ),
+        )
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.get(job_id).cancel_requested
@@ -203,12 +219,14 @@ class JobStore(abc.ABC):
     def reopen(self, job_id: str, **fields: Any) -> JobRecord:
         """Move a SUCCEEDED job back to QUEUED (to train more models), setting `fields`.
         Any other state raises ValueError."""
+
         def change(rec: JobRecord) -> JobRecord:
             if rec.state != "SUCCEEDED":
                 raise ValueError(f"only a SUCCEEDED job can be reopened; job {job_id} is {rec.state}")
             new = _apply_update(dataclasses.replace(rec, state="QUEUED"), {**fields, "state": "QUEUED"})
             assert new is not None
             return dataclasses.replace(new, error="", eta_s=None, cancel_requested=False)
+
         return self._mutate(job_id, change)
 
     @abc.abstractmethod
@@ -544,7 +562,9 @@ class SqliteJobStore(JobStore):
                 "ON CONFLICT (job_id, shard) DO UPDATE SET n = n + 1",
                 (job_id, int(shard)),
             )
-            return int(db.execute("SELECT n FROM attempts WHERE job_id = ? AND shard = ?", (job_id, int(shard))).fetchone()[0])
+            return int(
+                db.execute("SELECT n FROM attempts WHERE job_id = ? AND shard = ?", (job_id, int(shard))).fetchone()[0]
+            )
 
         return self._transaction(body)
 

@@ -296,13 +296,20 @@ class S3ObjectStore(ObjectStore):
         if public_endpoint:
             from urllib.parse import urlparse
 
-            u = urlparse(public_endpoint if "://" in public_endpoint else f"{'https' if secure else 'http'}://{public_endpoint}")
+            u = urlparse(
+                public_endpoint if "://" in public_endpoint else f"{'https' if secure else 'http'}://{public_endpoint}"
+            )
             if u.scheme not in ("http", "https") or not u.netloc or u.path.strip("/"):
                 raise ValueError(f"public S3 endpoint {public_endpoint!r}: expected http(s)://host[:port]")
             # Presigning is local computation; an explicit region keeps this client from ever
             # asking the (possibly unreachable from here) public endpoint for the bucket's region.
-            self._public = Minio(u.netloc, access_key=access_key or None, secret_key=secret_key or None,
-                                 secure=u.scheme == "https", region=region or "us-east-1")
+            self._public = Minio(
+                u.netloc,
+                access_key=access_key or None,
+                secret_key=secret_key or None,
+                secure=u.scheme == "https",
+                region=region or "us-east-1",
+            )
         self._pid = os.getpid()
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
@@ -325,8 +332,14 @@ class S3ObjectStore(ObjectStore):
         if isinstance(exc, S3Error):
             if exc.code in ("NoSuchKey", "NoSuchObject", "NoSuchBucket", "ResourceNotFound") and key:
                 return ObjectNotFound(key)
-            if exc.code in ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
-                            "XMinioServerNotInitialized", "XMinioStorageFull"):
+            if exc.code in (
+                "InternalError",
+                "ServiceUnavailable",
+                "SlowDown",
+                "RequestTimeout",
+                "XMinioServerNotInitialized",
+                "XMinioStorageFull",
+            ):
                 return StoreUnavailable(f"{where}: {exc.code}: {exc.message}")
             return exc
         if isinstance(exc, ServerError):
@@ -378,8 +391,13 @@ class S3ObjectStore(ObjectStore):
     def put_bytes(self, key: str, data: bytes) -> None:
         check_key(key)
         self._call(
-            self._client.put_object, self.bucket, key, io.BytesIO(data), len(data),
-            part_size=self.part_size, key=key,
+            self._client.put_object,
+            self.bucket,
+            key,
+            io.BytesIO(data),
+            len(data),
+            part_size=self.part_size,
+            key=key,
         )
 
     def put_file(self, key: str, path: str | os.PathLike) -> None:
@@ -488,7 +506,7 @@ def open_object_store(settings: "Settings | None" = None, **s3_options) -> Objec
         settings = Settings()
     spec = settings.store.strip()
     if spec.startswith("s3://"):
-        bucket = spec[len("s3://"):].rstrip("/")
+        bucket = spec[len("s3://") :].rstrip("/")
         if not bucket or "/" in bucket:
             raise ValueError(f"MEMSCORE_STORE={spec!r}: expected s3://BUCKET (no key prefix)")
         return S3ObjectStore(

@@ -27,7 +27,7 @@ UPDATE_EVERY_S = 1.0  # job-store writes (progress) and reads (cancel flag) at m
 
 
 def load_job_corpus(ref: str, objects: ObjectStore) -> str:
-    """"builtin" (or ""), `datasets/<sha256>.txt` in the object store, or a path on this machine."""
+    """ "builtin" (or ""), `datasets/<sha256>.txt` in the object store, or a path on this machine."""
     if ref in ("", BUILTIN):
         return load_corpus(BUILTIN)
     if layout.is_dataset_key(ref):
@@ -109,7 +109,11 @@ def run_exposure_job(job_id: str) -> str:
 
     try:
         result = engine_run(
-            spec, corpus_text, device=rt.settings.device, progress=progress, should_stop=should_stop,
+            spec,
+            corpus_text,
+            device=rt.settings.device,
+            progress=progress,
+            should_stop=should_stop,
             corpus_source=spec.corpus or BUILTIN,
         )
     except Cancelled:

@@ -18,7 +18,9 @@ def load_job_dataset(ref: str, objects: ObjectStore) -> Dataset:
         try:
             data = objects.get_bytes(ref)
         except ObjectNotFound:
-            raise DatasetError(f"{ref} is not in the object store; upload it first (memscore upload FILE.npz)") from None
+            raise DatasetError(
+                f"{ref} is not in the object store; upload it first (memscore upload FILE.npz)"
+            ) from None
         return dataset_from_npz_bytes(data)
     return load_dataset(ref)
 
@@ -29,7 +31,11 @@ def check_dataset_ref(ref: str, objects: ObjectStore) -> str | None:
     if ref in BUILTINS:
         return None
     if layout.is_dataset_key(ref):
-        return None if objects.exists(ref) else f"{ref} is not in the object store; upload it first (memscore upload FILE.npz)"
+        return (
+            None
+            if objects.exists(ref)
+            else f"{ref} is not in the object store; upload it first (memscore upload FILE.npz)"
+        )
     if os.path.exists(ref):
         return None
     return (

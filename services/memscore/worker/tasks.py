@@ -187,7 +187,16 @@ def reduce(self, job_id: str) -> str:
         results=keys,
         eta_s=0.0,
         message="done",
-        summary={k: s[k] for k in ("mean_test_accuracy", "mean_memorization", "mean_in_sample_accuracy", "mean_heldout_accuracy", "models_done")},
+        summary={
+            k: s[k]
+            for k in (
+                "mean_test_accuracy",
+                "mean_memorization",
+                "mean_in_sample_accuracy",
+                "mean_heldout_accuracy",
+                "models_done",
+            )
+        },
     )
     return "reduced"
 
