@@ -558,7 +558,7 @@ def _add_up(sub: argparse._SubParsersAction) -> None:
         if args.store:
             os.environ["MEMSCORE_STORE"] = args.store
         from . import embedded
-        from .gateway.server import run_until_signalled
+        from .rpc import run_until_signalled
         from .settings import Settings
 
         s = Settings()

@@ -4,6 +4,9 @@ message limits) and protobuf <-> domain conversions."""
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+import uuid
 from concurrent import futures
 from typing import Callable
 
@@ -43,14 +46,29 @@ def _abort(context: grpc.ServicerContext, e: MemscoreError) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
+def _internal(context: grpc.ServicerContext, method: str, e: Exception) -> None:
+    """An unexpected exception: logged with its traceback under an incident id, answered
+    INTERNAL with that id (and nothing of the server's internals)."""
+    if getattr(context, "code", lambda: None)() is not None:  # the handler aborted the call itself
+        raise e
+    incident = uuid.uuid4().hex[:12]
+    log.exception("%s failed unexpectedly (incident %s)", method, incident)
+    status = status_pb2.Status(
+        code=code_pb2.INTERNAL, message=f"internal error (incident {incident} in the server log)"
+    )
+    context.abort_with_status(rpc_status.to_status(status))
+
+
 class DomainErrorInterceptor(grpc.ServerInterceptor):
     """Turns memscore.errors into status codes (INVALID_ARGUMENT carries a BadRequest with
-    every field violation), for unary and streaming handlers alike."""
+    every field violation), for unary and streaming handlers alike; any other exception is
+    logged with its traceback and answered INTERNAL."""
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
+        method = handler_call_details.method
 
         def wrap_unary(fn):
             def inner(request, context):
@@ -58,6 +76,8 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
                     return fn(request, context)
                 except MemscoreError as e:
                     _abort(context, e)
+                except Exception as e:
+                    _internal(context, method, e)
 
             return inner
 
@@ -67,6 +87,8 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
                     yield from fn(request, context)
                 except MemscoreError as e:
                     _abort(context, e)
+                except Exception as e:
+                    _internal(context, method, e)
 
             return inner
 
@@ -108,6 +130,17 @@ def build_server(
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     return server, port, health_servicer
+
+
+def run_until_signalled(servers) -> None:
+    """Block until SIGTERM or SIGINT, then stop `servers`, letting calls in flight finish
+    (10 s grace): how every memscore server process ends."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    for s in servers:
+        s.stop(grace=10).wait()
 
 
 # -- conversions -------------------------------------------------------------------------------
@@ -172,13 +205,13 @@ def progress_to_pb(rec) -> job_pb2.JobProgress:
 
 
 def anytime_to_pb(rec) -> job_pb2.AnytimeSummary:
+    """The figures the summary has; one without an estimate yet stays unset (absent)."""
     s = rec.summary or {}
-    return job_pb2.AnytimeSummary(
-        models_done=int(s.get("models_done") or rec.models_done),
-        mean_memorization=float(s.get("mean_memorization") or 0.0),
-        fraction_memorized=float(s.get("fraction_memorized") or 0.0),
-        mean_test_accuracy=float(s.get("mean_test_accuracy") or 0.0),
-    )
+    out = job_pb2.AnytimeSummary(models_done=int(s.get("models_done") or rec.models_done))
+    for name in ("mean_memorization", "fraction_memorized", "mean_test_accuracy"):
+        if s.get(name) is not None:
+            setattr(out, name, float(s[name]))
+    return out
 
 
 def job_to_pb(rec) -> job_pb2.Job:

@@ -31,9 +31,9 @@ class Runtime:
     def celery(self):
         """The Celery app used to enqueue tasks (by name: the gateway never imports torch)."""
         if self._celery is None:
-            from .worker.app import app
+            from .broker import make_app
 
-            self._celery = app
+            self._celery = make_app(self.settings)
         return self._celery
 
 

@@ -151,8 +151,8 @@ def test_prod_workers_get_gpus(renders: dict[str, Render]) -> None:
 def test_worker_grace_period_outlasts_a_shard(renders: dict[str, Render], overlay: str) -> None:
     """SIGTERM lets Celery finish the shard in hand; the pod must not be killed before the
     shard's hard time limit, as the worker's own Celery app computes it from the config."""
+    from memscore.broker import make_app
     from memscore.settings import Settings
-    from memscore.worker.app import make_app
 
     render = renders[overlay]
     grace = pod_spec(render.get("Deployment", "memscore-worker"))["terminationGracePeriodSeconds"]

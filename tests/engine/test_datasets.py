@@ -352,7 +352,7 @@ def test_flip_labels_rejects_fractions_outside_0_1():
 
 
 def test_builtin_shapes_known_to_the_gateway_match_the_loaders():
-    from memscore.dataplane import BUILTIN_SHAPES
+    from memscore.engine.catalog import BUILTIN_SHAPES
     from memscore.engine.datasets import load_dataset
 
     for name, shape in BUILTIN_SHAPES.items():

@@ -88,10 +88,10 @@ class Stack:
 def stack(tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypatch):
     import redis
 
+    from memscore.broker import make_app
     from memscore.gateway.server import serve as serve_gateway
     from memscore.results.server import serve as serve_results
     from memscore.runtime import Runtime, set_runtime
-    from memscore.worker.app import make_app
 
     base = redis_url.rsplit("/", 1)[0]
     broker = f"{base}/{INTEGRATION_REDIS_DB}"

@@ -2,10 +2,10 @@
 
 import pytest
 
+from memscore.broker import make_app
 from memscore.dataplane import ScoringPlane
 from memscore.errors import Unavailable
 from memscore.runtime import Runtime
-from memscore.worker.app import make_app
 
 
 def test_submit_with_the_broker_down_is_unavailable_and_leaves_no_job(make_settings, closed_port):

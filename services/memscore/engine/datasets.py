@@ -21,7 +21,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-BUILTINS = ("mnist1d", "digits", "longtail")
+from .catalog import BUILTINS
+
 KINDS = ("vector", "sequence", "image")
 # Beyond this many examples in either split a file is certainly a mistake (or an attack on the
 # gateway's memory), whatever the deployment's own limit (MEMSCORE_MAX_TRAIN_EXAMPLES) says.

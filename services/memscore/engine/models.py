@@ -13,7 +13,9 @@ import math
 import torch
 from torch import nn
 
-ARCHS = ("mlp", "cnn1d", "resnet")
+from .catalog import ARCH_FEATURE_NDIM, model_takes
+
+ARCHS = tuple(ARCH_FEATURE_NDIM)
 
 
 class MLP(nn.Module):
@@ -108,15 +110,12 @@ def build_model(arch: str, feature_shape: tuple[int, ...], num_classes: int) -> 
     """One model for inputs of `feature_shape` (without the batch dimension)."""
     if arch == "mlp":
         return MLP(math.prod(feature_shape), num_classes)
+    if arch in ("cnn1d", "resnet") and (why := model_takes(arch, feature_shape)):
+        raise ValueError(why)
     if arch == "cnn1d":
-        if len(feature_shape) == 1:
-            return CNN1D(1, feature_shape[0], num_classes)
-        if len(feature_shape) == 2:
-            return CNN1D(feature_shape[0], feature_shape[1], num_classes)
-        raise ValueError(f"cnn1d takes (L,) or (c, L) inputs, got feature shape {feature_shape}")
+        c, length = (1, *feature_shape) if len(feature_shape) == 1 else feature_shape
+        return CNN1D(c, length, num_classes)
     if arch == "resnet":
-        if len(feature_shape) != 3:
-            raise ValueError(f"resnet takes (c, h, w) images, got feature shape {feature_shape}")
         return SmallResNet(feature_shape[0], num_classes)
     raise ValueError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}")
 

@@ -8,6 +8,9 @@ points. The result equals what the job would have reported had the points been i
 
 from __future__ import annotations
 
+import io
+from typing import Iterable
+
 import numpy as np
 import torch
 from torch.func import functional_call
@@ -15,6 +18,19 @@ from torch.func import functional_call
 from .estimators import InfluenceAccumulator, InfluenceResult
 from .models import build_model
 from .subsets import subset_masks
+
+
+def checkpoint_to_bytes(model_ids: list[int], arch: str, state: dict[str, torch.Tensor]) -> bytes:
+    """One shard's checkpoint: its model ids and their stacked (G, ...) weights."""
+    buf = io.BytesIO()
+    torch.save({"model_ids": list(model_ids), "arch": arch, "state": state}, buf)
+    return buf.getvalue()
+
+
+def checkpoint_from_bytes(blob: bytes) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """(model ids, stacked state dict) of a checkpoint; tensors only, never pickled code."""
+    ck = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    return ck["model_ids"], ck["state"]
 
 
 def correctness(
@@ -44,14 +60,15 @@ def query_influence(
     n_train: int,
     ratio: float,
     seed: int,
-    checkpoints,
+    checkpoints: Iterable[bytes],
     x: np.ndarray,
     y: np.ndarray,
     top_k: int = 10,
 ) -> InfluenceResult:
-    """`checkpoints` yields (model_ids, stacked state dict) per shard."""
+    """`checkpoints` yields each shard's checkpoint bytes (`checkpoint_to_bytes`)."""
     acc = InfluenceAccumulator(n_train, len(x))
-    for model_ids, state in checkpoints:
+    for blob in checkpoints:
+        model_ids, state = checkpoint_from_bytes(blob)
         acc.add_models(
             subset_masks(n_train, ratio, seed, model_ids), correctness(arch, feature_shape, num_classes, state, x, y)
         )

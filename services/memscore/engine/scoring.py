@@ -20,27 +20,15 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from .catalog import MEMORIZED_AT
 from .datasets import Dataset
 from .ensemble import Recipe, TrainOutput, make_recipe, resolve_arch, train_ensemble
 from .estimators import InfluenceAccumulator, InfluenceResult, ScoreAccumulator
 from .spec import ScoringSpec
 from .subsets import shard_model_ids, subset_size
 
-MEM_THRESHOLDS = (0.25, 0.5)  # FZ 2020 use mem >= 0.25 for "memorized"
+MEM_THRESHOLDS = (MEMORIZED_AT, 0.5)  # fractions reported in the summary
 HIST_EDGES = np.round(np.linspace(-1.0, 1.0, 21), 2)
-
-SCORE_COLUMNS = (
-    "index",
-    "label",
-    "memorization",
-    "memorization_stderr",
-    "memorization_soft",
-    "memorization_soft_stderr",
-    "in_sample_accuracy",
-    "heldout_accuracy",
-    "n_in",
-    "n_out",
-)
 
 
 @dataclass(frozen=True)
@@ -109,7 +97,7 @@ def train_shard(
 
 @dataclass
 class ScoringResult:
-    scores: dict[str, np.ndarray]  # SCORE_COLUMNS (+ label_flipped with label noise)
+    scores: dict[str, np.ndarray]  # catalog.SCORE_COLUMNS (+ label_flipped with label noise)
     influence: InfluenceResult | None
     summary: dict
     y_train: np.ndarray = field(repr=False, default=None)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ARCHS = ("auto", "mlp", "cnn1d", "resnet")
+from .catalog import ARCH_FEATURE_NDIM
+
+ARCHS = ("auto", *ARCH_FEATURE_NDIM)
 DEFAULT_SHARD_SIZE = 64  # models per shard (one task) when the spec says 0
 
 

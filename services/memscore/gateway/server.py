@@ -4,15 +4,13 @@ protobuf to `dataplane.ScoringPlane`; errors become status codes in `rpc.DomainE
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 
 from ..api.v1 import scoring_service_pb2 as pb
 from ..api.v1 import scoring_service_pb2_grpc as pb_grpc
 from ..dataplane import ScoringPlane
 from ..errors import InvalidArgument
-from ..rpc import PB_TO_STATE, build_server, event_to_pb, job_to_pb, spec_from_pb
+from ..rpc import PB_TO_STATE, build_server, event_to_pb, job_to_pb, run_until_signalled, spec_from_pb
 from ..runtime import Runtime, runtime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
@@ -79,15 +77,6 @@ def serve(rt: Runtime, address: str, plane: ScoringPlane | None = None):
     )
     server.start()
     return server, port
-
-
-def run_until_signalled(servers) -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    for s in servers:
-        s.stop(grace=10).wait()
 
 
 def main(argv: list[str] | None = None) -> int:

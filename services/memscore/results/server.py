@@ -11,27 +11,16 @@ import sys
 from ..api.v1 import results_service_pb2 as pb
 from ..api.v1 import results_service_pb2_grpc as pb_grpc
 from ..dataplane import ResultsPlane
+from ..engine.catalog import SCORE_COLUMNS
 from ..errors import InvalidArgument
-from ..rpc import build_server
+from ..rpc import build_server, run_until_signalled
 from ..runtime import Runtime, runtime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ResultsService"].full_name
 BATCH = 500  # influence pairs per streamed message: well under the 4 MiB default message limit
 ARTIFACT_CHUNK = 1 << 20
 
-_EXAMPLE_FIELDS = (
-    "index",
-    "label",
-    "memorization",
-    "memorization_stderr",
-    "memorization_soft",
-    "memorization_soft_stderr",
-    "in_sample_accuracy",
-    "heldout_accuracy",
-    "n_in",
-    "n_out",
-    "rank",
-)
+_EXAMPLE_FIELDS = (*SCORE_COLUMNS, "rank")
 
 
 def _example(row: dict) -> pb.RankedExample:
@@ -53,7 +42,7 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
         self.plane = plane
 
     def StreamRanked(self, request, context):
-        rows, token, final = self.plane.ranked(
+        pages = self.plane.ranked(
             request.job_id,
             metric=request.metric or "memorization",
             descending=request.order != pb.SORT_ORDER_ASCENDING,
@@ -64,12 +53,15 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        cols = self.plane.scores(request.job_id)[0]
-        models = int(cols["n_in"][0] + cols["n_out"][0]) if len(cols["n_in"]) else 0  # models merged
-        # one message per page: at most MAX_PAGE (1000) examples, ~0.1 MB, far below message limits
-        yield pb.StreamRankedResponse(
-            examples=[_example(r) for r in rows], next_page_token=token, final=final, models=models
-        )
+        for page in pages:  # one message per page (at most MAX_PAGE examples, ~0.1 MB), one snapshot
+            if not context.is_active():
+                return
+            yield pb.StreamRankedResponse(
+                examples=[_example(r) for r in page.rows],
+                next_page_token=page.next_page_token,
+                final=page.final,
+                models=page.models,
+            )
 
     def GetExample(self, request, context):
         row, final = self.plane.example(request.job_id, request.index)
@@ -126,8 +118,6 @@ def serve(rt: Runtime, address: str, plane: ResultsPlane | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     """`memscore-results`: serve ResultsService on MEMSCORE_BIND:MEMSCORE_RESULTS_PORT."""
-    from ..gateway.server import run_until_signalled
-
     rt = runtime()
     logging.basicConfig(level=rt.settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server, port = serve(rt, f"{rt.settings.bind}:{rt.settings.results_port}")

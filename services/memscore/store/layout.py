@@ -11,6 +11,11 @@ def dataset_key(sha256: str, suffix: str = "npz") -> str:
     return f"{DATASETS}{sha256}.{suffix}"
 
 
+def dataset_meta_key(key: str) -> str:
+    """What the gateway recorded of an uploaded dataset (sizes, shape), beside its bytes."""
+    return key + ".meta.json"
+
+
 def is_dataset_key(ref: str) -> bool:
     return ref.startswith(DATASETS)
 

@@ -13,30 +13,17 @@ import json
 import logging
 import time
 
-from ..engine.corpus import BUILTIN, CorpusError, corpus_from_bytes, load_corpus
+from ..datarefs import load_job_corpus
+from ..engine.corpus import BUILTIN, CorpusError
 from ..engine.exposure_job import RESULT_FILES, small_summary
 from ..engine.spec import ExposureSpec
 from ..runtime import runtime
 from ..store import layout
 from ..store.jobs import JobNotFound
-from ..store.objects import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("memscore.worker.exposure")
 
 UPDATE_EVERY_S = 1.0  # job-store writes (progress) and reads (cancel flag) at most this often
-
-
-def load_job_corpus(ref: str, objects: ObjectStore) -> str:
-    """ "builtin" (or ""), `datasets/<sha256>.txt` in the object store, or a path on this machine."""
-    if ref in ("", BUILTIN):
-        return load_corpus(BUILTIN)
-    if layout.is_dataset_key(ref):
-        try:
-            data = objects.get_bytes(ref)
-        except ObjectNotFound:
-            raise CorpusError(f"{ref} is not in the object store; upload it first (memscore upload FILE.txt)") from None
-        return corpus_from_bytes(data, source=ref)
-    return load_corpus(ref)
 
 
 def _fail(job_id: str, message: str) -> str:

@@ -11,13 +11,15 @@ its worker is failed after MEMSCORE_MAX_ATTEMPTS deliveries instead of looping f
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from ..broker import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD
+from ..datarefs import load_job_dataset
+from ..engine.catalog import MEMORIZED_AT
 from ..engine.datasets import DatasetError
 from ..engine.spec import ScoringSpec
 from ..engine.subsets import shard_model_ids
@@ -25,10 +27,18 @@ from ..runtime import runtime
 from ..store import layout
 from ..store.jobs import JobNotFound
 from ..store.objects import StoreUnavailable
-from .app import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD, app
-from .inputs import load_job_dataset
+from .app import app
 
 log = logging.getLogger("memscore.worker")
+
+# summary.json figures the job record carries (GetJob's anytime summary of a finished job)
+SUMMARY_KEYS = (
+    "mean_test_accuracy",
+    "mean_memorization",
+    "mean_in_sample_accuracy",
+    "mean_heldout_accuracy",
+    "models_done",
+)
 
 PROGRESS_EVERY_S = 1.0  # job-store writes (progress, cancel checks) at most this often
 
@@ -134,11 +144,9 @@ def train_shard(self, job_id: str, shard: int) -> str:
         _fail(job_id, f"shard {shard} exceeded MEMSCORE_SHARD_TIMEOUT_S={rt.settings.shard_timeout_s}s")
         return "timed out"
     if out.weights is not None:
-        import torch
+        from ..engine.query import checkpoint_to_bytes
 
-        buf = io.BytesIO()
-        torch.save({"model_ids": ids, "arch": plan.arch, "state": out.weights}, buf)
-        rt.objects.put_bytes(layout.checkpoint_key(job_id, shard), buf.getvalue())
+        rt.objects.put_bytes(layout.checkpoint_key(job_id, shard), checkpoint_to_bytes(ids, plan.arch, out.weights))
     rt.objects.put_bytes(key, out.trace.to_bytes())  # one put: the shard is done once this exists
     _shard_finished(job_id, shard, len(ids))
     return "trained"
@@ -188,14 +196,9 @@ def reduce(self, job_id: str) -> str:
         eta_s=0.0,
         message="done",
         summary={
-            k: s[k]
-            for k in (
-                "mean_test_accuracy",
-                "mean_memorization",
-                "mean_in_sample_accuracy",
-                "mean_heldout_accuracy",
-                "models_done",
-            )
+            **{k: s[k] for k in SUMMARY_KEYS},
+            "fraction_memorized": s["fraction_memorization_ge"][str(MEMORIZED_AT)],
+            **{k: s["dataset"][k] for k in ("n_train", "n_test")},  # bounds of GetExample / StreamInfluence
         },
     )
     return "reduced"

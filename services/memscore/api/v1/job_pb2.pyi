@@ -356,26 +356,39 @@ class AnytimeSummary(_message.Message):
     models_done: _builtins.int
     """Models the estimates below are based on."""
     mean_memorization: _builtins.float
-    """Mean memorization over training examples that have an estimate; NaN before any has one."""
+    """Mean memorization over training examples that have an estimate. Unset (absent) until
+    some example has been both trained on and held out.
+    """
     fraction_memorized: _builtins.float
     """Fraction of training examples (with an estimate) whose memorization is >= 0.25, the
-    paper's threshold; NaN before any has an estimate.
+    paper's threshold. Unset until some example has an estimate.
     """
     mean_test_accuracy: _builtins.float
-    """Mean test accuracy of the models trained so far, in [0, 1]; NaN before the first model."""
+    """Mean test accuracy of the models trained so far, in [0, 1]. Unset before the first model."""
     def __init__(
         self,
         *,
         models_done: _builtins.int = ...,
-        mean_memorization: _builtins.float = ...,
-        fraction_memorized: _builtins.float = ...,
-        mean_test_accuracy: _builtins.float = ...,
+        mean_memorization: _builtins.float | None = ...,
+        fraction_memorized: _builtins.float | None = ...,
+        mean_test_accuracy: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "models_done", b"models_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "models_done", b"models_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__fraction_memorized: _TypeAlias = _typing.Literal["fraction_memorized"]  # noqa: Y015
+    _WhichOneofArgType__fraction_memorized: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized"]  # noqa: Y015
+    _WhichOneofReturnType__mean_memorization: _TypeAlias = _typing.Literal["mean_memorization"]  # noqa: Y015
+    _WhichOneofArgType__mean_memorization: _TypeAlias = _typing.Literal["_mean_memorization", b"_mean_memorization"]  # noqa: Y015
+    _WhichOneofReturnType__mean_test_accuracy: _TypeAlias = _typing.Literal["mean_test_accuracy"]  # noqa: Y015
+    _WhichOneofArgType__mean_test_accuracy: _TypeAlias = _typing.Literal["_mean_test_accuracy", b"_mean_test_accuracy"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fraction_memorized) -> _WhichOneofReturnType__fraction_memorized | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_memorization) -> _WhichOneofReturnType__mean_memorization | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_test_accuracy) -> _WhichOneofReturnType__mean_test_accuracy | None: ...
 
 Global___AnytimeSummary: _TypeAlias = AnytimeSummary  # noqa: Y015
 
@@ -412,7 +425,10 @@ class Job(_message.Message):
     message: _builtins.str
     """The latest human-readable progress note, e.g. "shard 3: epoch 12/30"."""
     cancel_requested: _builtins.bool
-    """True once CancelJob was called; the job stops at the next epoch boundary."""
+    """True once CancelJob was called on a job that had not ended. A RUNNING job stays RUNNING
+    until its workers have stopped (each at its next check, within seconds), then turns
+    CANCELLED.
+    """
     version: _builtins.int
     """Increases with every change to the job; a client can compare versions to spot updates."""
     @_builtins.property

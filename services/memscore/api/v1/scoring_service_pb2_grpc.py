@@ -105,8 +105,10 @@ class ScoringServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Asks a job to stop. A QUEUED job is CANCELLED at once; a RUNNING one stops at its next epoch
-        boundary. Cancelling a terminal job changes nothing and returns it.
+        """Asks a job to stop. A job with no task in flight (QUEUED, or between shards) is CANCELLED at
+        once; a RUNNING one stays RUNNING with cancel_requested set until its workers stop, each at
+        its next check (within about a second of training), and then turns CANCELLED; its queued
+        shards never start. Cancelling a terminal job changes nothing and returns it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,8 +46,10 @@ class ScoringServiceStub:
     ListJobs: _grpc.UnaryUnaryMultiCallable[_scoring_service_pb2.ListJobsRequest, _scoring_service_pb2.ListJobsResponse]
     """Lists jobs, newest first, one page at a time."""
     CancelJob: _grpc.UnaryUnaryMultiCallable[_scoring_service_pb2.CancelJobRequest, _scoring_service_pb2.CancelJobResponse]
-    """Asks a job to stop. A QUEUED job is CANCELLED at once; a RUNNING one stops at its next epoch
-    boundary. Cancelling a terminal job changes nothing and returns it.
+    """Asks a job to stop. A job with no task in flight (QUEUED, or between shards) is CANCELLED at
+    once; a RUNNING one stays RUNNING with cancel_requested set until its workers stop, each at
+    its next check (within about a second of training), and then turns CANCELLED; its queued
+    shards never start. Cancelling a terminal job changes nothing and returns it.
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_scoring_service_pb2.WatchJobRequest, _scoring_service_pb2.WatchJobResponse]
     """Streams the job's progress: first its current state, then one event per change, and ends
@@ -81,8 +83,10 @@ class ScoringServiceAsyncStub(ScoringServiceStub):
     ListJobs: _aio.UnaryUnaryMultiCallable[_scoring_service_pb2.ListJobsRequest, _scoring_service_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists jobs, newest first, one page at a time."""
     CancelJob: _aio.UnaryUnaryMultiCallable[_scoring_service_pb2.CancelJobRequest, _scoring_service_pb2.CancelJobResponse]  # type: ignore[assignment]
-    """Asks a job to stop. A QUEUED job is CANCELLED at once; a RUNNING one stops at its next epoch
-    boundary. Cancelling a terminal job changes nothing and returns it.
+    """Asks a job to stop. A job with no task in flight (QUEUED, or between shards) is CANCELLED at
+    once; a RUNNING one stays RUNNING with cancel_requested set until its workers stop, each at
+    its next check (within about a second of training), and then turns CANCELLED; its queued
+    shards never start. Cancelling a terminal job changes nothing and returns it.
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_scoring_service_pb2.WatchJobRequest, _scoring_service_pb2.WatchJobResponse]  # type: ignore[assignment]
     """Streams the job's progress: first its current state, then one event per change, and ends
@@ -137,8 +141,10 @@ class ScoringServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scoring_service_pb2.CancelJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_scoring_service_pb2.CancelJobResponse, _abc.Awaitable[_scoring_service_pb2.CancelJobResponse]]:
-        """Asks a job to stop. A QUEUED job is CANCELLED at once; a RUNNING one stops at its next epoch
-        boundary. Cancelling a terminal job changes nothing and returns it.
+        """Asks a job to stop. A job with no task in flight (QUEUED, or between shards) is CANCELLED at
+        once; a RUNNING one stays RUNNING with cancel_requested set until its workers stop, each at
+        its next check (within about a second of training), and then turns CANCELLED; its queued
+        shards never start. Cancelling a terminal job changes nothing and returns it.
         """
 
     @_abc_1.abstractmethod

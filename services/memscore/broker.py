@@ -1,0 +1,47 @@
+"""The Celery application and the names of its tasks: what the producer (the gateway, which
+enqueues by name and never imports torch) and the consumer (`worker/tasks.py`, which defines
+the tasks) share, as Celery's own `proj/celery.py` + `proj/tasks.py` layout.
+
+With MEMSCORE_BROKER_URL empty the broker is kombu's in-process `memory://` transport: the
+embedded mode of `memscore up`, where gateway, results and a worker thread share one process.
+Fan-in needs no result backend: the last shard to finish enqueues `reduce` (see worker/tasks.py).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from .settings import Settings
+
+TASK_TRAIN_SHARD = "memscore.train_shard"
+TASK_REDUCE = "memscore.reduce"
+TASK_EXPOSURE = "memscore.exposure"
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    s = settings or Settings()
+    broker = s.broker_url or "memory://"
+    app = Celery("memscore", broker=broker, include=["memscore.worker.tasks"])
+    # A shard may run for hours: Redis must not redeliver it to a second worker meanwhile
+    # (INFRA-NOTES: set the visibility timeout above the longest shard, in all three places).
+    # It is also how long a shard whose whole worker died waits before another worker gets it.
+    visibility = s.visibility_timeout_s
+    app.conf.update(
+        task_acks_late=True,  # a worker that dies loses at most its shard in flight
+        task_reject_on_worker_lost=True,  # ... and that shard is redelivered
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        result_backend=s.result_backend or None,
+        task_default_queue=s.queue,
+        task_routes={"memscore.*": {"queue": s.queue}},
+        task_soft_time_limit=s.shard_timeout_s,
+        task_time_limit=s.shard_timeout_s + 300,
+        broker_transport_options={"visibility_timeout": visibility},
+        result_backend_transport_options={"visibility_timeout": visibility},
+        visibility_timeout=visibility,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app

@@ -1,0 +1,82 @@
+"""Anytime estimates: the scores of a running job from the shards finished so far.
+
+One streaming accumulator per job (engine `ScoreAccumulator`), to which each newly finished
+shard's trace is added once, so asking again costs only the new shards' traces.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..engine.catalog import MEMORIZED_AT
+from ..engine.estimators import ScoreAccumulator
+from ..engine.traces import Trace
+from ..runtime import Runtime
+from ..store import layout
+from ..store.jobs import JobRecord
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Per-example scores over a fixed set of finished shards."""
+
+    scores: dict[str, np.ndarray]
+    mean_test_accuracy: float
+    shards: frozenset
+    models: int
+
+
+class AnytimeEstimates:
+    def __init__(self, rt: Runtime, max_jobs: int = 16):
+        self.rt = rt
+        self.max_jobs = max_jobs
+        self._jobs: OrderedDict = OrderedDict()  # job_id -> (ScoreAccumulator, set of shards)
+        self._lock = threading.Lock()
+
+    def shards_available(self, rec: JobRecord) -> list[int]:
+        keys = self.rt.objects.list(layout.shard_prefix(rec.job_id))
+        shards = (layout.shard_of_trace_key(k) for k in keys)
+        return sorted(s for s in shards if s is not None and s < rec.shards_total)
+
+    def snapshot(self, rec: JobRecord) -> Snapshot | None:
+        """The scores over every stored trace of the job, or None before the first shard."""
+        shards = self.shards_available(rec)
+        with self._lock:  # one reader per process folds in new shards; the others wait for it
+            acc, seen = self._jobs.pop(rec.job_id, (None, set()))
+            try:
+                for s in shards:
+                    if s in seen:
+                        continue
+                    t = Trace.from_bytes(self.rt.objects.get_bytes(layout.trace_key(rec.job_id, s)))
+                    if acc is None:
+                        acc = ScoreAccumulator(t.masks.shape[1], t.test_correct.shape[1])
+                    acc.add(t)
+                    seen.add(s)
+            finally:
+                if acc is not None:
+                    self._jobs[rec.job_id] = (acc, seen)
+                    while len(self._jobs) > self.max_jobs:
+                        self._jobs.popitem(last=False)
+            if acc is None:
+                return None
+            test_acc = float(np.mean(list(acc.test_accuracy.values())))
+            return Snapshot(acc.scores(), test_acc, frozenset(seen), acc.num_models)
+
+    def summary(self, rec: JobRecord) -> dict:
+        """The job's anytime summary: models so far, mean member test accuracy and, once some
+        example has an estimate, mean memorization and the fraction with mem >= 0.25. A figure
+        that has no estimate yet is absent, never a made-up 0."""
+        snap = self.snapshot(rec)
+        if snap is None:
+            return {}
+        mem = snap.scores["memorization"]
+        finite = mem[np.isfinite(mem)]
+        out = {"models_done": snap.models, "mean_test_accuracy": snap.mean_test_accuracy}
+        if len(finite):
+            out["mean_memorization"] = float(finite.mean())
+            out["fraction_memorized"] = float((finite >= MEMORIZED_AT).mean())
+        return out

@@ -1,0 +1,172 @@
+"""Jobs: submit (validate everything, store, enqueue), get, list, watch, cancel, extend, and
+resume after a restart. Tasks are enqueued by name (`broker.TASK_*`): no worker code here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Callable, Iterable, Iterator
+
+from kombu.exceptions import OperationalError
+
+from ..broker import TASK_EXPOSURE, TASK_TRAIN_SHARD
+from ..engine.spec import ScoringSpec
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from ..runtime import Runtime
+from ..store import layout
+from ..store.jobs import JobNotFound, JobRecord
+from ..store.objects import ObjectNotFound, StoreUnavailable
+from .anytime import AnytimeEstimates
+from .specs import check_exposure, check_scoring
+from .uploads import store_upload
+
+log = logging.getLogger("memscore.dataplane")
+
+KINDS = ("scoring", "exposure")
+MAX_PAGE = 1000
+
+
+def _new_job_id() -> str:
+    return "job-" + uuid.uuid4().hex[:16]
+
+
+class ScoringPlane:
+    def __init__(self, rt: Runtime, enqueue: Callable[[str, list], None] | None = None):
+        self.rt = rt
+        self.anytime = AnytimeEstimates(rt)
+        self._enqueue = enqueue or (lambda name, args: rt.celery.send_task(name, args=args, queue=rt.settings.queue))
+
+    def submit(self, kind: str, spec: dict, request_id: str = "") -> tuple[JobRecord, bool]:
+        """Validate everything, store the job QUEUED, enqueue its tasks. Returns (job, created);
+        the same request_id returns the same job."""
+        if kind not in KINDS:
+            raise InvalidArgument([("spec", f"must set one of: {', '.join(KINDS)}")])
+        if len(request_id) > 128:
+            raise InvalidArgument([("request_id", "at most 128 characters")])
+        if kind == "scoring":
+            spec, shards, models = check_scoring(spec, self.rt.settings, self.rt.objects)
+        else:
+            spec, shards, models = check_exposure(spec, self.rt.objects)
+        record = JobRecord(
+            job_id=_new_job_id(), kind=kind, spec=spec, shards_total=shards, models_total=models, message="queued"
+        )
+        record, created = self.rt.jobs.create(record, request_id or None)
+        if not created:
+            if record.kind != kind or record.spec != spec:
+                raise InvalidArgument([("request_id", f"already used for job {record.job_id} with a different spec")])
+            return record, False
+        try:
+            self.rt.objects.put_bytes(layout.spec_key(record.job_id), json.dumps({"kind": kind, "spec": spec}).encode())
+            self._enqueue_work(record)
+        except (StoreUnavailable, OSError, OperationalError) as e:  # broker or store down: leave nothing half-made
+            self._forget(record.job_id)
+            raise Unavailable(f"could not queue the job ({type(e).__name__}: {e}); nothing was stored, retry") from e
+        return record, True
+
+    def _forget(self, job_id: str) -> None:
+        self.rt.jobs.delete(job_id)
+        try:
+            self.rt.objects.delete_prefix(layout.job_prefix(job_id))
+        except (StoreUnavailable, OSError) as e:  # the store is what failed: there is nothing in it to remove
+            log.warning("job %s: could not remove its objects after a failed submit: %s", job_id, e)
+
+    def _enqueue_work(self, record: JobRecord, shards: Iterable[int] | None = None) -> None:
+        if record.kind == "exposure":
+            self._enqueue(TASK_EXPOSURE, [record.job_id])
+            return
+        for s in range(record.shards_total) if shards is None else shards:
+            self._enqueue(TASK_TRAIN_SHARD, [record.job_id, s])
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job; a running scoring job carries its anytime summary from the shards so far."""
+        try:
+            rec = self.rt.jobs.get(job_id)
+        except JobNotFound:
+            raise NotFound(f"no job {job_id!r}") from None
+        return self._with_anytime(rec)
+
+    def _with_anytime(self, rec: JobRecord) -> JobRecord:
+        if rec.kind == "scoring" and not rec.terminal and rec.shards_done > 0:
+            try:
+                rec.summary = {**rec.summary, **self.anytime.summary(rec)}
+            except (
+                StoreUnavailable,
+                ObjectNotFound,
+            ) as e:  # progress still answers; the estimate returns with the store
+                log.warning("job %s: no anytime estimate (%s: %s)", rec.job_id, type(e).__name__, e)
+        return rec
+
+    def list(self, state: str | None, page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidArgument([("page_size", f"must be between 0 and {MAX_PAGE}")])
+        try:
+            return self.rt.jobs.list(state=state or None, page_size=page_size or 50, page_token=page_token)
+        except ValueError as e:
+            raise InvalidArgument([("page_token" if "token" in str(e) else "state", str(e))]) from None
+
+    def cancel(self, job_id: str) -> JobRecord:
+        self.get(job_id)
+        rec = self.rt.jobs.request_cancel(job_id)
+        if not rec.terminal:
+            rec = self.rt.jobs.update(
+                job_id, state="CANCELLED", error="cancelled by request", eta_s=None, message="cancelled"
+            )
+        return rec
+
+    def watch(
+        self, job_id: str, poll_timeout_s: float = 5.0, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[JobRecord]:
+        """Yield the job now, then on every change, until it reaches a terminal state."""
+        rec = self.get(job_id)
+        yield rec
+        while not rec.terminal and is_active():
+            nxt = self.rt.jobs.wait_for_change(job_id, rec.version, poll_timeout_s)
+            if nxt.version != rec.version:
+                if nxt.shards_done != rec.shards_done:
+                    nxt = self._with_anytime(nxt)
+                else:
+                    nxt.summary = {**nxt.summary, **{k: v for k, v in rec.summary.items() if k not in nxt.summary}}
+                rec = nxt
+                yield rec
+
+    def extend(self, job_id: str, additional_models: int) -> JobRecord:
+        """Add models to a finished scoring job: new shards only, the old ones stay valid because
+        masks are rebuilt from (seed, k)."""
+        rec = self.get(job_id)
+        if rec.kind != "scoring":
+            raise FailedPrecondition("only scoring jobs can be extended")
+        if rec.state != "SUCCEEDED":
+            raise FailedPrecondition(f"job {job_id} is {rec.state}; only a SUCCEEDED job can be extended")
+        spec = ScoringSpec.from_dict(rec.spec)
+        g = spec.effective_shard_size
+        if additional_models <= 0 or additional_models % g or spec.models % g:
+            why = f"must be a positive multiple of the job's shard size {g} (and the job's models a multiple too)"
+            raise InvalidArgument([("additional_models", why)])
+        limit = self.rt.settings.max_models
+        if spec.models + additional_models > limit:
+            raise ResourceExhausted(f"{spec.models + additional_models} models exceeds the limit {limit}")
+        old_shards = spec.num_shards
+        spec.models += additional_models
+        rec = self.rt.jobs.reopen(
+            job_id, spec=spec.to_dict(), shards_total=spec.num_shards, models_total=spec.models, message="extended"
+        )
+        self._enqueue_work(rec, range(old_shards, spec.num_shards))
+        return rec
+
+    def resume_unfinished(self) -> int:
+        """Re-enqueue the work of jobs left QUEUED/RUNNING (embedded mode after a restart: its
+        in-memory queue is gone, the job store and traces are not). Returns jobs resumed."""
+        resumed, token = 0, ""
+        while True:
+            page, token = self.rt.jobs.list(page_size=200, page_token=token)
+            for rec in page:
+                if rec.state in ("QUEUED", "RUNNING"):
+                    self._enqueue_work(rec)  # shards with traces return at once
+                    resumed += 1
+            if not token:
+                return resumed
+
+    def upload(self, chunks: Iterable[bytes], filename: str = "") -> dict:
+        """Store an uploaded dataset .npz or .txt corpus (see `uploads.store_upload`)."""
+        return store_upload(self.rt, chunks, filename)

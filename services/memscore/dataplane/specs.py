@@ -1,0 +1,84 @@
+"""Checking a submitted spec completely, before anything is stored or queued ("fail loudly,
+early, once"): every bad field is named in one INVALID_ARGUMENT, server limits are
+RESOURCE_EXHAUSTED, and the dataset or corpus it names must be reachable."""
+
+from __future__ import annotations
+
+import json
+
+from ..datarefs import check_corpus_ref, check_dataset_ref
+from ..engine.catalog import BUILTIN_SHAPES, model_takes
+from ..engine.spec import ExposureSpec, ScoringSpec
+from ..errors import InvalidArgument, ResourceExhausted, Unavailable
+from ..settings import Settings
+from ..store import layout
+from ..store.objects import ObjectNotFound, ObjectStore, StoreUnavailable
+
+
+def check_scoring(spec: dict, settings: Settings, objects: ObjectStore) -> tuple[dict, int, int]:
+    """(spec as it will run, shards, models) of a valid scoring spec; raises otherwise."""
+    try:
+        s = ScoringSpec.from_dict(spec)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument([("spec.scoring", str(e))]) from None
+    limit = settings.max_models
+    if s.models > limit:
+        raise ResourceExhausted(
+            f"spec.scoring.models: {s.models} models exceeds this server's limit of {limit} (MEMSCORE_MAX_MODELS)"
+        )
+    problems = [(f"spec.scoring.{f}", m) for f, m in s.validate(max_models=limit)]
+    if s.dataset:
+        try:
+            why = check_dataset_ref(s.dataset, objects)
+            problems += [("spec.scoring.dataset", why)] if why else _dataset_fits(s, settings, objects)
+        except StoreUnavailable as e:
+            raise Unavailable(f"object store unavailable: {e}") from e
+    if problems:
+        raise InvalidArgument(problems)
+    s.shard_size = s.effective_shard_size  # fixed at submit: model k's shard never changes
+    return s.to_dict(), s.num_shards, s.models
+
+
+def check_exposure(spec: dict, objects: ObjectStore) -> tuple[dict, int, int]:
+    """As `check_scoring`, for an exposure job (one task: one shard of one model)."""
+    try:
+        s = ExposureSpec.from_dict(spec)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument([("spec.exposure", str(e))]) from None
+    problems = [(f"spec.exposure.{f}", m) for f, m in s.validate()]
+    try:
+        why = check_corpus_ref(s.corpus, objects)
+    except StoreUnavailable as e:
+        raise Unavailable(f"object store unavailable: {e}") from e
+    if why:
+        problems.append(("spec.exposure.corpus", why))
+    if problems:
+        raise InvalidArgument(problems)
+    return s.to_dict(), 1, 1
+
+
+def dataset_meta(ref: str, objects: ObjectStore) -> dict | None:
+    """What the gateway knows of a dataset without loading it: built-ins' shapes, and the
+    facts recorded at upload. None for a path on the server (checked by the worker)."""
+    if ref in BUILTIN_SHAPES:
+        return {"feature_shape": BUILTIN_SHAPES[ref], "n_train": 0}
+    if not layout.is_dataset_key(ref):
+        return None
+    try:
+        return json.loads(objects.get_bytes(layout.dataset_meta_key(ref)))
+    except ObjectNotFound:
+        return None
+
+
+def _dataset_fits(s: ScoringSpec, settings: Settings, objects: ObjectStore) -> list[tuple[str, str]]:
+    """The dataset's size is within limits and the model takes its shape."""
+    meta = dataset_meta(s.dataset, objects)
+    if meta is None:
+        return []
+    if meta.get("n_train", 0) > settings.max_train_examples:
+        raise ResourceExhausted(
+            f"spec.scoring.dataset: {meta['n_train']} training examples exceeds this server's limit of "
+            f"{settings.max_train_examples} (MEMSCORE_MAX_TRAIN_EXAMPLES)"
+        )
+    why = model_takes(s.model, tuple(meta.get("feature_shape") or ()))
+    return [("spec.scoring.model", why)] if why and meta.get("feature_shape") else []

@@ -1,0 +1,57 @@
+"""The engine's vocabulary, as plain data: what the services need to know about datasets,
+models and score columns without importing torch (the gateway and results servers never do).
+
+Every other module reads these tables instead of keeping its own copy.
+"""
+
+from __future__ import annotations
+
+# Built-in datasets and the shape of one example (without the batch dimension), as
+# `engine.datasets.load_dataset(name)` returns them (tests/engine/test_datasets.py checks).
+BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"mnist1d": (40,), "digits": (1, 8, 8), "longtail": (1, 16, 16)}
+BUILTINS: tuple[str, ...] = tuple(BUILTIN_SHAPES)
+
+# Models of the zoo (`engine.models.build_model`) and the example ranks each takes:
+# vectors (d,) for the MLP (any shape is flattened), sequences (L,) or (c, L), images (c, h, w).
+ARCH_FEATURE_NDIM: dict[str, tuple[int, ...] | None] = {"mlp": None, "cnn1d": (1, 2), "resnet": (3,)}
+ARCH_INPUT_DESCRIPTION = {
+    "mlp": "any shape (flattened)",
+    "cnn1d": "(L,) or (c, L) sequences",
+    "resnet": "(c, h, w) images",
+}
+
+# Feldman & Zhang 2020 call an example memorized at mem >= 0.25.
+MEMORIZED_AT = 0.25
+
+# Columns of scores.parquet, in order (one row per training example). `label_flipped` follows
+# them in validation runs with label noise.
+SCORE_COLUMNS: tuple[str, ...] = (
+    "index",
+    "label",
+    "memorization",
+    "memorization_stderr",
+    "memorization_soft",
+    "memorization_soft_stderr",
+    "in_sample_accuracy",
+    "heldout_accuracy",
+    "n_in",
+    "n_out",
+)
+
+# Score columns examples can be ranked by (Results.StreamRanked `metric`, `memscore results --metric`).
+RANK_METRICS: tuple[str, ...] = (
+    "memorization",
+    "memorization_soft",
+    "in_sample_accuracy",
+    "heldout_accuracy",
+    "memorization_stderr",
+    "memorization_soft_stderr",
+)
+
+
+def model_takes(arch: str, feature_shape: tuple[int, ...]) -> str | None:
+    """None if model `arch` takes examples of `feature_shape`, else why not."""
+    ndims = ARCH_FEATURE_NDIM.get(arch)
+    if ndims is None or len(feature_shape) in ndims:
+        return None
+    return f"{arch} takes {ARCH_INPUT_DESCRIPTION[arch]}; this dataset's examples have shape {tuple(feature_shape)}"

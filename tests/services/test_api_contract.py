@@ -1,0 +1,232 @@
+"""docs/api.md, sentence by sentence: each documented behaviour of the two services that the
+end-to-end flows do not already pin down, against a real embedded deployment (in-process
+memory broker and worker thread, local store, SQLite job state, gRPC on loopback sockets)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+
+import grpc
+import numpy as np
+import pytest
+
+from memscore import embedded
+from memscore.api.v1 import job_pb2
+from memscore.api.v1 import results_service_pb2 as rpb
+from memscore.client import Client, field_violations
+from memscore.engine.traces import Trace
+from memscore.rpc import anytime_to_pb
+from memscore.runtime import set_runtime
+from memscore.settings import ENV_VARS, Settings
+from memscore.store import layout
+from memscore.store.jobs import JobRecord
+
+from .conftest import write_blobs_npz
+
+pytestmark = pytest.mark.integration
+
+SPEC = dict(model="mlp", models=4, epochs=3, seed=1, shard_size=2)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """(client, runtime, finished scoring job, its dataset file) on an embedded deployment."""
+    tmp = tmp_path_factory.mktemp("contract")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ENV_VARS:
+            mp.delenv(name, raising=False)
+        e = embedded.start(Settings(home=tmp / "home"), 0, 0, "127.0.0.1")
+        try:
+            with Client(f"127.0.0.1:{e.gateway_port}", f"127.0.0.1:{e.results_port}", timeout=30) as c:
+                blobs = write_blobs_npz(tmp / "blobs.npz", d=2)  # overlapping classes: models disagree
+                job = c.submit_scoring(dataset=c.upload(blobs).dataset_ref, **SPEC)
+                done = c.wait(job.job_id, timeout=300)
+                assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+                yield c, e.runtime, done, blobs
+        finally:
+            e.stop()
+            set_runtime(None)
+
+
+def _rpc_error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    return e.value
+
+
+def _ranked_stream(client, job_id, **fields):
+    return list(client.results.StreamRanked(rpb.StreamRankedRequest(job_id=job_id, **fields), timeout=30))
+
+
+# -- StreamRanked ------------------------------------------------------------------------------
+
+
+def test_stream_ranked_streams_pages_of_page_size_until_limit_in_one_call(deployment):
+    client, _, job, _ = deployment
+    msgs = _ranked_stream(client, job.job_id, limit=25, page_size=10)
+    assert [len(m.examples) for m in msgs] == [10, 10, 5]
+    assert [e.rank for m in msgs for e in m.examples] == list(range(1, 26))
+    assert all(m.final and m.models == SPEC["models"] for m in msgs)  # the snapshot's model count in every one
+    assert all(m.next_page_token for m in msgs[:-1]) and msgs[-1].next_page_token == ""
+
+
+def test_stream_ranked_resumes_from_any_messages_token(deployment):
+    client, _, job, _ = deployment
+    whole = _ranked_stream(client, job.job_id, limit=25, page_size=10)
+    rest = _ranked_stream(client, job.job_id, limit=25, page_size=10, page_token=whole[0].next_page_token)
+    assert [e.index for m in rest for e in m.examples] == [e.index for m in whole[1:] for e in m.examples]
+
+
+def test_stream_ranked_page_size_defaults_to_100_and_is_at_most_1000(deployment):
+    client, _, job, _ = deployment
+    msgs = _ranked_stream(client, job.job_id)
+    assert [len(m.examples) for m in msgs] == [100, 100, 40]  # 240 training examples, no limit
+    err = _rpc_error(lambda: _ranked_stream(client, job.job_id, page_size=1001))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in field_violations(err)] == ["page_size"]
+
+
+def test_stream_ranked_ranks_examples_without_an_estimate_last_in_either_order(deployment):
+    client, _, job, _ = deployment
+    for order in (rpb.SORT_ORDER_DESCENDING, rpb.SORT_ORDER_ASCENDING):
+        mem = [e.memorization for m in _ranked_stream(client, job.job_id, order=order) for e in m.examples]
+        nan = [math.isnan(v) for v in mem]
+        assert any(nan) and nan == sorted(nan), "NaN (no estimate) ranks after every number"
+        finite = [v for v in mem if not math.isnan(v)]
+        assert finite == sorted(finite, reverse=order == rpb.SORT_ORDER_DESCENDING)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "%%% not base64",
+        base64.urlsafe_b64encode(b"[1, 2]").decode(),  # valid JSON, not a token object
+        base64.urlsafe_b64encode(json.dumps({"q": {}, "offset": "ten"}).encode()).decode(),
+        base64.urlsafe_b64encode(b"\xff\xfe").decode(),
+    ],
+)
+def test_stream_ranked_refuses_a_page_token_it_did_not_issue(deployment, token):
+    client, _, job, _ = deployment
+    err = _rpc_error(lambda: _ranked_stream(client, job.job_id, page_token=token))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in field_violations(err)] == ["page_token"]
+
+
+def test_stream_ranked_refuses_a_token_of_another_query(deployment):
+    client, _, job, _ = deployment
+    token = _ranked_stream(client, job.job_id, page_size=10)[0].next_page_token
+    err = _rpc_error(
+        lambda: _ranked_stream(client, job.job_id, page_size=10, metric="heldout_accuracy", page_token=token)
+    )
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "different query" in err.details()
+
+
+# -- StreamInfluence, GetArtifact, GetExample ---------------------------------------------------
+
+
+@pytest.mark.parametrize("test_index", [80, 10**6, -1])
+def test_stream_influence_names_a_test_index_out_of_range(deployment, test_index):
+    client, _, job, _ = deployment  # 80 test examples: 0..79
+    err = _rpc_error(lambda: client.influence(job.job_id, test_index=test_index))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(err) == [("test_index", f"must be in 0..79, got {test_index}")]
+
+
+def test_stream_influence_without_test_index_streams_pairs_above_the_threshold_strongest_first(deployment):
+    client, _, job, _ = deployment
+    pairs = client.influence(job.job_id, limit=0)
+    values = [p.influence for p in pairs]
+    assert pairs and min(values) >= job.spec.scoring.influence_threshold - 1e-6
+    assert values == sorted(values, reverse=True)
+
+
+def test_get_artifact_sends_url_and_size_first_then_chunks_of_at_most_1_mib(deployment):
+    client, _, job, _ = deployment
+    assert {"scores.parquet", "influence.parquet", "summary.json"} <= set(job.artifacts)
+    for name in job.artifacts:
+        msgs = list(client.results.GetArtifact(rpb.GetArtifactRequest(job_id=job.job_id, name=name), timeout=30))
+        assert msgs[0].presigned_url and msgs[0].size_bytes > 0 and not msgs[0].chunk
+        assert all(0 < len(m.chunk) <= 1 << 20 for m in msgs[1:])
+        assert sum(len(m.chunk) for m in msgs[1:]) == msgs[0].size_bytes
+    err = _rpc_error(lambda: client.artifact(job.job_id, "secrets.txt"))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "scores.parquet" in err.details()
+
+
+def test_get_example_index_out_of_range_is_invalid_argument(deployment):
+    client, _, job, _ = deployment
+    err = _rpc_error(lambda: client.example(job.job_id, 240))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violations(err)[0][0] == "index"
+
+
+def test_query_influence_and_exposure_need_the_right_kind_of_job(deployment):
+    client, _, job, _ = deployment
+    req = rpb.QueryInfluenceRequest(job_id=job.job_id, examples_npz=b"", top_k=3)
+    err = _rpc_error(lambda: client.results.QueryInfluence(req, timeout=30))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "keep_checkpoints" in err.details()
+    err = _rpc_error(lambda: client.exposure(job.job_id))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+# -- ScoringService ------------------------------------------------------------------------------
+
+
+def test_terminal_states_stick_cancel_of_a_finished_job_changes_nothing(deployment):
+    client, _, job, _ = deployment
+    after = client.cancel(job.job_id)
+    assert after.state == job_pb2.JOB_STATE_SUCCEEDED and after.version == client.get(job.job_id).version
+    assert not after.cancel_requested
+
+
+def test_watch_of_a_finished_job_sends_its_state_once_and_ends(deployment):
+    client, _, job, _ = deployment
+    events = list(client.watch(job.job_id, timeout=30))
+    assert [e.state for e in events] == [job_pb2.JOB_STATE_SUCCEEDED]
+
+
+def test_uploading_the_same_bytes_twice_returns_the_same_reference(deployment):
+    client, _, _, blobs = deployment
+    first, second = client.upload(blobs), client.upload(blobs)
+    assert first.dataset_ref == second.dataset_ref and first.sha256 == second.sha256
+
+
+def test_list_jobs_newest_first_page_size_0_is_50_at_most_1000(deployment):
+    client, rt, _, _ = deployment
+    for i in range(55):
+        rt.jobs.create(JobRecord(job_id=f"job-list-{i:03d}", created_at=1e9 + i, state="SUCCEEDED"))
+    jobs, token = client.list(page_size=0)
+    assert len(jobs) == 50 and token
+    created = [j.create_time.ToNanoseconds() for j in jobs]
+    assert created == sorted(created, reverse=True)
+    err = _rpc_error(lambda: client.list(page_size=1001))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+# -- anytime summaries --------------------------------------------------------------------------
+
+
+def test_anytime_summary_leaves_figures_without_an_estimate_unset(deployment):
+    """One model so far: every example was either trained on or held out, never both, so no
+    memorization estimate exists yet. The summary says so by leaving the field unset."""
+    client, rt, _, _ = deployment
+    n, m = 30, 10
+    trace = Trace(
+        model_ids=np.array([0]),
+        masks=np.arange(n)[None, :] % 2 == 0,
+        train_correct=np.ones((1, n), bool),
+        train_prob=np.ones((1, n), np.float32),
+        test_correct=np.ones((1, m), bool),
+        test_prob=np.ones((1, m), np.float32),
+        meta={},
+    )
+    rec, _ = rt.jobs.create(JobRecord(job_id="job-anytime-1", state="RUNNING", shards_total=2, models_total=2))
+    rt.objects.put_bytes(layout.trace_key(rec.job_id, 0), trace.to_bytes())
+    rt.jobs.mark_shard_done(rec.job_id, 0, 1)
+    anytime = client.get(rec.job_id).anytime
+    assert anytime.models_done == 1 and anytime.HasField("mean_test_accuracy") and anytime.mean_test_accuracy == 1.0
+    assert not anytime.HasField("mean_memorization") and not anytime.HasField("fraction_memorized")
+
+
+def test_anytime_summary_of_an_empty_record_has_only_the_model_count():
+    pb = anytime_to_pb(JobRecord(job_id="j", models_done=3))
+    assert pb.models_done == 3
+    assert not any(pb.HasField(f) for f in ("mean_memorization", "fraction_memorized", "mean_test_accuracy"))

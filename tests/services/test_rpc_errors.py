@@ -1,0 +1,68 @@
+"""The error interceptor over a real gRPC socket: domain errors keep their codes, anything
+unexpected is logged with its traceback and answered INTERNAL, never an unlogged UNKNOWN."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from memscore.api.v1 import scoring_service_pb2 as spb
+from memscore.api.v1 import scoring_service_pb2_grpc as spb_grpc
+from memscore.dataplane import ScoringPlane
+from memscore.errors import NotFound
+from memscore.gateway.server import serve
+from memscore.runtime import Runtime
+
+
+@pytest.fixture
+def gateway(make_settings):
+    rt = Runtime.from_settings(make_settings())
+    plane = ScoringPlane(rt, enqueue=lambda name, args: None)
+    server, port = serve(rt, "127.0.0.1:0", plane)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        yield plane, spb_grpc.ScoringServiceStub(ch)
+    server.stop(grace=0).wait()
+
+
+def test_an_unexpected_exception_is_logged_and_answered_internal(gateway, monkeypatch, caplog):
+    plane, stub = gateway
+
+    def broken(job_id):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(plane, "get", broken)
+    with caplog.at_level(logging.ERROR, logger="memscore.rpc"), pytest.raises(grpc.RpcError) as e:
+        stub.GetJob(spb.GetJobRequest(job_id="job-x"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+    assert "disk on fire" not in e.value.details()  # internals stay in the server's log
+    incident = e.value.details().split("incident ")[1].split()[0]
+    record = next(r for r in caplog.records if incident in r.getMessage())
+    assert "/memscore.v1.ScoringService/GetJob" in record.getMessage()
+    assert record.exc_info and record.exc_info[0] is RuntimeError  # with its traceback
+
+
+def test_an_unexpected_exception_in_a_stream_is_internal_too(gateway, monkeypatch):
+    plane, stub = gateway
+
+    def broken(job_id, **kw):
+        yield from ()
+        raise KeyError("summary")
+
+    monkeypatch.setattr(plane, "watch", broken)
+    with pytest.raises(grpc.RpcError) as e:
+        list(stub.WatchJob(spb.WatchJobRequest(job_id="job-x"), timeout=10))
+    assert e.value.code() == grpc.StatusCode.INTERNAL
+
+
+def test_a_domain_error_keeps_its_code(gateway, monkeypatch):
+    plane, stub = gateway
+
+    def missing(job_id):
+        raise NotFound(f"no job {job_id!r}")
+
+    monkeypatch.setattr(plane, "get", missing)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetJob(spb.GetJobRequest(job_id="job-x"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND and "job-x" in e.value.details()
