@@ -1,0 +1,44 @@
+"""The `memscore` command.
+
+One idea per file: `tables` prints every table and CSV, `spec_flags` holds the scoring-spec flags
+shared by `run` and `submit`, `local` has the commands that compute in this process (run,
+exposure, report), `service` the client commands of a running service, `up` the embedded
+service itself. Each command is a registration function (flags only) and a command function;
+heavy imports (torch, grpc, tqdm) happen inside the command functions so `memscore --help`
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from . import local, service, up
+
+# Order here is the order in `memscore --help`.
+COMMANDS = [
+    local.add_run,
+    local.add_exposure,
+    up.add_up,
+    service.add_submit,
+    service.add_watch,
+    service.add_status,
+    service.add_results,
+    service.add_influence,
+    service.add_cancel,
+    service.add_upload,
+    service.add_health,
+    local.add_report,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memscore", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,337 @@
+"""Commands that compute in this process: `run` (memorization and influence scores), `exposure`
+(the Secret Sharer test; `--submit` hands it to the service instead) and `report`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import service
+from .spec_flags import add_spec_flags, report_problems, spec_from_args
+from .tables import RANKED_COLUMNS, print_table
+
+EXPOSURE_COLUMNS = ("t", "exposure", "rank", "exact?", "extracted?")
+# (extracted by greedy decoding, extracted by beam search) -> the table's word
+EXTRACTED = {(True, True): "both", (True, False): "greedy", (False, True): "beam", (False, False): "no"}
+
+
+def _write_files(out, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="score a dataset in this process (embedded: no Redis, no S3)")
+    add_spec_flags(p)
+    p.add_argument("--out", required=True, help="directory for scores.parquet, influence.parquet, summary.json")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--top", type=int, default=10, help="print this many most-memorized examples")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ..engine.datasets import DatasetError, load_dataset
+    from ..engine.scoring import run_scoring
+
+    spec = spec_from_args(args)
+    if report_problems(spec.validate()):
+        return 2
+    try:
+        ds = load_dataset(spec.dataset)
+    except DatasetError as e:
+        print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=spec.models, unit="model", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done: float, total: int) -> None:
+        bar.n = round(done, 2)
+        bar.refresh()
+
+    result = run_scoring(ds, spec, device=args.device, progress=progress)
+    bar.close()
+    _write_files(out, result.to_files())
+    s = result.summary
+    print(
+        f"{ds.name}: {ds.n_train} train / {ds.n_test} test, {s['arch']}, {spec.models} models: "
+        f"mean test accuracy {s['mean_test_accuracy']:.3f}, in-sample {s['mean_in_sample_accuracy']:.3f}, "
+        f"held-out {s['mean_heldout_accuracy']:.3f}; "
+        f"mem>=0.25: {s['fraction_memorization_ge']['0.25']:.1%} of examples"
+    )
+    print(f"most memorized (of {ds.n_train}):")
+    print_table(result.most_memorized(args.top), RANKED_COLUMNS)
+    print(f"wrote {out / 'scores.parquet'}, {out / 'influence.parquet'}, {out / 'summary.json'}")
+    return 0
+
+
+# -- exposure ----------------------------------------------------------------------------------
+
+
+def add_exposure(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "exposure",
+        help="Secret Sharer test in this process: plant canaries in a corpus, train a character LM, measure exposure",
+    )
+    p.add_argument(
+        "--corpus", default="builtin", metavar="PATH", help="UTF-8 text file to train on (default: the built-in corpus)"
+    )
+    p.add_argument(
+        "--canary",
+        action="append",
+        default=[],
+        metavar="FORMAT",
+        help="canary format, secret in braces: 'the pin is {dddd}' (d digit, a letter; repeatable; "
+        "default 'my social security number is {ddd-dd-dddd}')",
+    )
+    p.add_argument(
+        "--insertions", default="0,1,4,16", metavar="LIST", help="comma-separated insertion counts t (default 0,1,4,16)"
+    )
+    p.add_argument("--model", default="lstm", help="lstm | transformer")
+    p.add_argument("--epochs", type=int, default=0, help="passes over the corpus; 0 = the LM recipe's default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--enumeration-budget", type=int, default=100_000, help="largest |R| scored exactly (default 100000)"
+    )
+    p.add_argument(
+        "--num-samples", type=int, default=10_000, help="candidates sampled for extrapolation (default 10000)"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--out", metavar="DIR", help="directory for exposure.parquet and summary.json (in-process runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--submit", action="store_true", help="send the job to the gateway instead of running it here")
+    p.add_argument("--wait", action="store_true", help="with --submit: watch the job and print its exposures")
+    service.add_service_flags(p)
+    # Advanced (quick experiments and tests): training steps and model size.
+    p.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--hidden", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--layers", type=int, default=2, help=argparse.SUPPRESS)
+    p.set_defaults(func=exposure)
+
+
+def exposure(args: argparse.Namespace) -> int:
+    spec = _exposure_spec(args)
+    if spec is None:
+        return 2
+    problems = spec.validate()
+    for name, value, low in (("steps", args.steps, 0), ("hidden", args.hidden, 1), ("layers", args.layers, 1)):
+        if value < low:
+            problems.append((name, f"must be >= {low}, got {value}"))
+    if report_problems(problems):
+        return 2
+    if args.submit:
+        return service.submit_exposure(args, spec)
+    if not args.out:
+        print("error: --out DIR is required (or --submit to run on the service)", file=sys.stderr)
+        return 2
+    return _exposure_here(args, spec)
+
+
+def _exposure_spec(args: argparse.Namespace):
+    """The ExposureSpec of the flags, or None (after saying why) if --insertions does not parse."""
+    from ..engine.spec import ExposureSpec
+
+    try:
+        insertions = [int(t) for t in args.insertions.split(",")]
+    except ValueError:
+        print(
+            f"error: --insertions: expected comma-separated whole numbers like 0,1,4,16, got {args.insertions!r}",
+            file=sys.stderr,
+        )
+        return None
+    return ExposureSpec(
+        canaries=args.canary or ExposureSpec().canaries,
+        insertions=insertions,
+        corpus=args.corpus,
+        model=args.model,
+        epochs=args.epochs,
+        seed=args.seed,
+        enumeration_budget=args.enumeration_budget,
+        num_samples=args.num_samples,
+    )
+
+
+def _exposure_here(args: argparse.Namespace, spec) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from ..engine.corpus import CorpusError, load_corpus
+    from ..engine.exposure_job import run_exposure_job
+
+    try:
+        corpus_text = load_corpus(spec.corpus)
+    except CorpusError as e:
+        print(f"error: --corpus: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=None, unit="step", disable=args.quiet, dynamic_ncols=True)
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.total = total
+        bar.n = done
+        bar.set_description(message, refresh=False)
+        bar.refresh()
+
+    result = run_exposure_job(
+        spec,
+        corpus_text,
+        device=args.device,
+        progress=progress,
+        corpus_source=spec.corpus,
+        steps=args.steps,
+        hidden=args.hidden,
+        layers=args.layers,
+    )
+    bar.close()
+    _write_files(out, result.files)
+    _print_exposures(spec, result)
+    print(f"\nwrote {out / 'exposure.parquet'}, {out / 'summary.json'}")
+    return 0
+
+
+def _print_exposures(spec, result) -> None:
+    """The trained model in one line, then one table per canary format: a row per insertion count."""
+    import math
+
+    m = result.summary["model"]
+    print(
+        f"{m['arch']} ({m['parameters']:,} parameters), {m['steps']} steps on "
+        f"{result.summary['corpus']['training_chars']:,} characters: "
+        f"{m['final_loss_bits_per_char']:.2f} bits/char at the end of training"
+    )
+    for fmt in spec.canaries:
+        rows = [r for r in result.rows if r["format"] == fmt]
+        size = rows[0]["space_size"]
+        print(f"\n{fmt}  (|R| = {size:,}, at most {math.log2(size):.2f} bits)")
+        table = [
+            {
+                "t": r["insertions"],
+                "exposure": r["exposure"],
+                "rank": f"{r['rank']:.0f}" if r["rank_exact"] else f"~{r['rank']:.3g}",
+                "exact?": "yes" if r["rank_exact"] else "no",
+                "extracted?": EXTRACTED[bool(r["extracted_greedy"]), bool(r["extracted_beam"])],
+            }
+            for r in rows
+        ]
+        print_table(table, EXPOSURE_COLUMNS, formats={"exposure": ".2f"})
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="write a self-contained HTML report of a run (a `memscore run --out` DIR, or a JOB id)"
+    )
+    p.add_argument(
+        "source", metavar="JOB|DIR", help="a directory written by `memscore run`, or a job id on the Results service"
+    )
+    p.add_argument("--out", required=True, metavar="FILE.html")
+    p.add_argument(
+        "--dataset",
+        default="",
+        help="load the examples from here instead of the spec's dataset reference "
+        "(e.g. a local copy of an uploaded .npz)",
+    )
+    p.add_argument("--per-class", type=int, default=8, help="most memorized examples shown per class (default 8)")
+    p.add_argument(
+        "--influence-examples", type=int, default=12, help="test examples shown with their influencers (default 12)"
+    )
+    service.add_service_flags(p)
+    p.set_defaults(func=report)
+
+
+def report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..report import read_result_files, render_report
+
+    source = Path(args.source)
+    if source.is_dir():
+        files, title = _result_files_in(source), f"memscore report: {source.resolve().name}"
+        if files is None:
+            return 2
+    else:
+        files, title = _result_files_of_job(args), f"memscore report: job {args.source}"
+        if files is None:
+            return 1
+    scores, influence, summary = read_result_files(files)
+    notes = []
+    ds = _report_dataset(args, summary, notes)
+    page = render_report(
+        scores,
+        influence,
+        summary,
+        ds,
+        notes=notes,
+        title=title,
+        per_class=args.per_class,
+        influence_examples=args.influence_examples,
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    print(f"wrote {out} ({len(page.encode()) / 1024:.0f} KiB)")
+    return 0
+
+
+def _result_files_in(source) -> dict[str, bytes] | None:
+    """The result files in a `memscore run --out` directory, or None (after saying which lack)."""
+    from ..report import RESULT_FILES
+
+    missing = [name for name in RESULT_FILES if not (source / name).is_file()]
+    if missing:
+        print(
+            f"error: {source} lacks {', '.join(missing)} (expected the --out directory of `memscore run`)",
+            file=sys.stderr,
+        )
+        return None
+    return {name: (source / name).read_bytes() for name in RESULT_FILES}
+
+
+def _result_files_of_job(args: argparse.Namespace) -> dict[str, bytes] | None:
+    """The result files of job `args.source` from the Results service, or None (after saying why)."""
+    import grpc
+
+    from ..report import RESULT_FILES
+
+    try:
+        with service.connect(args) as c:
+            return {name: c.artifact(args.source, name) for name in RESULT_FILES}
+    except grpc.RpcError as e:
+        print(
+            f"error: {args.source!r} is not a directory, and the Results service at {args.results} answered "
+            f"{e.code().name}: {e.details()}",
+            file=sys.stderr,
+        )
+        return None
+
+
+def _report_dataset(args: argparse.Namespace, summary: dict, notes: list[str]):
+    """The dataset whose examples the report draws, or None; appends to `notes` why not."""
+    from ..report import load_dataset_for_report
+
+    objects = None
+    ref = args.dataset or summary.get("spec", {}).get("dataset", "")
+    if ref.startswith("datasets/"):
+        try:  # uploaded data lives in the service's object store: reachable when this machine shares it
+            from ..store.objects import open_object_store
+
+            objects = open_object_store()
+        except Exception as e:
+            notes.append(f"the object store holding {ref} could not be opened: {e}")
+    ds, why = load_dataset_for_report(summary, args.dataset, objects)
+    if ds is None:
+        notes.append(f"Examples are listed, not drawn: {why}.")
+        print(f"warning: {why}; the report lists examples without pictures", file=sys.stderr)
+    return ds

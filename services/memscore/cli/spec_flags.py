@@ -1,0 +1,64 @@
+"""The scoring-spec flags shared by `run` (in this process) and `submit` (on the service), the
+ScoringSpec built from them, and spec problems reported as flag errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..engine.catalog import BUILTINS
+
+
+def add_spec_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help=" | ".join(BUILTINS) + " | PATH.npz | ImageFolder DIR "
+        "(submit: also datasets/<sha256>.npz from `memscore upload`)",
+    )
+    p.add_argument("--model", default="auto", help="auto | mlp | cnn1d | resnet (auto: by data kind)")
+    p.add_argument("--models", type=int, default=64, help="K, number of subset models (default 64)")
+    p.add_argument("--ratio", type=float, default=0.7, help="subset ratio r (default 0.7, as in Feldman & Zhang)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs per model; 0 = the model's recipe default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=0, help="0 = recipe default")
+    p.add_argument("--lr", type=float, default=0.0, help="peak learning rate; 0 = recipe default")
+    p.add_argument("--shard-size", type=int, default=0, help="models trained at once; 0 = auto")
+    p.add_argument("--top-k", type=int, default=10, help="influence: top training examples kept per test example")
+    p.add_argument(
+        "--influence-threshold", type=float, default=0.15, help="influence: global pairs kept at or above this"
+    )
+    p.add_argument(
+        "--label-noise", type=float, default=0.0, help="flip this fraction of training labels (validation experiments)"
+    )
+    p.add_argument("--keep-checkpoints", action="store_true", help="store each shard's stacked weights")
+
+
+def spec_from_args(args: argparse.Namespace):
+    from ..engine.spec import ScoringSpec
+
+    return ScoringSpec(
+        dataset=args.dataset,
+        model=args.model,
+        models=args.models,
+        ratio=args.ratio,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        shard_size=args.shard_size,
+        influence_top_k=args.top_k,
+        influence_threshold=args.influence_threshold,
+        label_noise=args.label_noise,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+
+
+def report_problems(problems: list[tuple[str, str]]) -> bool:
+    """Print each (field, message) of a spec's validate() as `error: --flag: message`; True if any.
+    A canary's field `canaries[i]` is the (i+1)-th --canary flag."""
+    for field, msg in problems:
+        flag = "canary" if field.startswith("canaries") else field.replace("_", "-")
+        where = f" #{int(field[9:-1]) + 1}" if field.startswith("canaries[") else ""
+        print(f"error: --{flag}{where}: {msg}", file=sys.stderr)
+    return bool(problems)
