@@ -118,3 +118,14 @@ def free_port() -> int:
 @pytest.fixture
 def closed_port() -> int:
     return free_port()
+
+
+# Fixtures that reach a real backing service: a test that uses one is an integration test,
+# whether or not its module says so (so `-m "not integration"` never needs Redis or S3).
+INTEGRATION_FIXTURES = frozenset({"redis_url", "redis_db", "s3_endpoint", "s3_settings", "stack"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

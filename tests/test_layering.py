@@ -1,4 +1,4 @@
-"""Data flows one way (DESIGN.md, "Layers"): engine <- store <- worker / data plane <- servers <- CLI.
+"""Data flows one way: engine <- store <- worker / data plane <- servers <- CLI.
 
 The test reads every module's import statements (module level and inside functions) and fails
 on an import that goes the wrong way. A second check imports the servers' modules in a fresh

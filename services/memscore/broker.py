@@ -23,7 +23,9 @@ def make_app(settings: Settings | None = None) -> Celery:
     broker = s.broker_url or "memory://"
     app = Celery("memscore", broker=broker, include=["memscore.worker.tasks"])
     # A shard may run for hours: Redis must not redeliver it to a second worker meanwhile
-    # (INFRA-NOTES: set the visibility timeout above the longest shard, in all three places).
+    # With acks late, Redis redelivers a task that runs longer than its visibility timeout,
+    # and the copy runs concurrently: so the timeout is set above the longest shard, in all
+    # three places Celery and kombu read it.
     # It is also how long a shard whose whole worker died waits before another worker gets it.
     visibility = s.visibility_timeout_s
     app.conf.update(

@@ -1,5 +1,5 @@
-"""Domain errors of the service layer. One gRPC interceptor (`memscore.grpc_errors`) maps them
-to status codes, so no handler repeats the mapping."""
+"""Domain errors of the service layer. One gRPC interceptor (`rpc.DomainErrorInterceptor`) maps
+them to status codes, so no handler repeats the mapping."""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ from memscore.errors import NotFound
 from memscore.gateway.server import serve
 from memscore.runtime import Runtime
 
+pytestmark = pytest.mark.integration  # gRPC over a loopback socket
+
 
 @pytest.fixture
 def gateway(make_settings):

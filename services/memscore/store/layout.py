@@ -1,4 +1,5 @@
-"""Object keys (DESIGN.md, "Object layout"). Every writer and reader names objects through
+"""Object keys: `datasets/<sha256>.npz`, `jobs/<job>/spec.json`, `jobs/<job>/shards/<s>/trace.npz`
+(and checkpoint.pt), `jobs/<job>/results/<name>`. Every writer and reader names objects through
 these functions, so the layout lives in one place. Keys are deterministic, which is what makes
 a redelivered shard idempotent: it overwrites the same object with the same bytes."""
 
