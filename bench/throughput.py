@@ -19,7 +19,7 @@ from dataclasses import replace
 import torch
 
 from memscore.engine.datasets import load_mnist1d
-from memscore.engine.ensemble import cpu_group_size, make_recipe, resolve_arch, train_ensemble
+from memscore.engine.ensemble import CPU_GROUP_SIZE, make_recipe, resolve_arch, train_ensemble
 from memscore.engine.reference import train_single
 
 
@@ -77,7 +77,7 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, {args.device})"
     )
     print(f"  sequential loop : {seq:8.3f} s/model  ({args.sequential_models} models)")
-    group = args.group_size or (args.shard_size if args.device.startswith("cuda") else cpu_group_size(arch))
+    group = args.group_size or (args.shard_size if args.device.startswith("cuda") else CPU_GROUP_SIZE)
     res["group_size"] = group
     print(f"  vectorised      : {vec:8.3f} s/model  ({args.shard_size} models, {group} at a time)")
     print(f"  speedup         : {seq / vec:8.2f}x")

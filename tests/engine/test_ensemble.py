@@ -5,9 +5,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from memscore.engine.datasets import load_mnist1d
-from memscore.engine.ensemble import BatchStream, make_recipe, train_ensemble
+from memscore.engine.datasets import load_longtail, load_mnist1d
+from memscore.engine.ensemble import (
+    AugmentStream,
+    BatchStream,
+    GroupBatches,
+    augment_images,
+    make_recipe,
+    train_ensemble,
+)
 from memscore.engine.reference import train_single
 from memscore.engine.subsets import subset_indices, subset_masks
 
@@ -17,13 +25,32 @@ def small_mnist1d():
     return load_mnist1d(num_samples=600)
 
 
-@pytest.mark.parametrize("arch", ["mlp", "cnn1d"])
-def test_g_member_run_equals_g_single_model_runs(small_mnist1d, arch):
+@pytest.fixture(scope="module")
+def small_images():
+    """1×16×16 images: large enough (pad = 16 // 8 = 2 px) that the resnet recipe augments."""
+    return load_longtail(n_train=120, n_test=40, subgroups_per_class=1)
+
+
+# (arch, data fixture, recipe overrides): the image cases train with augmentation
+CASES = {
+    "mlp": ("mlp", "small_mnist1d", dict(min_steps=40, batch_size=32)),
+    "cnn1d": ("cnn1d", "small_mnist1d", dict(min_steps=40, batch_size=32)),
+    "resnet-augment": ("resnet", "small_images", dict(min_steps=8, batch_size=16)),
+    "resnet-augment-flip": ("resnet", "small_images", dict(min_steps=8, batch_size=16, flip=True)),
+}
+
+
+def case(request, name):
+    arch, data, overrides = CASES[name]
+    return request.getfixturevalue(data), arch, replace(make_recipe(arch), epochs=0, **overrides)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_g_member_run_equals_g_single_model_runs(request, name):
     """Tolerance: 2e-3 on true-class probabilities after 40 AdamW steps (float32 reductions are
     ordered differently in batched kernels), and identical 0/1 predictions except at most one
     example per model whose two top classes are that close."""
-    ds = small_mnist1d
-    recipe = replace(make_recipe(arch), epochs=0, min_steps=40, batch_size=32)
+    ds, arch, recipe = case(request, name)
     ids = [3, 7, 8]
     out = train_ensemble(ds, arch, ids, 0.7, seed=5, recipe=recipe, device="cpu")
     for g, k in enumerate(ids):
@@ -35,11 +62,74 @@ def test_g_member_run_equals_g_single_model_runs(small_mnist1d, arch):
         assert (out.trace.test_correct[g] != single["test_correct"]).sum() <= 1
 
 
-def test_a_model_is_the_same_whichever_shard_trains_it(small_mnist1d):
-    recipe = replace(make_recipe("mlp"), epochs=0, min_steps=30)
-    a = train_ensemble(small_mnist1d, "mlp", [0, 1, 2, 3], 0.7, seed=1, recipe=recipe, device="cpu").trace
-    b = train_ensemble(small_mnist1d, "mlp", [2, 5], 0.7, seed=1, recipe=recipe, device="cpu").trace
-    np.testing.assert_allclose(a.train_prob[2], b.train_prob[0], atol=2e-3)
+@pytest.mark.parametrize("name", ["mlp", "resnet-augment-flip"])
+def test_a_model_is_the_same_whichever_shard_trains_it(request, name):
+    """Model 2 in shard [0..3] and in shard [2, 5]: the same up to float rounding (1e-4)."""
+    ds, arch, recipe = case(request, name)
+    a = train_ensemble(ds, arch, [0, 1, 2, 3], 0.7, seed=1, recipe=recipe, device="cpu").trace
+    b = train_ensemble(ds, arch, [2, 5], 0.7, seed=1, recipe=recipe, device="cpu").trace
+    np.testing.assert_allclose(a.train_prob[2], b.train_prob[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet-augment", "resnet-augment-flip"])
+def test_traces_do_not_depend_on_group_size(request, name):
+    """All at once, two at a time, one at a time: the same models up to float rounding (1e-4)."""
+    ds, arch, recipe = case(request, name)
+    ids = [4, 0, 9]
+    traces = [
+        train_ensemble(ds, arch, ids, 0.5, seed=2, recipe=recipe, device="cpu", group_size=g).trace for g in (3, 2, 1)
+    ]
+    for t in traces[1:]:
+        np.testing.assert_array_equal(t.masks, traces[0].masks)
+        np.testing.assert_allclose(t.train_prob, traces[0].train_prob, atol=1e-4)
+        np.testing.assert_allclose(t.test_prob, traces[0].test_prob, atol=1e-4)
+
+
+def test_resnet_recipe_on_16px_images_trains_with_augmentation(request):
+    """The image cases above do exercise augmentation: switching it off changes the models."""
+    ds, arch, recipe = case(request, "resnet-augment-flip")
+    on = train_ensemble(ds, arch, [0, 1], 0.5, seed=2, recipe=recipe, device="cpu").trace
+    off = train_ensemble(ds, arch, [0, 1], 0.5, seed=2, recipe=replace(recipe, augment=False), device="cpu").trace
+    assert np.abs(on.train_prob - off.train_prob).max() > 1e-2
+
+
+def test_augment_stream_of_model_k_depends_only_on_seed_and_k():
+    """However many steps are drawn at a time (the trainer: 64, the plain loop: 1)."""
+    whole = AugmentStream(batch_size=5, pad=2, flip=True, seed=0, k=3).next(70)
+    stream = AugmentStream(batch_size=5, pad=2, flip=True, seed=0, k=3)
+    stepwise = torch.cat([stream.next(1) for _ in range(70)])
+    assert torch.equal(whole, stepwise)
+    assert whole[..., :2].min() == 0 and whole[..., :2].max() == 4  # translations -2..2 px
+    assert set(whole[..., 2].unique().tolist()) == {0, 1}  # some flipped, some not
+    assert not torch.equal(whole, AugmentStream(5, 2, True, seed=0, k=4).next(70))
+    assert not torch.equal(whole, AugmentStream(5, 2, True, seed=1, k=3).next(70))
+    assert AugmentStream(5, 2, False, seed=0, k=3).next(70)[..., 2].eq(0).all()
+
+
+def test_a_model_sees_the_same_augmented_batches_whatever_group_it_is_in(small_images):
+    recipe = replace(make_recipe("resnet"), flip=True)
+    ds, ratio, seed, steps = small_images, 0.5, 7, 70
+    subsets = {k: subset_indices(ds.n_train, ratio, seed, k) for k in (1, 5, 8)}
+    alone = GroupBatches(ds, [subsets[5]], [5], 16, seed, recipe, torch.device("cpu"), steps)
+    group = GroupBatches(ds, [subsets[k] for k in (1, 5, 8)], [1, 5, 8], 16, seed, recipe, torch.device("cpu"), steps)
+    first = alone(0)[0][0]
+    assert torch.equal(first, group(0)[0][1])
+    for step in range(1, steps):  # past the first 64-step block too
+        (xa, ya), (xg, yg) = alone(step), group(step)
+        assert torch.equal(xa[0], xg[1]) and torch.equal(ya[0], yg[1])
+    plain = torch.from_numpy(ds.x_train)[BatchStream(subsets[5], 16, seed, 5).next(1)[0]]
+    assert not torch.equal(first, plain)  # the batch was augmented
+
+
+def test_augment_images_translates_with_reflect_padding_and_flips():
+    x = torch.arange(2 * 3 * 6 * 7, dtype=torch.float32).view(2, 3, 6, 7)
+    pad = 2
+    xp = F.pad(x, (pad,) * 4, mode="reflect")
+    aug = torch.tensor([[pad, pad, 0], [pad, pad, 1]])  # centred: identity, flip
+    assert torch.equal(augment_images(x, aug, pad), torch.stack([x[0], x[1].flip(-1)]))
+    aug = torch.tensor([[0, 4, 0], [3, 1, 1]])
+    want = torch.stack([xp[0, :, 0:6, 4:11], xp[1, :, 3:9, 1:8].flip(-1)])  # translate, then flip
+    assert torch.equal(augment_images(x, aug, pad), want)
 
 
 def test_same_seed_gives_identical_traces_on_cpu(small_mnist1d):

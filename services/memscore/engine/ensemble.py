@@ -7,10 +7,12 @@ optimiser over the stacked tensors *is* G independent optimisers, and the loss i
 the G per-model means, so each slice's gradient is its own model's gradient. All data stay
 resident on the device; nothing crosses to the host until the trace.
 
-Reproducibility: model k's subset, initial weights and batch order come from generators
-seeded by (seed, k) (`subsets.model_seed`), so model k trained in any shard, or alone by the
-plain loop in `reference.py`, starts and proceeds identically. Augmentation draws (images only)
-are per shard, seeded by (seed, first model id).
+Reproducibility: model k's subset, initial weights, batch order and augmentation (images
+only: translations and flips) come from CPU generators seeded by (seed, k, purpose)
+(`subsets.model_seed`), so model k trained in any shard, in a group of any size, on any device,
+or alone by the plain loop in `reference.py`, starts and proceeds identically. The per-model
+draws are made a block of steps at a time, stacked and moved to the device once per block;
+each step then augments the whole (G, B, ...) batch with one pad and one gather.
 """
 
 from __future__ import annotations
@@ -132,21 +134,94 @@ class BatchStream:
         return flat[:need].view(steps, self.batch_size)
 
 
-def augment_images(x: torch.Tensor, gen: torch.Generator, flip: bool, pad: int = 2) -> torch.Tensor:
-    """Random translation by up to `pad` pixels (reflect padding) and optional horizontal flip,
-    per example, for a (N, C, H, W) batch, on its device."""
+AUG_BLOCK = 64  # steps of augmentation drawn per generator call; part of the stream's definition
+
+
+def augment_pad(ds: Dataset, recipe: Recipe) -> int:
+    """Translation range in pixels, 0 for no augmentation: size/8 (4 px on 32×32, as for CIFAR),
+    and none below 16 px, where even one pixel is a large part of the image (8×8 digits)."""
+    pad = ds.feature_shape[-1] // 8 if ds.kind == "image" else 0
+    return pad if recipe.augment and pad >= 2 else 0
+
+
+class AugmentStream:
+    """Model k's augmentation: for each step and each of its B examples, a translation (dy, dx)
+    in 0..2·pad and a horizontal flip (0/1, always 0 unless `flip`), from a CPU generator seeded
+    by (seed, k, AUGMENT). Drawn in fixed chunks of AUG_BLOCK steps, so the values depend neither
+    on how many steps a caller takes at a time, nor on the device, nor on the group."""
+
+    def __init__(self, batch_size: int, pad: int, flip: bool, seed: int, k: int):
+        self.batch_size, self.pad, self.flip = batch_size, pad, flip
+        self.gen = torch.Generator().manual_seed(model_seed(seed, k, AUGMENT))
+        self.pending = torch.zeros(0, batch_size, 3, dtype=torch.int64)
+
+    def next(self, steps: int) -> torch.Tensor:
+        """The next `steps` steps' draws, (steps, B, 3) int64: dy, dx, flip."""
+        parts, have = [self.pending], len(self.pending)
+        while have < steps:
+            shape = (AUG_BLOCK, self.batch_size)
+            shift = torch.randint(0, 2 * self.pad + 1, (*shape, 2), generator=self.gen)
+            flip = torch.zeros(shape, dtype=torch.int64)
+            if self.flip:  # a recipe without flips draws none
+                flip = torch.randint(0, 2, shape, generator=self.gen)
+            parts.append(torch.cat([shift, flip[..., None]], -1))
+            have += AUG_BLOCK
+        flat = torch.cat(parts)
+        self.pending = flat[steps:]
+        return flat[:steps]
+
+
+def augment_images(x: torch.Tensor, aug: torch.Tensor, pad: int) -> torch.Tensor:
+    """Translate image i of a (N, C, H, W) batch by (dy_i - pad, dx_i - pad) pixels (reflect
+    padding), then flip it horizontally where flip_i is 1; `aug` (N, 3) holds (dy, dx, flip) on
+    x's device. One pad and one gather for the whole batch, whatever N is."""
     n, c, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (N, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (N, 1, W)
-    out = xp[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]  # (N, H, W, C)
-    out = out.permute(0, 3, 1, 2)
-    if flip:
-        do = torch.rand(n, generator=gen, device=x.device) < 0.5
-        out = torch.where(do[:, None, None, None], out.flip(-1), out)
-    return out.contiguous()
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect").flatten(2)  # (N, C, (H+2p)·(W+2p))
+    dy, dx, flip = aug.unbind(-1)
+    j = torch.arange(w, device=x.device)
+    # column j of a flipped image is column w-1-j of the unflipped one: the flip is part of the gather
+    cols = dx[:, None] + torch.where(flip[:, None].bool(), w - 1 - j, j)  # (N, W)
+    rows = dy[:, None] + torch.arange(h, device=x.device)  # (N, H)
+    flat = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]  # (N, H, W) into the padded image
+    return xp.gather(2, flat.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
+
+
+class GroupBatches:
+    """The G models' minibatches, step by step, on the device: each model's batch indices and
+    augmentation come from its own CPU streams, drawn `block` steps at a time, stacked, and
+    moved to the device once per block (no per-model work on the device)."""
+
+    block = 64  # steps per transfer: the streams are block-invariant, so this only sets the cost
+
+    def __init__(
+        self,
+        ds: Dataset,
+        subsets: list[np.ndarray],
+        model_ids: list[int],
+        batch: int,
+        seed: int,
+        recipe: Recipe,
+        dev: torch.device,
+        steps: int,
+    ):
+        self.x = torch.from_numpy(ds.x_train).to(dev)
+        self.y = torch.from_numpy(ds.y_train).to(dev)
+        self.pad, self.dev, self.steps = augment_pad(ds, recipe), dev, steps
+        self.batches = [BatchStream(s, batch, seed, k) for s, k in zip(subsets, model_ids)]
+        self.augs = [AugmentStream(batch, self.pad, recipe.flip, seed, k) for k in model_ids] if self.pad else []
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step `step`'s inputs (G, B, ...) and labels (G, B); steps are taken in order."""
+        if step % self.block == 0:
+            n = min(self.block, self.steps - step)
+            self.order = torch.stack([st.next(n) for st in self.batches], dim=1).to(self.dev)  # (n, G, B)
+            if self.augs:
+                self.aug = torch.stack([a.next(n) for a in self.augs], dim=1).to(self.dev)  # (n, G, B, 3)
+        idx = self.order[step % self.block]
+        xb = self.x[idx]
+        if self.augs:
+            xb = augment_images(xb.flatten(0, 1), self.aug[step % self.block].flatten(0, 1), self.pad).view_as(xb)
+        return xb, self.y[idx]
 
 
 @dataclass
@@ -155,11 +230,10 @@ class TrainOutput:
     weights: dict[str, torch.Tensor] | None  # stacked (G, ...) state dict on the CPU, if kept
 
 
-def cpu_group_size(arch: str) -> int:
-    """Models trained at once on the CPU, measured on 2 cores (see docs/performance.md): per
-    model, G=16 is fastest for both the cnn1d and the MLP (activations stay in cache; a larger
-    G only adds memory traffic). GPUs take the whole shard at once."""
-    return 16
+# Models trained at once on the CPU, whatever the model: measured on 2 cores (see
+# docs/performance.md), G=16 is fastest per model for both the cnn1d and the MLP (activations
+# stay in cache; a larger G only adds memory traffic). GPUs take the whole shard at once.
+CPU_GROUP_SIZE = 16
 
 
 def train_ensemble(
@@ -177,11 +251,11 @@ def train_ensemble(
     group_size: int = 0,
 ) -> TrainOutput:
     """Train models `model_ids` on their subsets; return their trace. The models are trained
-    `group_size` at a time (0 = all at once on a GPU, `cpu_group_size(arch)` on the CPU); the
+    `group_size` at a time (0 = all at once on a GPU, `CPU_GROUP_SIZE` on the CPU); the
     result does not depend on the grouping."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if not group_size:
-        group_size = len(model_ids) if dev.type == "cuda" else cpu_group_size(arch)
+        group_size = len(model_ids) if dev.type == "cuda" else CPU_GROUP_SIZE
     if not eval_batch:  # examples per evaluation pass; on the CPU small passes stay in cache (256: 3x faster than 2048)
         eval_batch = 8192 if dev.type == "cuda" else 256
     if len(model_ids) <= group_size:
@@ -246,46 +320,20 @@ def _train_group(
     batch = min(recipe.batch_size, s_size)
     steps = total_steps(recipe, s_size)
 
-    x_train = torch.from_numpy(ds.x_train).to(dev)
-    y_train = torch.from_numpy(ds.y_train).to(dev)
-    models = [init_model(arch, ds, seed, k) for k in model_ids]
-    params, buffers = stack_module_state(models)
-    params = {k: v.to(dev).requires_grad_() for k, v in params.items()}
-    buffers = {k: v.to(dev) for k, v in buffers.items()}
-    base = copy.deepcopy(models[0]).to("meta")
-    del models
-
-    def fmodel(p, b, x):
-        return functional_call(base, (p, b), (x,))
-
-    train_fn = torch.vmap(fmodel, in_dims=(0, 0, 0))
-    eval_fn = torch.vmap(fmodel, in_dims=(0, 0, None))
-
-    streams = [BatchStream(s, batch, seed, k) for s, k in zip(subsets, model_ids)]
-    block = 64  # steps of batch indices drawn and moved to the device at a time
+    params, buffers, train_fn, eval_fn = _stack_models(arch, ds, seed, model_ids, dev)
+    inputs = GroupBatches(ds, subsets, model_ids, batch, seed, recipe, dev, steps)
     opt = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    aug_gen = torch.Generator(device=dev).manual_seed(model_seed(seed, model_ids[0], AUGMENT))
     use_amp = dev.type == "cuda"
-    # translations of size/8 pixels (4 px on 32×32, as for CIFAR); none below 16 px, where even
-    # one pixel is a large part of the image (8×8 digits)
-    pad = ds.feature_shape[-1] // 8 if ds.kind == "image" else 0
-    augment = recipe.augment and pad >= 2
-
     check_every = max(1, steps // 100)
     for step in range(steps):
         if should_stop is not None and step % check_every == 0 and should_stop():
             raise Cancelled(f"stopped at step {step} of {steps}")
         for group in opt.param_groups:
             group["lr"] = recipe.lr * lr_factor(step, steps, recipe.warmup)
-        if step % block == 0:
-            order = torch.stack([st.next(min(block, steps - step)) for st in streams], dim=1).to(dev)
-        idx = order[step % block]  # (G, B)
-        xb = x_train[idx]
-        if augment:
-            xb = augment_images(xb.flatten(0, 1), aug_gen, recipe.flip, pad).view_as(xb)
+        xb, yb = inputs(step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = train_fn(params, buffers, xb)  # (G, B, C)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y_train[idx].flatten(), reduction="sum") / batch
+        loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -322,6 +370,21 @@ def _train_group(
     if keep_weights:
         weights = {k: v.detach().cpu() for k, v in {**params, **buffers}.items()}
     return TrainOutput(trace=trace, weights=weights)
+
+
+def _stack_models(arch: str, ds: Dataset, seed: int, model_ids: list[int], dev: torch.device):
+    """The G models' initial weights stacked on the device, and the vmapped forward passes:
+    `train_fn` on one batch per model (G, B, ...), `eval_fn` on one batch shared by all."""
+    models = [init_model(arch, ds, seed, k) for k in model_ids]
+    params, buffers = stack_module_state(models)
+    params = {k: v.to(dev).requires_grad_() for k, v in params.items()}
+    buffers = {k: v.to(dev) for k, v in buffers.items()}
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def fmodel(p, b, x):
+        return functional_call(base, (p, b), (x,))
+
+    return params, buffers, torch.vmap(fmodel, in_dims=(0, 0, 0)), torch.vmap(fmodel, in_dims=(0, 0, None))
 
 
 def _evaluate(eval_fn, params, buffers, x: np.ndarray, y: np.ndarray, dev, eval_batch: int, use_amp: bool):

@@ -2,8 +2,8 @@
 
 It is the baseline the vectorised trainer is measured against (`bench/throughput.py`) and the
 definition it is checked against (`tests/engine/test_ensemble.py`): the same initial weights,
-batch order, schedule and loss as `ensemble.train_ensemble` for a model id, written the
-ordinary way.
+batch order, augmentation (images: the model's own translations and flips), schedule and loss
+as `ensemble.train_ensemble` for a model id, written the ordinary way.
 """
 
 from __future__ import annotations
@@ -13,7 +13,16 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import Dataset
-from .ensemble import BatchStream, Recipe, init_model, lr_factor, total_steps
+from .ensemble import (
+    AugmentStream,
+    BatchStream,
+    Recipe,
+    augment_images,
+    augment_pad,
+    init_model,
+    lr_factor,
+    total_steps,
+)
 from .subsets import subset_indices
 
 
@@ -26,12 +35,15 @@ def train_single(ds: Dataset, arch: str, k: int, ratio: float, seed: int, recipe
     model = init_model(arch, ds, seed, k)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     stream = BatchStream(subset, batch, seed, k)
+    pad = augment_pad(ds, recipe)
+    aug = AugmentStream(batch, pad, recipe.flip, seed, k)
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = recipe.lr * lr_factor(step, steps, recipe.warmup)
         idx = stream.next(1)[0]
-        loss = F.cross_entropy(model(x[idx]), y[idx])
+        xb = augment_images(x[idx], aug.next(1)[0], pad) if pad else x[idx]
+        loss = F.cross_entropy(model(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
