@@ -46,6 +46,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "MEMSCORE_MAX_ATTEMPTS": ("3", "deliveries of one shard before its job fails"),
     "MEMSCORE_LOG_LEVEL": ("INFO", "log level of the services"),
+    "MEMSCORE_LOG_FORMAT": (
+        "text",
+        "log line format of the services: text, or json (one JSON object a line, with job_id and shard in tasks)",
+    ),
 }
 
 
@@ -83,3 +87,4 @@ class Settings:
     )
     max_attempts: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_ATTEMPTS")))
     log_level: str = field(default_factory=lambda: env("MEMSCORE_LOG_LEVEL"))
+    log_format: str = field(default_factory=lambda: env("MEMSCORE_LOG_FORMAT"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import grpc
@@ -94,6 +95,17 @@ def test_worker_killed_mid_job_loses_only_its_shard(stack, client, blobs):
     np.testing.assert_array_equal(served.column("memorization").to_numpy(), local.scores["memorization"])
 
 
+def _early_in_a_shard(rec) -> bool:
+    """A shard is in flight and its last progress note says it is in the first half of training
+    (so it is still training when CancelJob arrives a moment later)."""
+    m = re.fullmatch(r"shard (\d+): step (\d+)/(\d+)", rec.message)
+    return bool(m) and int(m[1]) in rec.shards_running and int(m[2]) < int(m[3]) * 0.5
+
+
+def _traces(stack, job_id: str, shards: int) -> list[int]:
+    return [s for s in range(shards) if stack.runtime.objects.exists(f"jobs/{job_id}/shards/{s:06d}/trace.npz")]
+
+
 def test_anytime_results_while_running_then_cancel(stack, client, blobs):
     ref = client.upload(blobs).dataset_ref
     stack.start_worker()
@@ -106,20 +118,29 @@ def test_anytime_results_while_running_then_cancel(stack, client, blobs):
     assert 0 < running.anytime.mean_test_accuracy <= 1
     anytime_se = np.nanmean([e.memorization_stderr for e in page.examples])
 
-    cancelled = client.cancel(job.job_id)
-    assert cancelled.state == job_pb2.JOB_STATE_CANCELLED
-    shards_at_cancel = client.get(job.job_id).progress.shards_done
-    assert shards_at_cancel < 20
+    jobs = stack.runtime.jobs
+    wait_for(lambda: _early_in_a_shard(jobs.get(job.job_id)), 60, every=0.05, what="a shard early in training")
+    asked = client.cancel(job.job_id)
+    asked_at = time.monotonic()
+    # the shard in flight stops at its next check; until then the job is RUNNING, cancel requested
+    assert asked.state == job_pb2.JOB_STATE_RUNNING and asked.cancel_requested, asked
     events = list(client.watch(job.job_id, timeout=10))
     assert events[-1].state == job_pb2.JOB_STATE_CANCELLED
+    assert time.monotonic() - asked_at < 5, "the worker did not stop within a few seconds"
+    stopped = client.get(job.job_id)
+    assert stopped.cancel_requested and "cancelled" in stopped.error
+    assert jobs.get(job.job_id).shards_running == []
+    traces = _traces(stack, job.job_id, 20)
+    assert stopped.progress.shards_done <= len(traces) < 20
     # a final job of the same data with all its models has smaller standard errors
     full = client.submit_scoring(dataset=ref, **dict(SPEC, models=40))
     assert client.wait(full.job_id, timeout=240).state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
     final_page = next(client.ranked_pages(full.job_id, limit=0, page_size=1000))
     assert final_page.final
     assert np.nanmean([e.memorization_stderr for e in final_page.examples]) < anytime_se
-    # the cancelled job trained nothing more
-    assert client.get(job.job_id).progress.shards_done <= shards_at_cancel + 1
+    # the cancelled job trained nothing more: its queued shards (served before the new job's) never started
+    assert _traces(stack, job.job_id, 20) == traces
+    assert client.get(job.job_id).progress.shards_done == stopped.progress.shards_done
 
 
 def test_bad_requests_get_the_right_status_codes(stack, client, tmp_path):

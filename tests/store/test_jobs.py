@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import threading
+import time
 import uuid
 
 import pytest
@@ -198,10 +200,10 @@ def test_list_pages_newest_first_with_state_filter(jobs):
 def test_cancel_flag(jobs):
     jobs.create(job("j"))
     assert not jobs.cancel_requested("j")
+    jobs.shard_started("j", 0)
     rec = jobs.request_cancel("j")
-    assert rec.cancel_requested and jobs.cancel_requested("j") and rec.version == 2
-    assert jobs.request_cancel("j").version == 2  # asking twice changes nothing
-    assert jobs.update("j", state="CANCELLED").state == "CANCELLED"
+    assert rec.cancel_requested and jobs.cancel_requested("j") and rec.version == 3
+    assert jobs.request_cancel("j").version == 3  # asking twice changes nothing
 
 
 def test_attempts_count_per_shard(jobs):
@@ -236,3 +238,151 @@ def test_in_memory_sqlite_store_works():
     store = SqliteJobStore(":memory:")
     store.create(job("j"))
     assert store.get("j").job_id == "j"
+
+
+# --- shards in flight and cancellation (CancelJob) ---------------------------------------
+
+
+def test_cancel_of_a_queued_job_is_immediate(jobs):
+    jobs.create(job("j", shards_total=2))
+    rec = jobs.request_cancel("j")
+    assert (rec.state, rec.cancel_requested, rec.error, rec.message, rec.eta_s, rec.version) == (
+        "CANCELLED",
+        True,
+        "cancelled by request",
+        "cancelled",
+        None,
+        2,
+    )
+    assert jobs.request_cancel("j") == rec  # terminal: asking again changes nothing
+    assert jobs.shard_started("j", 0) == rec  # its queued shards never start
+    assert jobs.shard_stopped("j", 0) == rec and jobs.get("j") == rec
+
+
+def test_cancel_between_shards_is_immediate(jobs):
+    jobs.create(job("j", shards_total=2))
+    jobs.shard_started("j", 0)
+    jobs.mark_shard_done("j", 0, 4)
+    rec = jobs.shard_stopped("j", 0)
+    assert (rec.state, rec.shards_running) == ("RUNNING", [])
+    assert jobs.request_cancel("j").state == "CANCELLED"
+
+
+def test_shards_in_flight_are_a_set_and_start_the_job(jobs):
+    jobs.create(job("j", shards_total=3, eta_s=5.0))
+    rec = jobs.shard_started("j", 2)
+    assert (rec.state, rec.shards_running, rec.version) == ("RUNNING", [2], 2)
+    assert jobs.shard_started("j", 2) == rec  # a redelivered shard is in flight once
+    assert jobs.shard_started("j", 0).shards_running == [0, 2]
+    rec = jobs.shard_stopped("j", 2)
+    assert (rec.state, rec.shards_running) == ("RUNNING", [0])
+    assert jobs.shard_stopped("j", 2) == rec  # not in flight: nothing to do
+    assert jobs.shard_stopped("j", 1) == rec
+    with pytest.raises(ValueError):
+        jobs.update("j", shards_running=[])  # store-owned
+    for call in (lambda: jobs.shard_started("nope", 0), lambda: jobs.shard_stopped("nope", 0)):
+        with pytest.raises(JobNotFound):
+            call()
+
+
+def test_cancel_while_two_shards_run_waits_for_both(jobs):
+    jobs.create(job("j", shards_total=4))
+    jobs.shard_started("j", 0)
+    jobs.shard_started("j", 1)
+    rec = jobs.request_cancel("j")
+    assert (rec.state, rec.cancel_requested, rec.shards_running, rec.error) == ("RUNNING", True, [0, 1], "")
+    assert jobs.request_cancel("j") == rec  # asking twice changes nothing
+    late = jobs.shard_started("j", 2)  # a queued shard arrives: it must not start ...
+    assert late == rec and late.cancel_requested
+    assert jobs.shard_stopped("j", 2) == rec  # ... and its stop changes nothing while others run
+    rec = jobs.shard_stopped("j", 0)
+    assert (rec.state, rec.shards_running) == ("RUNNING", [1])
+    rec = jobs.shard_stopped("j", 1)
+    assert (rec.state, rec.shards_running, rec.error, rec.message, rec.eta_s) == (
+        "CANCELLED",
+        [],
+        "cancelled by request",
+        "cancelled",
+        None,
+    )
+    assert jobs.shard_stopped("j", 1) == rec and jobs.mark_shard_done("j", 1, 2) == rec
+
+
+def test_a_shard_left_in_flight_by_a_killed_worker_is_cleared_by_its_redelivery(jobs):
+    jobs.create(job("j", shards_total=2))
+    jobs.shard_started("j", 0)  # ... and the worker is SIGKILLed: no shard_stopped
+    assert jobs.request_cancel("j").state == "RUNNING"
+    redelivered = jobs.shard_started("j", 0)
+    assert redelivered.cancel_requested  # so the redelivery does not train, it only stops
+    assert jobs.shard_stopped("j", 0).state == "CANCELLED"
+
+
+def test_mark_cancelled_ends_a_job_unless_it_ended(jobs):
+    jobs.create(job("a"))
+    jobs.shard_started("a", 0)
+    jobs.request_cancel("a")
+    rec = jobs.mark_cancelled("a")
+    assert (rec.state, rec.error, rec.message) == ("CANCELLED", "cancelled by request", "cancelled")
+    jobs.create(job("b"))
+    done = jobs.update("b", state="SUCCEEDED")
+    assert jobs.mark_cancelled("b") == done
+
+
+def test_terminal_jobs_ignore_shards_starting_and_stopping(jobs):
+    jobs.create(job("j"))
+    jobs.shard_started("j", 0)
+    failed = jobs.update("j", state="FAILED", error="boom")
+    assert jobs.shard_started("j", 1) == failed and jobs.shard_stopped("j", 0) == failed
+    assert jobs.request_cancel("j") == failed and not failed.cancel_requested
+
+
+def test_reopen_forgets_shards_left_in_flight(jobs):
+    jobs.create(job("j", shards_total=1))
+    jobs.shard_started("j", 0)
+    jobs.mark_shard_done("j", 0, 8)
+    jobs.update("j", state="SUCCEEDED")  # reduce finished before shard 0 reported its stop
+    rec = jobs.reopen("j", shards_total=2)
+    assert (rec.state, rec.shards_running) == ("QUEUED", [])
+    assert jobs.request_cancel("j").state == "CANCELLED"  # nothing in flight: not stuck waiting
+
+
+def test_records_stored_before_shards_running_existed_still_load(jobs):
+    jobs.create(job("j", shards_total=2))
+    old = jobs.get("j").to_dict()
+    del old["shards_running"]
+    raw = json.dumps(old)
+    if isinstance(jobs, RedisJobStore):
+        jobs._r.set(jobs._k("job", "j"), raw)
+    else:
+        jobs._conn.execute("UPDATE jobs SET record = ? WHERE job_id = ?", (raw, "j"))
+    assert jobs.get("j").shards_running == []
+    assert jobs.shard_started("j", 1).shards_running == [1]
+
+
+def test_cancel_racing_with_shards_ends_cancelled_with_nothing_in_flight(jobs):
+    jobs.create(job("j", shards_total=40))
+    trained, barrier = [], threading.Barrier(5)
+
+    def worker(first: int) -> None:
+        barrier.wait()
+        for shard in range(first, 40, 4):
+            rec = jobs.shard_started("j", shard)
+            try:
+                if rec.terminal or rec.cancel_requested:
+                    continue
+                trained.append(shard)
+                time.sleep(0.005)
+            finally:
+                jobs.shard_stopped("j", shard)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    time.sleep(0.01)
+    asked = jobs.request_cancel("j")
+    for t in threads:
+        t.join()
+    rec = jobs.get("j")
+    assert (rec.state, rec.shards_running, rec.cancel_requested) == ("CANCELLED", [], True)
+    assert asked.state == ("RUNNING" if asked.shards_running else "CANCELLED")

@@ -17,7 +17,6 @@ def add_up(sub: argparse._SubParsersAction) -> None:
 
 
 def up(args: argparse.Namespace) -> int:
-    import logging
     import os
 
     # The flags override the environment, which Settings reads.
@@ -29,11 +28,12 @@ def up(args: argparse.Namespace) -> int:
     if args.store:
         os.environ["MEMSCORE_STORE"] = args.store
     from .. import embedded
+    from ..logs import configure_logging
     from ..rpc import run_until_signalled
     from ..settings import Settings
 
     s = Settings()
-    logging.basicConfig(level=s.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(s)
     e = embedded.start(s, args.gateway_port, args.results_port, args.bind)
     print(
         f"memscore up: gateway :{e.gateway_port}, results :{e.results_port}, store {e.runtime.objects.describe()}, "

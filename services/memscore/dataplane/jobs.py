@@ -106,13 +106,10 @@ class ScoringPlane:
             raise InvalidArgument([("page_token" if "token" in str(e) else "state", str(e))]) from None
 
     def cancel(self, job_id: str) -> JobRecord:
+        """CANCELLED at once with no shard in flight; else RUNNING with cancel_requested until the
+        workers stop (the job store's shard_stopped turns it CANCELLED). Terminal: unchanged."""
         self.get(job_id)
-        rec = self.rt.jobs.request_cancel(job_id)
-        if not rec.terminal:
-            rec = self.rt.jobs.update(
-                job_id, state="CANCELLED", error="cancelled by request", eta_s=None, message="cancelled"
-            )
-        return rec
+        return self.rt.jobs.request_cancel(job_id)
 
     def watch(
         self, job_id: str, poll_timeout_s: float = 5.0, is_active: Callable[[], bool] = lambda: True

@@ -81,8 +81,10 @@ def serve(rt: Runtime, address: str, plane: ScoringPlane | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     """`memscore-gateway`: serve ScoringService on MEMSCORE_BIND:MEMSCORE_GATEWAY_PORT."""
+    from ..logs import configure_logging
+
     rt = runtime()
-    logging.basicConfig(level=rt.settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(rt.settings)
     server, port = serve(rt, f"{rt.settings.bind}:{rt.settings.gateway_port}")
     logging.getLogger("memscore.gateway").info(
         "ScoringService on port %d, store %s, jobs %s", port, rt.objects.describe(), rt.jobs.describe()

@@ -118,8 +118,10 @@ def serve(rt: Runtime, address: str, plane: ResultsPlane | None = None):
 
 def main(argv: list[str] | None = None) -> int:
     """`memscore-results`: serve ResultsService on MEMSCORE_BIND:MEMSCORE_RESULTS_PORT."""
+    from ..logs import configure_logging
+
     rt = runtime()
-    logging.basicConfig(level=rt.settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(rt.settings)
     server, port = serve(rt, f"{rt.settings.bind}:{rt.settings.results_port}")
     logging.getLogger("memscore.results").info("ResultsService on port %d", port)
     run_until_signalled([server])

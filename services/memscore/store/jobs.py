@@ -10,6 +10,11 @@ Rules every backend keeps:
   nothing and returns the record. Only `reopen` moves a SUCCEEDED job back to QUEUED, on
   purpose (ExtendJob).
 - `mark_shard_done` counts each shard once, however often a redelivered task reports it.
+- Cancellation waits for the shards in flight: workers bracket each shard with `shard_started`
+  / `shard_stopped` (a set, `shards_running`). `request_cancel` raises the flag and, with no
+  shard in flight, marks the job CANCELLED at once; otherwise the last `shard_stopped` does, so
+  a CANCELLED job has no worker still training or writing for it. A shard whose worker was
+  killed stays in flight until its redelivery passes through the bracket again.
 
 Backends: `RedisJobStore` (services) and `SqliteJobStore` (embedded; a file under
 MEMSCORE_HOME, safe across threads and processes). `open_job_store(settings)` picks one.
@@ -50,8 +55,10 @@ _STORE_FIELDS = frozenset(
         "cancel_requested",
         "shards_done",
         "models_done",
+        "shards_running",
     }
 )
+CANCELLED_ERROR = "cancelled by request"
 
 
 class JobNotFound(KeyError):
@@ -81,6 +88,7 @@ class JobRecord:
     summary: dict = field(default_factory=dict)  # anytime summary, e.g. {"mean_memorization": 0.1}
     message: str = ""  # latest human-readable progress note
     cancel_requested: bool = False
+    shards_running: list[int] = field(default_factory=list)  # shards in flight (shard_started), sorted
     version: int = 0  # +1 on every change
 
     @property
@@ -125,6 +133,7 @@ def _new_record(record: JobRecord, request_id: str | None) -> JobRecord:
         shards_done=0,
         models_done=0,
         cancel_requested=False,
+        shards_running=[],
     )
 
 
@@ -138,6 +147,38 @@ def _apply_update(rec: JobRecord, fields: dict[str, Any]) -> JobRecord | None:
     if rec.terminal:
         return None
     return dataclasses.replace(rec, **fields)
+
+
+def _cancelled(rec: JobRecord) -> JobRecord:
+    """`rec` as a cancel leaves it once nothing of the job runs any more."""
+    return dataclasses.replace(
+        rec, state="CANCELLED", cancel_requested=True, error=CANCELLED_ERROR, message="cancelled", eta_s=None
+    )
+
+
+def _request_cancel(rec: JobRecord) -> JobRecord | None:
+    if rec.terminal:
+        return None
+    if not rec.shards_running:
+        return _cancelled(rec)
+    return None if rec.cancel_requested else dataclasses.replace(rec, cancel_requested=True)
+
+
+def _shard_started(rec: JobRecord, shard: int) -> JobRecord | None:
+    if rec.terminal or rec.cancel_requested:  # the caller sees why in the record and does not start
+        return None
+    if shard in rec.shards_running and rec.state == "RUNNING":  # a redelivery of a shard in flight
+        return None
+    return dataclasses.replace(rec, state="RUNNING", shards_running=sorted({*rec.shards_running, shard}))
+
+
+def _shard_stopped(rec: JobRecord, shard: int) -> JobRecord | None:
+    if rec.terminal:
+        return None
+    running = [s for s in rec.shards_running if s != shard]
+    if rec.cancel_requested and not running:
+        return _cancelled(dataclasses.replace(rec, shards_running=running))
+    return None if running == rec.shards_running else dataclasses.replace(rec, shards_running=running)
 
 
 def _encode_token(created_at: float, job_id: str, state: str | None) -> str:
@@ -205,13 +246,27 @@ class JobStore(abc.ABC):
         page and the token of the next page ("" at the end). page_size 0 = 50, at most 1000."""
 
     def request_cancel(self, job_id: str) -> JobRecord:
-        """Raise the cancel flag (workers check it between epochs). No effect on terminal jobs."""
-        return self._mutate(
-            job_id,
-            lambda rec: (
-                None if rec.terminal or rec.cancel_requested else dataclasses.replace(rec, cancel_requested=True)
-            ),
-        )
+        """Raise the cancel flag. A job with no shard in flight is CANCELLED at once (error
+        CANCELLED_ERROR, message "cancelled", no ETA); one with shards in flight keeps its state
+        until the last of them stops (`shard_stopped`). No effect on terminal jobs."""
+        return self._mutate(job_id, _request_cancel)
+
+    def shard_started(self, job_id: str, shard: int) -> JobRecord:
+        """Count `shard` in flight (once, however often a redelivered task reports it) and move
+        a QUEUED job to RUNNING. A terminal job, or one whose cancel flag is up, is returned
+        unchanged: the caller must not start it, and calls `shard_stopped` all the same (that
+        clears the shard if a killed worker left it in flight)."""
+        return self._mutate(job_id, lambda rec: _shard_started(rec, int(shard)))
+
+    def shard_stopped(self, job_id: str, shard: int) -> JobRecord:
+        """`shard` is no longer in flight (one that was not is no error). With the cancel flag up
+        and nothing left in flight, the job turns CANCELLED. No effect on terminal jobs."""
+        return self._mutate(job_id, lambda rec: _shard_stopped(rec, int(shard)))
+
+    def mark_cancelled(self, job_id: str) -> JobRecord:
+        """Mark the job CANCELLED now, as `request_cancel` does with nothing in flight (reduce
+        does this when the flag is up). No effect on terminal jobs."""
+        return self._mutate(job_id, lambda rec: None if rec.terminal else _cancelled(rec))
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.get(job_id).cancel_requested
@@ -225,7 +280,8 @@ class JobStore(abc.ABC):
                 raise ValueError(f"only a SUCCEEDED job can be reopened; job {job_id} is {rec.state}")
             new = _apply_update(dataclasses.replace(rec, state="QUEUED"), {**fields, "state": "QUEUED"})
             assert new is not None
-            return dataclasses.replace(new, error="", eta_s=None, cancel_requested=False)
+            # Shards that reported no stop before the job SUCCEEDED are not in flight any more.
+            return dataclasses.replace(new, error="", eta_s=None, cancel_requested=False, shards_running=[])
 
         return self._mutate(job_id, change)
 

@@ -7,12 +7,15 @@ shard is never counted twice), and the shard that completes the set enqueues `re
 Idempotency: a shard whose trace object exists is done (its key is deterministic and written
 in one put), so a redelivered or resubmitted shard trains nothing. A shard that keeps killing
 its worker is failed after MEMSCORE_MAX_ATTEMPTS deliveries instead of looping forever.
+
+Cancellation: each shard runs inside `JobRun.in_flight` (the job store's set of shards in
+flight). CancelJob raises the job's flag; a shard sees it at its next check and stops, a queued
+one never starts, and the last one to stop turns the job CANCELLED.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -20,14 +23,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 from ..broker import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD
 from ..datarefs import load_job_dataset
 from ..engine.catalog import MEMORIZED_AT
-from ..engine.datasets import DatasetError
+from ..engine.datasets import Dataset, DatasetError
 from ..engine.spec import ScoringSpec
 from ..engine.subsets import shard_model_ids
-from ..runtime import runtime
+from ..runtime import Runtime, runtime
 from ..store import layout
-from ..store.jobs import JobNotFound
+from ..store.jobs import JobNotFound, JobRecord
 from ..store.objects import StoreUnavailable
 from .app import app
+from .jobrun import JobRun
 
 log = logging.getLogger("memscore.worker")
 
@@ -39,8 +43,6 @@ SUMMARY_KEYS = (
     "mean_heldout_accuracy",
     "models_done",
 )
-
-PROGRESS_EVERY_S = 1.0  # job-store writes (progress, cancel checks) at most this often
 
 
 class JobTask(Task):
@@ -55,105 +57,88 @@ class JobTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         job_id = args[0] if args else kwargs.get("job_id")
         if job_id:
-            _fail(job_id, f"{self.name} failed: {type(exc).__name__}: {exc}")
-
-
-def _fail(job_id: str, message: str) -> None:
-    log.error("job %s failed: %s", job_id, message)
-    try:
-        runtime().jobs.update(job_id, state="FAILED", error=message, eta_s=None)
-    except JobNotFound:
-        pass
+            shard = args[1] if len(args) > 1 else kwargs.get("shard")
+            with JobRun(job_id, shard) as run:
+                run.fail(f"{self.name} failed: {type(exc).__name__}: {exc}")
 
 
 def _enqueue(name: str, *args) -> None:
     app.send_task(name, args=list(args), queue=runtime().settings.queue)
 
 
-class _Throttle:
-    """Calls `fn` at most every `every` seconds (and always on the last call)."""
-
-    def __init__(self, every: float):
-        self.every, self.last = every, 0.0
-
-    def due(self, final: bool = False) -> bool:
-        now = time.monotonic()
-        if final or now - self.last >= self.every:
-            self.last = now
-            return True
-        return False
-
-
 @app.task(name=TASK_TRAIN_SHARD, base=JobTask, bind=True)
 def train_shard(self, job_id: str, shard: int) -> str:
-    from ..engine.ensemble import Cancelled
-    from ..engine.scoring import make_plan, prepare_dataset
-    from ..engine.scoring import train_shard as engine_train_shard
+    with JobRun(job_id, shard) as run:
+        try:
+            rec = run.rt.jobs.get(job_id)
+        except JobNotFound:
+            log.warning("train_shard: job %s is gone; dropping shard %s", job_id, shard)
+            return "unknown job"
+        if rec.terminal:
+            return f"skipped: job is {rec.state}"
+        with run.in_flight() as now:
+            if run.stopping(now):
+                return "cancelled before it started" if now.cancel_requested else f"skipped: job is {now.state}"
+            return _run_shard(run, rec)
 
-    rt = runtime()
-    try:
-        rec = rt.jobs.get(job_id)
-    except JobNotFound:
-        log.warning("train_shard: job %s is gone; dropping shard %s", job_id, shard)
-        return "unknown job"
-    if rec.terminal or rec.cancel_requested:
-        return f"skipped: job is {rec.state}"
+
+def _run_shard(run: JobRun, rec: JobRecord) -> str:
+    """A shard in flight: done already if its trace exists, else count the attempt and train."""
+    rt, job_id, shard = run.rt, run.job_id, run.shard
     spec = ScoringSpec.from_dict(rec.spec)
-    key = layout.trace_key(job_id, shard)
-    if rt.objects.exists(key):
+    if rt.objects.exists(layout.trace_key(job_id, shard)):
         _shard_finished(job_id, shard, len(shard_model_ids(spec.models, spec.effective_shard_size, shard)))
         return "already done"
     attempts = rt.jobs.incr_attempts(job_id, shard)
     if attempts > rt.settings.max_attempts:
-        _fail(job_id, f"shard {shard} was started {attempts - 1} times and never finished (worker crashes?)")
+        run.fail(f"shard {shard} was started {attempts - 1} times and never finished (worker crashes?)")
         return "gave up"
-    if rec.state == "QUEUED":
-        rt.jobs.update(job_id, state="RUNNING", message=f"shard {shard} started")
+    if rec.state == "QUEUED":  # as it was before this shard started: the job's first shard
+        rt.jobs.update(job_id, message=f"shard {shard} started")
     try:
         ds = load_job_dataset(spec.dataset, rt.objects)
     except DatasetError as e:
-        _fail(job_id, f"dataset: {e}")
+        run.fail(f"dataset: {e}")
         return "bad dataset"
+    return _train(run, ds, spec)
+
+
+def _train(run: JobRun, ds: Dataset, spec: ScoringSpec) -> str:
+    from ..engine.ensemble import Cancelled
+    from ..engine.scoring import make_plan, prepare_dataset
+    from ..engine.scoring import train_shard as engine_train_shard
+
+    rt, job_id, shard = run.rt, run.job_id, run.shard
     ds, _ = prepare_dataset(ds, spec)
     plan = make_plan(ds, spec)
     ids = plan.model_ids(shard, spec.models)
-    started = time.monotonic()
-    throttle, cancel_check = _Throttle(PROGRESS_EVERY_S), _Throttle(PROGRESS_EVERY_S)
-    cancelled = False
 
     def progress(step: int, steps: int) -> None:
-        if throttle.due(step == steps):
-            r = rt.jobs.get(job_id)
-            frac = step / steps
-            per_shard = (time.monotonic() - started) / max(frac, 1e-9)
-            remaining = r.shards_total - r.shards_done - frac
-            rt.jobs.update(job_id, message=f"shard {shard}: step {step}/{steps}", eta_s=max(0.0, remaining * per_shard))
+        run.progress(step, steps, f"shard {shard}: step {step}/{steps}")
 
-    def should_stop() -> bool:
-        nonlocal cancelled
-        if cancel_check.due():
-            cancelled = rt.jobs.cancel_requested(job_id)
-        return cancelled
-
-    device = rt.settings.device
+    log.info("training shard %s: %d models on %s", shard, len(ids), rt.settings.device)
+    run.start_clock()
     try:
-        out = engine_train_shard(ds, spec, plan, shard, device=device, progress=progress, should_stop=should_stop)
+        out = engine_train_shard(
+            ds, spec, plan, shard, device=rt.settings.device, progress=progress, should_stop=run.should_stop
+        )
     except Cancelled:
+        log.info("shard %s stopped early: the job was cancelled or has ended", shard)
         return "cancelled"
     except SoftTimeLimitExceeded:
-        _fail(job_id, f"shard {shard} exceeded MEMSCORE_SHARD_TIMEOUT_S={rt.settings.shard_timeout_s}s")
+        run.fail(f"shard {shard} exceeded MEMSCORE_SHARD_TIMEOUT_S={rt.settings.shard_timeout_s}s")
         return "timed out"
     if out.weights is not None:
         from ..engine.query import checkpoint_to_bytes
 
         rt.objects.put_bytes(layout.checkpoint_key(job_id, shard), checkpoint_to_bytes(ids, plan.arch, out.weights))
-    rt.objects.put_bytes(key, out.trace.to_bytes())  # one put: the shard is done once this exists
+    rt.objects.put_bytes(layout.trace_key(job_id, shard), out.trace.to_bytes())  # one put: the shard is done
     _shard_finished(job_id, shard, len(ids))
     return "trained"
 
 
 def _shard_finished(job_id: str, shard: int, models: int) -> None:
-    rec, counted = runtime().jobs.count_shard(job_id, shard, models)
+    rec = runtime().jobs.mark_shard_done(job_id, shard, models)
     # Exactly one shard's count completes the set. A repeat of a shard (redelivery) on a job
     # that is complete but not yet reduced re-enqueues reduce, in case the first was lost;
     # reduce is idempotent.
@@ -163,21 +148,32 @@ def _shard_finished(job_id: str, shard: int, models: int) -> None:
 
 @app.task(name=TASK_REDUCE, base=JobTask, bind=True)
 def reduce(self, job_id: str) -> str:
+    with JobRun(job_id) as run:
+        rt = run.rt
+        rec = rt.jobs.get(job_id)
+        if rec.terminal:
+            return f"skipped: job is {rec.state}"
+        if rec.cancel_requested:  # every shard has finished, but the user no longer wants the results
+            rt.jobs.mark_cancelled(job_id)
+            return "cancelled"
+        spec = ScoringSpec.from_dict(rec.spec)
+        missing = [s for s in range(spec.num_shards) if not rt.objects.exists(layout.trace_key(job_id, s))]
+        if missing:  # cannot normally happen; heal rather than publish partial results as final
+            log.warning("reduce %s: shards %s have no trace; re-enqueuing them", job_id, missing)
+            for s in missing:
+                _enqueue(TASK_TRAIN_SHARD, job_id, s)
+            return "waiting for shards"
+        rt.jobs.update(job_id, message="reducing")
+        log.info("reducing %d shards", spec.num_shards)
+        _reduce(rt, job_id, spec)
+        return "reduced"
+
+
+def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec) -> None:
+    """Merge every shard's trace, store the results and mark the job SUCCEEDED."""
     from ..engine.scoring import Reducer, make_plan, prepare_dataset
     from ..engine.traces import Trace
 
-    rt = runtime()
-    rec = rt.jobs.get(job_id)
-    if rec.terminal:
-        return f"skipped: job is {rec.state}"
-    spec = ScoringSpec.from_dict(rec.spec)
-    missing = [s for s in range(spec.num_shards) if not rt.objects.exists(layout.trace_key(job_id, s))]
-    if missing:  # cannot normally happen; heal rather than publish partial results as final
-        log.warning("reduce %s: shards %s have no trace; re-enqueuing them", job_id, missing)
-        for s in missing:
-            _enqueue(TASK_TRAIN_SHARD, job_id, s)
-        return "waiting for shards"
-    rt.jobs.update(job_id, message="reducing")
     ds = load_job_dataset(spec.dataset, rt.objects)
     ds, flipped = prepare_dataset(ds, spec)
     reducer = Reducer(ds, spec, make_plan(ds, spec), flipped)
@@ -201,7 +197,6 @@ def reduce(self, job_id: str) -> str:
             **{k: s["dataset"][k] for k in ("n_train", "n_test")},  # bounds of GetExample / StreamInfluence
         },
     )
-    return "reduced"
 
 
 @app.task(name=TASK_EXPOSURE, base=JobTask, bind=True)

@@ -1,0 +1,116 @@
+"""What the scoring and exposure tasks share about running one shard of a job: the log context,
+the in-flight bracket CancelJob relies on, throttled progress and cancel checks, and failing.
+
+    with JobRun(job_id, shard) as run:          # log records carry job_id and shard
+        with run.in_flight() as rec:            # shard_started ... shard_stopped, however it ends
+            if run.stopping(rec):
+                return "cancelled"
+            engine_train(..., progress=run.progress, should_stop=run.should_stop)
+
+A job is CANCELLED only once no shard is in flight (the job store does it in shard_stopped), so
+a cancelled job's workers have all stopped writing by the time its state says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+
+from ..logs import task_context
+from ..runtime import Runtime, runtime
+from ..store.jobs import JobNotFound, JobRecord
+
+log = logging.getLogger("memscore.worker")
+
+PROGRESS_EVERY_S = 1.0  # job-store writes (progress) and reads (cancel flag) at most this often
+
+
+class JobRun:
+    """One task's run on one shard of a job (shard None: a task for the whole job, as reduce)."""
+
+    def __init__(self, job_id: str, shard: int | None = None, rt: Runtime | None = None):
+        self.job_id, self.shard = job_id, shard
+        self.rt = rt or runtime()
+        self.started = time.monotonic()
+        self._last_progress = self._last_check = float("-inf")
+        self._stop = False
+        self._context = ExitStack()
+
+    def __enter__(self) -> "JobRun":
+        self._context.enter_context(task_context(self.job_id, self.shard))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.close()
+
+    @contextmanager
+    def in_flight(self) -> Iterator[JobRecord]:
+        """Count this shard in flight for the block; yields the record as the store saw it at the
+        start (check it with `stopping`). A shard left in flight by a killed worker is cleared
+        by its redelivery, which passes through here again."""
+        rec = self.rt.jobs.shard_started(self.job_id, self._shard)
+        try:
+            yield rec
+        except BaseException:
+            self._stopped_quietly()
+            raise
+        self.rt.jobs.shard_stopped(self.job_id, self._shard)
+
+    def _stopped_quietly(self) -> None:
+        # The block's own exception matters more (Celery retries by its type): log ours instead.
+        try:
+            self.rt.jobs.shard_stopped(self.job_id, self._shard)
+        except Exception as e:
+            log.warning("could not mark shard %s of job %s stopped: %s", self._shard, self.job_id, e)
+
+    @property
+    def _shard(self) -> int:
+        if self.shard is None:
+            raise ValueError("JobRun.in_flight needs a shard")
+        return self.shard
+
+    @staticmethod
+    def stopping(rec: JobRecord) -> bool:
+        """Whether work on a job in this state must stop: it ended, or CancelJob was called."""
+        return rec.terminal or rec.cancel_requested
+
+    def start_clock(self) -> None:
+        """Measure the pace for ETAs from now (call right before training, after loading)."""
+        self.started = time.monotonic()
+
+    def fail(self, message: str) -> str:
+        """Mark the job FAILED with `message` (a job deleted meanwhile is no error)."""
+        log.error("job %s failed: %s", self.job_id, message)
+        try:
+            self.rt.jobs.update(self.job_id, state="FAILED", error=message, eta_s=None, message="failed")
+        except JobNotFound:
+            pass
+        return "failed"
+
+    def progress(self, done: float, total: float, message: str) -> None:
+        """Report `done` of `total` units of this task's work, with the job's ETA: this task's
+        pace applied to the shards not yet done. At most every PROGRESS_EVERY_S, and always
+        at the end."""
+        now = time.monotonic()
+        if done < total and now - self._last_progress < PROGRESS_EVERY_S:
+            return
+        self._last_progress = now
+        self.rt.jobs.update(self.job_id, message=message, eta_s=self._eta(done / total if total else 1.0))
+
+    def _eta(self, fraction: float) -> float | None:
+        if fraction <= 0:
+            return None
+        rec = self.rt.jobs.get(self.job_id)
+        per_shard = (time.monotonic() - self.started) / fraction
+        return max(0.0, (rec.shards_total - rec.shards_done - fraction) * per_shard)
+
+    def should_stop(self) -> bool:
+        """True once the job was cancelled or ended; reads the store at most every
+        PROGRESS_EVERY_S (the engine calls this every few steps)."""
+        now = time.monotonic()
+        if not self._stop and now - self._last_check >= PROGRESS_EVERY_S:
+            self._last_check = now
+            self._stop = self.stopping(self.rt.jobs.get(self.job_id))
+        return self._stop
