@@ -142,6 +142,7 @@ def experiment():
     )
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_a_canary_inserted_64_times_is_far_more_exposed_than_one_never_inserted(experiment):
     by_t = {r.insertions: r for r in experiment}
     # Measured (seed 0, CPU): 64x -> 13.29 bits (rank 1 of 10^4, extracted by greedy and beam),
@@ -156,6 +157,7 @@ def test_a_canary_inserted_64_times_is_far_more_exposed_than_one_never_inserted(
     assert experiment.summary["training_chars"] == 20_000 + 68 * (len("the pin is 0000") + 1)
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_measure_exposure_by_enumeration_follows_the_definition(experiment):
     model, canary = experiment.model, experiment[1].canary
     fmt = CanaryFormat.parse(PIN)
@@ -168,6 +170,7 @@ def test_measure_exposure_by_enumeration_follows_the_definition(experiment):
     assert m.exposure == pytest.approx(experiment[1].exposure)
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_extrapolation_agrees_with_enumeration_on_a_trained_model(experiment):
     """Canaries in the bulk of the trained model's candidate distribution (exact rank >= 300 of
     10^4): the skew-normal estimate from 2000 samples is within 1 bit of the exact exposure.

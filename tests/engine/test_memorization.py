@@ -2,6 +2,7 @@
 rare test example is that example's most influential training example."""
 
 import numpy as np
+import pytest
 
 from memscore.engine.datasets import load_longtail, load_mnist1d
 from memscore.engine.scoring import run_scoring
@@ -19,6 +20,7 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((r[p].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_flipped_labels_get_high_memorization():
     """10% flipped labels on MNIST-1D (1600 training examples), default cnn1d recipe, K=24."""
     ds = load_mnist1d(num_samples=2000)
@@ -31,6 +33,7 @@ def test_flipped_labels_get_high_memorization():
     assert auroc(result.scores["memorization_soft"], flipped) >= 0.9
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_training_copy_of_a_rare_test_example_is_its_top_influence():
     """Four rare subgroups of the long-tailed set keep a single training example: a copy of one
     of their test examples (their other training examples are removed). When a model trains on

@@ -73,6 +73,7 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
         pass
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_embedded_up_serves_submit_watch_results(tmp_path):
     gw, res = free_port(), free_port()
     proc = start_up(tmp_path, gw, res)
@@ -95,6 +96,7 @@ def test_embedded_up_serves_submit_watch_results(tmp_path):
         stop(proc)
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_embedded_up_killed_mid_job_resumes_it_on_restart(tmp_path):
     """The in-memory queue dies with the process; the job store and the traces do not."""
     from memscore.store.jobs import SqliteJobStore

@@ -35,6 +35,7 @@ def blobs(tmp_path):
     return write_blobs_npz(tmp_path / "blobs.npz")
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_submit_watch_and_results_match_an_embedded_run(stack, client, blobs):
     ref = client.upload(blobs).dataset_ref
     assert ref.startswith("datasets/") and ref.endswith(".npz")
@@ -74,6 +75,7 @@ def test_submit_watch_and_results_match_an_embedded_run(stack, client, blobs):
     assert all(stack.runtime.jobs.incr_attempts(job.job_id, s) == 2 for s in range(4))
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_worker_killed_mid_job_loses_only_its_shard(stack, client, blobs):
     ref = client.upload(blobs).dataset_ref
     spec = dict(SPEC, models=12, epochs=300)
@@ -106,6 +108,7 @@ def _traces(stack, job_id: str, shards: int) -> list[int]:
     return [s for s in range(shards) if stack.runtime.objects.exists(f"jobs/{job_id}/shards/{s:06d}/trace.npz")]
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_anytime_results_while_running_then_cancel(stack, client, blobs):
     ref = client.upload(blobs).dataset_ref
     stack.start_worker()
@@ -207,6 +210,7 @@ def test_health_and_reflection_are_served(stack):
             assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_extend_job_adds_models_without_retraining_old_shards(stack, client, blobs):
     ref = client.upload(blobs).dataset_ref
     stack.start_worker()
@@ -228,6 +232,7 @@ def test_extend_job_adds_models_without_retraining_old_shards(stack, client, blo
     assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_query_influence_of_new_points_equals_the_jobs_own_influence(stack, client, blobs):
     ref = client.upload(blobs).dataset_ref
     stack.start_worker()
@@ -253,6 +258,7 @@ def test_query_influence_of_new_points_equals_the_jobs_own_influence(stack, clie
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_exposure_job_runs_on_a_worker_and_serves_its_canaries(stack, client):
     stack.start_worker()
     job = client.submit_exposure(canaries=["the pin is {dddd}"], insertions=[0, 8], epochs=1, seed=2)

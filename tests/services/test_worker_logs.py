@@ -15,6 +15,7 @@ from .conftest import write_blobs_npz
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow  # > 10 s on 2 cores
 def test_worker_writes_json_lines_tagged_with_the_job(stack, tmp_path):
     stack.env["MEMSCORE_LOG_FORMAT"] = "json"
     worker = stack.start_worker("json")

@@ -17,8 +17,8 @@ from ..engine.corpus import BUILTIN, CorpusError
 from ..engine.exposure_job import RESULT_FILES, small_summary
 from ..engine.spec import ExposureSpec
 from ..store import layout
-from ..store.jobs import JobNotFound, JobRecord
-from .jobrun import JobRun
+from ..store.jobs import JobRecord
+from .jobrun import JobRun, run_in_flight
 
 log = logging.getLogger("memscore.worker.exposure")
 
@@ -31,18 +31,7 @@ def _publish(run: JobRun, keys: dict[str, str], summary: dict) -> None:
 
 def run_exposure_job(job_id: str) -> str:
     """Run exposure job `job_id` end to end; returns a short note for the task result."""
-    with JobRun(job_id, 0) as run:
-        try:
-            rec = run.rt.jobs.get(job_id)
-        except JobNotFound:
-            log.warning("exposure: job %s is gone; dropping it", job_id)
-            return "unknown job"
-        if rec.terminal:
-            return f"skipped: job is {rec.state}"
-        with run.in_flight() as now:
-            if run.stopping(now):
-                return "cancelled before it started" if now.cancel_requested else f"skipped: job is {now.state}"
-            return _run(run, rec)
+    return run_in_flight(job_id, 0, _run)  # the whole job is shard 0
 
 
 def _run(run: JobRun, rec: JobRecord) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..logs import task_context
 from ..runtime import Runtime, runtime
@@ -114,3 +114,20 @@ class JobRun:
             self._last_check = now
             self._stop = self.stopping(self.rt.jobs.get(self.job_id))
         return self._stop
+
+
+def run_in_flight(job_id: str, shard: int, body: Callable[[JobRun, JobRecord], str]) -> str:
+    """How every shard task starts: drop a deleted or ended job, count the shard in flight,
+    stop if CancelJob came first, else run `body(run, record)`; returns the task's note."""
+    with JobRun(job_id, shard) as run:
+        try:
+            rec = run.rt.jobs.get(job_id)
+        except JobNotFound:
+            log.warning("job %s is gone; dropping shard %s", job_id, shard)
+            return "unknown job"
+        if rec.terminal:
+            return f"skipped: job is {rec.state}"
+        with run.in_flight() as now:
+            if run.stopping(now):
+                return "cancelled before it started" if now.cancel_requested else f"skipped: job is {now.state}"
+            return body(run, rec)

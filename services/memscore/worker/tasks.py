@@ -28,10 +28,10 @@ from ..engine.spec import ScoringSpec
 from ..engine.subsets import shard_model_ids
 from ..runtime import Runtime, runtime
 from ..store import layout
-from ..store.jobs import JobNotFound, JobRecord
+from ..store.jobs import JobRecord
 from ..store.objects import StoreUnavailable
 from .app import app
-from .jobrun import JobRun
+from .jobrun import JobRun, run_in_flight
 
 log = logging.getLogger("memscore.worker")
 
@@ -68,18 +68,7 @@ def _enqueue(name: str, *args) -> None:
 
 @app.task(name=TASK_TRAIN_SHARD, base=JobTask, bind=True)
 def train_shard(self, job_id: str, shard: int) -> str:
-    with JobRun(job_id, shard) as run:
-        try:
-            rec = run.rt.jobs.get(job_id)
-        except JobNotFound:
-            log.warning("train_shard: job %s is gone; dropping shard %s", job_id, shard)
-            return "unknown job"
-        if rec.terminal:
-            return f"skipped: job is {rec.state}"
-        with run.in_flight() as now:
-            if run.stopping(now):
-                return "cancelled before it started" if now.cancel_requested else f"skipped: job is {now.state}"
-            return _run_shard(run, rec)
+    return run_in_flight(job_id, shard, _run_shard)
 
 
 def _run_shard(run: JobRun, rec: JobRecord) -> str:
