@@ -40,7 +40,6 @@ class Scores:
     columns: dict[str, np.ndarray]
     final: bool  # the job's final results, or an anytime estimate
     models: int  # models the scores are based on
-    record: JobRecord
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class ResultsPlane:
         if rec.state == "SUCCEEDED":
             key = layout.result_key(job_id, "scores.parquet")
             cols = self._cached(("final", job_id, rec.version), lambda: read_parquet(self.rt.objects.get_bytes(key)))
-            return Scores(cols, True, _models(cols), rec)
+            return Scores(cols, True, _models(cols))
         if rec.state == "FAILED":
             raise FailedPrecondition(f"job {job_id} FAILED: {rec.error}")
         snap = self.anytime.snapshot(rec)
@@ -114,7 +113,7 @@ class ResultsPlane:
             n = len(snap.scores["n_in"])
             return {"index": np.arange(n, dtype=np.int64), "label": self._labels(rec), **snap.scores}
 
-        return Scores(self._cached(("anytime", job_id, snap.shards), build), False, snap.models, rec)
+        return Scores(self._cached(("anytime", job_id, snap.shards), build), False, snap.models)
 
     def _labels(self, rec: JobRecord) -> np.ndarray:
         """The training labels the job trains on (label noise applied), as in scores.parquet."""
