@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from memscore.engine.estimators import InfluenceAccumulator, ScoreAccumulator
+from memscore.engine.estimators import ScoreAccumulator
+from memscore.engine.influence import InfluenceAccumulator
 from memscore.engine.traces import Trace
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..engine.catalog import BUILTINS
+from ..engine.catalog import BUILTINS, RELIABILITY_METRICS
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
@@ -32,6 +32,29 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         "--label-noise", type=float, default=0.0, help="flip this fraction of training labels (validation experiments)"
     )
     p.add_argument("--keep-checkpoints", action="store_true", help="store each shard's stacked weights")
+    p.add_argument(
+        "--fdr",
+        type=float,
+        default=0.05,
+        help="influence: false discovery rate q at which pairs are called significant (default 0.05)",
+    )
+    p.add_argument(
+        "--until-reliability",
+        type=float,
+        default=0.0,
+        help="self-stopping: add models until the split-half (Spearman-Brown) reliability reaches this; 0 = off",
+    )
+    p.add_argument(
+        "--max-models",
+        type=int,
+        default=0,
+        help="self-stopping: train at most this many models (--models is the first batch); 0 = --models",
+    )
+    p.add_argument(
+        "--reliability-metric",
+        default="memorization",
+        help=" | ".join(RELIABILITY_METRICS) + " (the score whose reliability stops the job)",
+    )
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -51,14 +74,21 @@ def spec_from_args(args: argparse.Namespace):
         influence_threshold=args.influence_threshold,
         label_noise=args.label_noise,
         keep_checkpoints=args.keep_checkpoints,
+        influence_fdr=args.fdr,
+        until_reliability=args.until_reliability,
+        max_models=args.max_models,
+        reliability_metric=args.reliability_metric,
     )
+
+
+_FLAG_OF = {"influence_top_k": "top-k", "influence_fdr": "fdr"}  # spec fields whose flag is not their name
 
 
 def report_problems(problems: list[tuple[str, str]]) -> bool:
     """Print each (field, message) of a spec's validate() as `error: --flag: message`; True if any.
     A canary's field `canaries[i]` is the (i+1)-th --canary flag."""
     for field, msg in problems:
-        flag = "canary" if field.startswith("canaries") else field.replace("_", "-")
+        flag = "canary" if field.startswith("canaries") else _FLAG_OF.get(field, field.replace("_", "-"))
         where = f" #{int(field[9:-1]) + 1}" if field.startswith("canaries[") else ""
         print(f"error: --{flag}{where}: {msg}", file=sys.stderr)
     return bool(problems)

@@ -48,6 +48,10 @@ RANK_METRICS: tuple[str, ...] = (
     "memorization_soft_stderr",
 )
 
+# Scores whose split-half reliability every job reports (summary.json `reliability`), and which
+# can stop a self-stopping job (ScoringSpec.reliability_metric).
+RELIABILITY_METRICS: tuple[str, ...] = ("memorization", "memorization_soft", "memorization_logit")
+
 
 def model_takes(arch: str, feature_shape: tuple[int, ...]) -> str | None:
     """None if model `arch` takes examples of `feature_shape`, else why not."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from .estimators import InfluenceAccumulator, InfluenceResult
+from .influence import InfluenceAccumulator, InfluenceResult
 from .models import build_model
 from .subsets import subset_masks
 

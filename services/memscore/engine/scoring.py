@@ -23,7 +23,8 @@ import numpy as np
 from .catalog import MEMORIZED_AT
 from .datasets import Dataset
 from .ensemble import Recipe, TrainOutput, make_recipe, resolve_arch, train_ensemble
-from .estimators import InfluenceAccumulator, InfluenceResult, ScoreAccumulator
+from .estimators import ScoreAccumulator
+from .influence import InfluenceAccumulator, InfluenceResult
 from .spec import ScoringSpec
 from .subsets import shard_model_ids, subset_size
 

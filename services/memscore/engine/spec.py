@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .catalog import ARCH_FEATURE_NDIM
+from .catalog import ARCH_FEATURE_NDIM, RELIABILITY_METRICS
 
 ARCHS = ("auto", *ARCH_FEATURE_NDIM)
 DEFAULT_SHARD_SIZE = 64  # models per shard (one task) when the spec says 0
@@ -39,6 +39,10 @@ class ScoringSpec:
     max_influence_pairs: int = 100_000
     label_noise: float = 0.0  # fraction of training labels flipped (for validation experiments)
     keep_checkpoints: bool = False
+    influence_fdr: float = 0.05  # false discovery rate q for significant influence pairs
+    until_reliability: float = 0.0  # self-stopping target (Spearman-Brown reliability); 0 = off
+    max_models: int = 0  # cap on models a self-stopping job trains; 0 = `models`
+    reliability_metric: str = "memorization"  # whose reliability stops the job (RELIABILITY_METRICS)
 
     @property
     def effective_shard_size(self) -> int:
@@ -84,6 +88,19 @@ class ScoringSpec:
             problems.append(("max_influence_pairs", f"must be between 0 and 10000000, got {self.max_influence_pairs}"))
         if not 0.0 <= self.label_noise < 1.0:
             problems.append(("label_noise", f"must be in [0, 1), got {self.label_noise}"))
+        if not 0.0 < self.influence_fdr < 1.0:  # also rejects NaN
+            problems.append(("influence_fdr", f"must be strictly between 0 and 1, got {self.influence_fdr}"))
+        if not (self.until_reliability == 0.0 or 0.0 < self.until_reliability < 1.0):
+            problems.append(("until_reliability", f"must be 0 (off) or in (0, 1), got {self.until_reliability}"))
+        if self.max_models and not self.models <= self.max_models <= max_models:
+            problems.append(("max_models", f"must be 0 or between models ({self.models}) and {max_models}"))
+        if self.reliability_metric not in RELIABILITY_METRICS:
+            problems.append(
+                (
+                    "reliability_metric",
+                    f"must be one of {', '.join(RELIABILITY_METRICS)}, got {self.reliability_metric!r}",
+                )
+            )
         return problems
 
 

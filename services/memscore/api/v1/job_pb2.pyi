@@ -143,6 +143,10 @@ class ScoringSpec(_message.Message):
     MAX_INFLUENCE_PAIRS_FIELD_NUMBER: _builtins.int
     LABEL_NOISE_FIELD_NUMBER: _builtins.int
     KEEP_CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    INFLUENCE_FDR_FIELD_NUMBER: _builtins.int
+    UNTIL_RELIABILITY_FIELD_NUMBER: _builtins.int
+    MAX_MODELS_FIELD_NUMBER: _builtins.int
+    RELIABILITY_METRIC_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Training data. Required. A built-in name ("mnist1d", "digits", "longtail"), a path the
     workers can read, or "datasets/<sha256>.npz" as returned by ScoringService.UploadDataset.
@@ -194,6 +198,25 @@ class ScoringSpec(_message.Message):
     """Also store each shard's stacked model weights (jobs/<id>/shards/<s>/checkpoint.pt).
     Default false.
     """
+    influence_fdr: _builtins.float
+    """False discovery rate q at which influence pairs are called significant: the test of
+    H0: influence(i, j) <= influence_threshold is rejected over all n*m pairs with the
+    Benjamini-Hochberg procedure on exact p-values (docs/validation.md). Unset = 0.05. In (0, 1).
+    """
+    until_reliability: _builtins.float
+    """Self-stopping: keep adding models (in batches of shards, as ExtendJob does) until the
+    Spearman-Brown split-half reliability of `reliability_metric` reaches this value, or
+    `max_models` models are trained. 0 = off (train exactly `models`). Otherwise in (0, 1).
+    """
+    max_models: _builtins.int
+    """Upper bound on the models a self-stopping job trains (`models` is its first batch).
+    0 = `models` (no growth). Only used with until_reliability; at least `models` and within
+    the server's limit.
+    """
+    reliability_metric: _builtins.str
+    """The score whose reliability stops the job: "memorization", "memorization_soft" or
+    "memorization_logit". Empty = "memorization".
+    """
     def __init__(
         self,
         *,
@@ -211,17 +234,25 @@ class ScoringSpec(_message.Message):
         max_influence_pairs: _builtins.int | None = ...,
         label_noise: _builtins.float = ...,
         keep_checkpoints: _builtins.bool = ...,
+        influence_fdr: _builtins.float | None = ...,
+        until_reliability: _builtins.float = ...,
+        max_models: _builtins.int = ...,
+        reliability_metric: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "max_influence_pairs", b"max_influence_pairs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "max_influence_pairs", b"max_influence_pairs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "keep_checkpoints", b"keep_checkpoints", "label_noise", b"label_noise", "lr", b"lr", "max_influence_pairs", b"max_influence_pairs", "model", b"model", "models", b"models", "ratio", b"ratio", "seed", b"seed", "shard_size", b"shard_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "keep_checkpoints", b"keep_checkpoints", "label_noise", b"label_noise", "lr", b"lr", "max_influence_pairs", b"max_influence_pairs", "max_models", b"max_models", "model", b"model", "models", b"models", "ratio", b"ratio", "reliability_metric", b"reliability_metric", "seed", b"seed", "shard_size", b"shard_size", "until_reliability", b"until_reliability"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__influence_fdr: _TypeAlias = _typing.Literal["influence_fdr"]  # noqa: Y015
+    _WhichOneofArgType__influence_fdr: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr"]  # noqa: Y015
     _WhichOneofReturnType__influence_threshold: _TypeAlias = _typing.Literal["influence_threshold"]  # noqa: Y015
     _WhichOneofArgType__influence_threshold: _TypeAlias = _typing.Literal["_influence_threshold", b"_influence_threshold"]  # noqa: Y015
     _WhichOneofReturnType__influence_top_k: _TypeAlias = _typing.Literal["influence_top_k"]  # noqa: Y015
     _WhichOneofArgType__influence_top_k: _TypeAlias = _typing.Literal["_influence_top_k", b"_influence_top_k"]  # noqa: Y015
     _WhichOneofReturnType__max_influence_pairs: _TypeAlias = _typing.Literal["max_influence_pairs"]  # noqa: Y015
     _WhichOneofArgType__max_influence_pairs: _TypeAlias = _typing.Literal["_max_influence_pairs", b"_max_influence_pairs"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__influence_fdr) -> _WhichOneofReturnType__influence_fdr | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__influence_threshold) -> _WhichOneofReturnType__influence_threshold | None: ...
     @_typing.overload
@@ -353,6 +384,10 @@ class AnytimeSummary(_message.Message):
     MEAN_MEMORIZATION_FIELD_NUMBER: _builtins.int
     FRACTION_MEMORIZED_FIELD_NUMBER: _builtins.int
     MEAN_TEST_ACCURACY_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_SPLIT_HALF_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_RELIABILITY_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_MODELS_FOR_0_95_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_SOFT_RELIABILITY_FIELD_NUMBER: _builtins.int
     models_done: _builtins.int
     """Models the estimates below are based on."""
     mean_memorization: _builtins.float
@@ -365,6 +400,19 @@ class AnytimeSummary(_message.Message):
     """
     mean_test_accuracy: _builtins.float
     """Mean test accuracy of the models trained so far, in [0, 1]. Unset before the first model."""
+    memorization_split_half: _builtins.float
+    """Split-half reliability of memorization: Spearman correlation between the scores of the
+    even- and odd-numbered models, over examples estimated in both halves. Unset below two
+    models per half.
+    """
+    memorization_reliability: _builtins.float
+    """The Spearman-Brown projection of that correlation to all models done, in [-1, 1]."""
+    memorization_models_for_0_95: _builtins.int
+    """Models projected (Spearman-Brown) for the memorization reliability to reach 0.95. Unset
+    when the reliability is not positive.
+    """
+    memorization_soft_reliability: _builtins.float
+    """The same projection for soft memorization."""
     def __init__(
         self,
         *,
@@ -372,10 +420,14 @@ class AnytimeSummary(_message.Message):
         mean_memorization: _builtins.float | None = ...,
         fraction_memorized: _builtins.float | None = ...,
         mean_test_accuracy: _builtins.float | None = ...,
+        memorization_split_half: _builtins.float | None = ...,
+        memorization_reliability: _builtins.float | None = ...,
+        memorization_models_for_0_95: _builtins.int | None = ...,
+        memorization_soft_reliability: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "models_done", b"models_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half", "models_done", b"models_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__fraction_memorized: _TypeAlias = _typing.Literal["fraction_memorized"]  # noqa: Y015
     _WhichOneofArgType__fraction_memorized: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized"]  # noqa: Y015
@@ -383,12 +435,28 @@ class AnytimeSummary(_message.Message):
     _WhichOneofArgType__mean_memorization: _TypeAlias = _typing.Literal["_mean_memorization", b"_mean_memorization"]  # noqa: Y015
     _WhichOneofReturnType__mean_test_accuracy: _TypeAlias = _typing.Literal["mean_test_accuracy"]  # noqa: Y015
     _WhichOneofArgType__mean_test_accuracy: _TypeAlias = _typing.Literal["_mean_test_accuracy", b"_mean_test_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__memorization_models_for_0_95: _TypeAlias = _typing.Literal["memorization_models_for_0_95"]  # noqa: Y015
+    _WhichOneofArgType__memorization_models_for_0_95: _TypeAlias = _typing.Literal["_memorization_models_for_0_95", b"_memorization_models_for_0_95"]  # noqa: Y015
+    _WhichOneofReturnType__memorization_reliability: _TypeAlias = _typing.Literal["memorization_reliability"]  # noqa: Y015
+    _WhichOneofArgType__memorization_reliability: _TypeAlias = _typing.Literal["_memorization_reliability", b"_memorization_reliability"]  # noqa: Y015
+    _WhichOneofReturnType__memorization_soft_reliability: _TypeAlias = _typing.Literal["memorization_soft_reliability"]  # noqa: Y015
+    _WhichOneofArgType__memorization_soft_reliability: _TypeAlias = _typing.Literal["_memorization_soft_reliability", b"_memorization_soft_reliability"]  # noqa: Y015
+    _WhichOneofReturnType__memorization_split_half: _TypeAlias = _typing.Literal["memorization_split_half"]  # noqa: Y015
+    _WhichOneofArgType__memorization_split_half: _TypeAlias = _typing.Literal["_memorization_split_half", b"_memorization_split_half"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fraction_memorized) -> _WhichOneofReturnType__fraction_memorized | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_memorization) -> _WhichOneofReturnType__mean_memorization | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_test_accuracy) -> _WhichOneofReturnType__mean_test_accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memorization_models_for_0_95) -> _WhichOneofReturnType__memorization_models_for_0_95 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memorization_reliability) -> _WhichOneofReturnType__memorization_reliability | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memorization_soft_reliability) -> _WhichOneofReturnType__memorization_soft_reliability | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memorization_split_half) -> _WhichOneofReturnType__memorization_split_half | None: ...
 
 Global___AnytimeSummary: _TypeAlias = AnytimeSummary  # noqa: Y015
 

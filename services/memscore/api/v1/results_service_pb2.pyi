@@ -132,6 +132,14 @@ class RankedExample(_message.Message):
     N_IN_FIELD_NUMBER: _builtins.int
     N_OUT_FIELD_NUMBER: _builtins.int
     RANK_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_LOWER_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_UPPER_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_SOFT_LOWER_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_SOFT_UPPER_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_LOGIT_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_LOGIT_STDERR_FIELD_NUMBER: _builtins.int
+    LABEL_QUALITY_FIELD_NUMBER: _builtins.int
+    PREDICTED_LABEL_HELDOUT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Index of the example in the training set."""
     label: _builtins.int
@@ -154,6 +162,30 @@ class RankedExample(_message.Message):
     """Models whose training subset left it out."""
     rank: _builtins.int
     """1-based position in the requested ranking; 0 where no ranking applies (GetExample)."""
+    memorization_lower: _builtins.float
+    """Lower end of the 95% interval of `memorization` (Newcombe's hybrid score interval for a
+    difference of two proportions; valid at small counts). NaN without an estimate.
+    """
+    memorization_upper: _builtins.float
+    """Upper end of that interval."""
+    memorization_soft_lower: _builtins.float
+    """Lower end of the 95% interval of `memorization_soft`."""
+    memorization_soft_upper: _builtins.float
+    """Upper end of that interval."""
+    memorization_logit: _builtins.float
+    """Logit-scaled memorization: the difference of the in/out means of the true-class margin
+    phi = log p_y - log(1 - p_y), mapped back to the probability scale as
+    sigmoid(mean_in phi) - sigmoid(mean_out phi), in [-1, 1].
+    """
+    memorization_logit_stderr: _builtins.float
+    """Standard error of `memorization_logit` (delta method)."""
+    label_quality: _builtins.float
+    """Label quality (cleanlab's self-confidence on out-of-sample probabilities): the mean, over
+    the models that held the example out, of the probability they give its label. Low = likely
+    mislabeled. NaN when no model held it out.
+    """
+    predicted_label_heldout: _builtins.int
+    """The class with the highest held-out mean probability; -1 when no model held it out."""
     def __init__(
         self,
         *,
@@ -168,10 +200,18 @@ class RankedExample(_message.Message):
         n_in: _builtins.int = ...,
         n_out: _builtins.int = ...,
         rank: _builtins.int = ...,
+        memorization_lower: _builtins.float = ...,
+        memorization_upper: _builtins.float = ...,
+        memorization_soft_lower: _builtins.float = ...,
+        memorization_soft_upper: _builtins.float = ...,
+        memorization_logit: _builtins.float = ...,
+        memorization_logit_stderr: _builtins.float = ...,
+        label_quality: _builtins.float = ...,
+        predicted_label_heldout: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_accuracy", b"heldout_accuracy", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "memorization", b"memorization", "memorization_soft", b"memorization_soft", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_stderr", b"memorization_stderr", "n_in", b"n_in", "n_out", b"n_out", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_accuracy", b"heldout_accuracy", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_logit", b"memorization_logit", "memorization_logit_stderr", b"memorization_logit_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,6 +330,9 @@ class InfluencePair(_message.Message):
     INFLUENCE_FIELD_NUMBER: _builtins.int
     TRAIN_LABEL_FIELD_NUMBER: _builtins.int
     TEST_LABEL_FIELD_NUMBER: _builtins.int
+    INFLUENCE_STDERR_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    INFLUENCE_PVALUE_FIELD_NUMBER: _builtins.int
     train_index: _builtins.int
     """Index of the training example."""
     test_index: _builtins.int
@@ -300,6 +343,14 @@ class InfluencePair(_message.Message):
     """The training example's label."""
     test_label: _builtins.int
     """The test example's label."""
+    influence_stderr: _builtins.float
+    """Standard error of `influence`."""
+    significant: _builtins.bool
+    """True when the pair is significant: H0 influence <= ScoringSpec.influence_threshold is
+    rejected at false discovery rate ScoringSpec.influence_fdr over all n*m pairs.
+    """
+    influence_pvalue: _builtins.float
+    """Exact p-value of that test (before the multiple-testing correction)."""
     def __init__(
         self,
         *,
@@ -308,10 +359,13 @@ class InfluencePair(_message.Message):
         influence: _builtins.float = ...,
         train_label: _builtins.int = ...,
         test_label: _builtins.int = ...,
+        influence_stderr: _builtins.float = ...,
+        significant: _builtins.bool = ...,
+        influence_pvalue: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["influence", b"influence", "test_index", b"test_index", "test_label", b"test_label", "train_index", b"train_index", "train_label", b"train_label"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["influence", b"influence", "influence_pvalue", b"influence_pvalue", "influence_stderr", b"influence_stderr", "significant", b"significant", "test_index", b"test_index", "test_label", b"test_label", "train_index", b"train_index", "train_label", b"train_label"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -326,6 +380,7 @@ class StreamInfluenceRequest(_message.Message):
     JOB_ID_FIELD_NUMBER: _builtins.int
     TEST_INDEX_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_ONLY_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The scoring job's id (SUCCEEDED). Required."""
     test_index: _builtins.int
@@ -335,16 +390,19 @@ class StreamInfluenceRequest(_message.Message):
     """
     limit: _builtins.int
     """Most pairs to stream. 0 = 100."""
+    significant_only: _builtins.bool
+    """Only pairs that are significant (InfluencePair.significant). Default false."""
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         test_index: _builtins.int | None = ...,
         limit: _builtins.int = ...,
+        significant_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_test_index", b"_test_index", "test_index", b"test_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_test_index", b"_test_index", "job_id", b"job_id", "limit", b"limit", "test_index", b"test_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_test_index", b"_test_index", "job_id", b"job_id", "limit", b"limit", "significant_only", b"significant_only", "test_index", b"test_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__test_index: _TypeAlias = _typing.Literal["test_index"]  # noqa: Y015
     _WhichOneofArgType__test_index: _TypeAlias = _typing.Literal["_test_index", b"_test_index"]  # noqa: Y015

@@ -349,21 +349,27 @@ class ExtendJobRequest(_message.Message):
 
     JOB_ID_FIELD_NUMBER: _builtins.int
     ADDITIONAL_MODELS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The id of a SUCCEEDED scoring job. Required."""
     additional_models: _builtins.int
     """How many models to add to the job's `models`. At least 1; the total stays within the
     server's limit (MEMSCORE_MAX_MODELS).
     """
+    request_id: _builtins.str
+    """Idempotency key chosen by the client (AIP-155), at most 128 characters: a retried request
+    with the same key extends the job once and returns it. Empty = no idempotency.
+    """
     def __init__(
         self,
         *,
         job_id: _builtins.str = ...,
         additional_models: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "job_id", b"job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "job_id", b"job_id", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
