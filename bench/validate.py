@@ -97,15 +97,7 @@ def _train(
 def _scores(trace: Trace, model_rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """FZ scores from the models in `model_rows` of `trace` (all if None)."""
     if model_rows is not None:
-        trace = Trace(
-            trace.model_ids[model_rows],
-            trace.masks[model_rows],
-            trace.train_correct[model_rows],
-            trace.train_prob[model_rows],
-            trace.test_correct[model_rows],
-            trace.test_prob[model_rows],
-            trace.meta,
-        )
+        trace = trace.select(model_rows)
     acc = ScoreAccumulator(trace.masks.shape[1], trace.test_correct.shape[1])
     acc.add(trace)
     return acc.scores()

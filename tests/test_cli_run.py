@@ -109,3 +109,26 @@ def test_bad_dataset_file_exits_2_with_the_reason(tmp_path, capsys):
     )
     assert main(["run", "--dataset", str(bad), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "-1" in capsys.readouterr().err
+
+
+def test_run_writes_heldout_probs_that_cleanlab_accepts_and_flags_flipped_labels(tmp_path):
+    """heldout_probs.npy: n × C rows in training order, each the mean distribution of the models
+    that held the example out, as cleanlab's find_label_issues(labels, pred_probs) takes it; the
+    label_quality column is its probability of the given label."""
+    from cleanlab.filter import find_label_issues
+
+    code, out = run(tmp_path, "noisy", "--label-noise", "0.1", "--models", "8")
+    assert code == 0
+    probs = np.load(out / "heldout_probs.npy")
+    scores = pq.read_table(out / "scores.parquet").to_pandas()
+    assert probs.shape == (240, 4) and probs.dtype == np.float32  # write_blobs_npz: 4 classes
+    known = scores["n_out"].to_numpy() > 0
+    np.testing.assert_allclose(probs[known].sum(1), 1.0, atol=1e-4)
+    labels = scores["label"].to_numpy()
+    np.testing.assert_allclose(scores["label_quality"].to_numpy()[known], probs[known, labels[known]], rtol=1e-6)
+    assert (scores["predicted_label_heldout"].to_numpy()[known] == probs[known].argmax(1)).all()
+    issues = find_label_issues(labels[known], probs[known])
+    flipped = scores["label_flipped"].to_numpy()[known]
+    assert flipped[issues].mean() > 3 * flipped.mean()  # cleanlab's picks are mostly the flipped ones
+    quality = scores["label_quality"].to_numpy()[known]
+    assert quality[flipped].mean() < quality[~flipped].mean() - 0.2

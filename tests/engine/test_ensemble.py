@@ -169,3 +169,33 @@ def test_default_recipe_fits_training_subsets_including_flipped_labels():
     flip_mask = np.zeros(ds.n_train, bool)
     flip_mask[flipped] = True
     assert tr.train_correct[tr.masks & flip_mask[None]].mean() >= 0.95
+
+
+def test_trace_keeps_margins_predictions_and_heldout_distributions(small_mnist1d):
+    """Format 2: the true-class margin is log p − log(1 − p) of the model's softmax (no float32
+    saturation), the predicted class agrees with the 0/1 correctness, and the held-out sums add
+    the softmax rows of exactly the members that did not train on each example."""
+    ds = small_mnist1d
+    recipe = replace(make_recipe("mlp"), epochs=0, min_steps=60, batch_size=32)
+    out = train_ensemble(ds, "mlp", [0, 1, 2, 3], 0.5, seed=2, recipe=recipe, device="cpu", keep_weights=True)
+    t = out.trace
+    assert (t.train_pred == ds.y_train[None, :]).tolist() == t.train_correct.tolist()
+    assert (t.test_pred == ds.y_test[None, :]).tolist() == t.test_correct.tolist()
+    from torch.func import functional_call
+
+    from memscore.engine.ensemble import init_model
+
+    logits = []  # the members' logits, recomputed from their kept weights
+    for g in range(4):
+        net = init_model("mlp", ds, 2, g)
+        state = {k: v[g] for k, v in out.weights.items()}
+        logits.append(functional_call(net, state, (torch.from_numpy(ds.x_train),)).detach().double())
+    logits = torch.stack(logits)  # (G, n, C)
+    logp = logits.log_softmax(-1)
+    y = torch.from_numpy(ds.y_train).long()
+    lp_y = logp.gather(-1, y.expand(4, -1).unsqueeze(-1)).squeeze(-1)
+    expected = (lp_y - torch.log1p(-lp_y.exp().clamp(max=1 - 1e-15))).numpy()
+    finite = np.abs(expected) < 30  # beyond that float64's 1 − p has too few digits to compare
+    np.testing.assert_allclose(t.train_margin[finite], expected[finite], atol=2e-3, rtol=1e-3)
+    held = torch.einsum("gnc,gn->nc", logp.exp(), torch.from_numpy(~t.masks).double()).numpy()
+    np.testing.assert_allclose(t.heldout_prob_sum, held, atol=2e-4)

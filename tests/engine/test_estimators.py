@@ -10,7 +10,7 @@ from memscore.engine.traces import Trace
 
 def random_trace(rng, ids, n, m, p_in=0.7):
     G = len(ids)
-    return Trace(
+    return Trace.from_probs(
         model_ids=np.asarray(ids, np.int64),
         masks=rng.random((G, n)) < p_in,
         train_correct=rng.random((G, n)) < 0.6,
@@ -140,6 +140,86 @@ def test_trace_round_trips_through_bytes():
     t = random_trace(rng, [3, 9, 11], 13, 5)
     t.meta = {"shard": 2}
     u = Trace.from_bytes(t.to_bytes())
-    for f in ("model_ids", "masks", "train_correct", "train_prob", "test_correct", "test_prob"):
+    for f in ("model_ids", "masks", "train_correct", "train_margin", "test_correct", "test_margin"):
         np.testing.assert_array_equal(getattr(t, f), getattr(u, f))
     assert u.meta == {"shard": 2}
+
+
+def _format1_blob(t: Trace) -> bytes:
+    """A trace as memscore wrote it before format 2 (true-class probabilities, no margins)."""
+    import io
+    import json
+
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        model_ids=t.model_ids,
+        masks=np.packbits(t.masks, axis=1),
+        train_correct=np.packbits(t.train_correct, axis=1),
+        train_prob=t.train_prob,
+        test_correct=np.packbits(t.test_correct, axis=1),
+        test_prob=t.test_prob,
+        shape=np.array([t.masks.shape[1], t.test_correct.shape[1]]),
+        meta=np.frombuffer(json.dumps({"format": 1, "shard": 4}).encode(), dtype=np.uint8),
+    )
+    return buf.getvalue()
+
+
+def test_format1_traces_stay_readable_and_give_the_same_scores():
+    rng = np.random.default_rng(8)
+    t = random_trace(rng, [0, 1, 2, 5], 20, 6)
+    old = Trace.from_bytes(_format1_blob(t))
+    assert old.meta == {"shard": 4} and old.heldout_prob_sum is None and old.train_pred is None
+    np.testing.assert_allclose(old.train_prob, t.train_prob, rtol=1e-6)
+    a, b = ScoreAccumulator(20, 6), ScoreAccumulator(20, 6)
+    a.add(t)
+    b.add(old)
+    for k, v in a.scores().items():
+        np.testing.assert_allclose(b.scores()[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+    assert b.heldout_probs() is None and np.isnan(b.scores(np.zeros(20, int))["label_quality"]).all()
+
+
+def test_margins_do_not_saturate_where_probabilities_do():
+    """Two members certain of an example (p rounds to 1.0 in float32) but at margins 20 and 40:
+    the soft score cannot tell them apart, the logit-scaled one can."""
+    n = 2
+    masks = np.array([[True, False], [False, True]])
+    t = Trace(
+        model_ids=np.array([0, 1]),
+        masks=masks,
+        train_correct=np.ones((2, n), bool),
+        train_margin=np.array([[40.0, 20.0], [20.0, 40.0]], np.float32),
+        test_correct=np.ones((2, 1), bool),
+        test_margin=np.zeros((2, 1), np.float32),
+    )
+    assert (t.train_prob == 1.0).all()
+    s = ScoreAccumulator(n, 1)
+    s.add(t)
+    sc = s.scores()
+    assert (sc["memorization_soft"] == 0).all()
+    assert (sc["memorization_logit"] > 0).all()  # sigmoid(40) − sigmoid(20) > 0 in float64
+
+
+def test_label_quality_is_the_heldout_mean_probability_of_the_given_label():
+    n, C = 3, 2
+    masks = np.array([[True, False, False], [False, False, True]])
+    held = np.zeros((n, C), np.float32)
+    held[1] = [0.2 + 0.4, 0.8 + 0.6]  # example 1 held out by both members
+    held[0] = [0.9, 0.1]  # held out by member 1 only
+    held[2] = [0.3, 0.7]  # held out by member 0 only
+    t = Trace(
+        model_ids=np.array([0, 1]),
+        masks=masks,
+        train_correct=np.ones((2, n), bool),
+        train_margin=np.zeros((2, n), np.float32),
+        test_correct=np.ones((2, 1), bool),
+        test_margin=np.zeros((2, 1), np.float32),
+        heldout_prob_sum=held,
+    )
+    s = ScoreAccumulator(n, 1)
+    s.add(t)
+    probs = s.heldout_probs()
+    np.testing.assert_allclose(probs, [[0.9, 0.1], [0.3, 0.7], [0.3, 0.7]], atol=1e-6)
+    sc = s.scores(np.array([1, 1, 0]))
+    np.testing.assert_allclose(sc["label_quality"], [0.1, 0.7, 0.3], atol=1e-6)
+    assert sc["predicted_label_heldout"].tolist() == [0, 1, 1]

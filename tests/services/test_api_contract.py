@@ -142,7 +142,7 @@ def test_stream_influence_without_test_index_streams_pairs_above_the_threshold_s
 
 def test_get_artifact_sends_url_and_size_first_then_chunks_of_at_most_1_mib(deployment):
     client, _, job, _ = deployment
-    assert {"scores.parquet", "influence.parquet", "summary.json"} <= set(job.artifacts)
+    assert {"scores.parquet", "influence.parquet", "summary.json", "heldout_probs.npy"} <= set(job.artifacts)
     for name in job.artifacts:
         msgs = list(client.results.GetArtifact(rpb.GetArtifactRequest(job_id=job.job_id, name=name), timeout=30))
         assert msgs[0].presigned_url and msgs[0].size_bytes > 0 and not msgs[0].chunk
@@ -150,6 +150,27 @@ def test_get_artifact_sends_url_and_size_first_then_chunks_of_at_most_1_mib(depl
         assert sum(len(m.chunk) for m in msgs[1:]) == msgs[0].size_bytes
     err = _rpc_error(lambda: client.artifact(job.job_id, "secrets.txt"))
     assert err.code() == grpc.StatusCode.NOT_FOUND and "scores.parquet" in err.details()
+
+
+def test_heldout_probs_artifact_matches_label_quality_and_ranks_by_it(deployment):
+    """GetArtifact heldout_probs.npy is cleanlab's pred_probs; StreamRanked by label_quality
+    (ascending: likely mislabeled first) carries the new columns."""
+    import io
+
+    client, _, job, _ = deployment
+    probs = np.load(io.BytesIO(client.artifact(job.job_id, "heldout_probs.npy")))
+    rows = [
+        e
+        for m in _ranked_stream(client, job.job_id, metric="label_quality", order=rpb.SORT_ORDER_ASCENDING, limit=20)
+        for e in m.examples
+    ]
+    assert len(rows) == 20
+    finite = [e for e in rows if not math.isnan(e.label_quality)]
+    assert finite and [e.label_quality for e in finite] == sorted(e.label_quality for e in finite)
+    for e in finite:
+        assert e.label_quality == pytest.approx(float(probs[e.index, e.label]), rel=1e-5)
+        assert e.predicted_label_heldout == int(probs[e.index].argmax())
+        assert -1 <= e.memorization_logit <= 1
 
 
 def test_get_example_index_out_of_range_is_invalid_argument(deployment):
@@ -209,7 +230,7 @@ def test_anytime_summary_leaves_figures_without_an_estimate_unset(deployment):
     memorization estimate exists yet. The summary says so by leaving the field unset."""
     client, rt, _, _ = deployment
     n, m = 30, 10
-    trace = Trace(
+    trace = Trace.from_probs(
         model_ids=np.array([0]),
         masks=np.arange(n)[None, :] % 2 == 0,
         train_correct=np.ones((1, n), bool),

@@ -26,7 +26,9 @@ def _write_files(out, files: dict[str, bytes]) -> None:
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="score a dataset in this process (embedded: no Redis, no S3)")
     add_spec_flags(p)
-    p.add_argument("--out", required=True, help="directory for scores.parquet, influence.parquet, summary.json")
+    p.add_argument(
+        "--out", required=True, help="directory for scores.parquet, influence.parquet, summary.json, heldout_probs.npy"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--top", type=int, default=10, help="print this many most-memorized examples")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = run_scoring(ds, spec, device=args.device, progress=progress)
     bar.close()
-    _write_files(out, result.to_files())
+    files = result.to_files()
+    _write_files(out, files)
     s = result.summary
     print(
         f"{ds.name}: {ds.n_train} train / {ds.n_test} test, {s['arch']}, {spec.models} models: "
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"most memorized (of {ds.n_train}):")
     print_table(result.most_memorized(args.top), RANKED_COLUMNS)
-    print(f"wrote {out / 'scores.parquet'}, {out / 'influence.parquet'}, {out / 'summary.json'}")
+    print("wrote " + ", ".join(str(out / name) for name in files))
     return 0
 
 

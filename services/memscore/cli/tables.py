@@ -9,7 +9,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from ..engine.catalog import SCORE_COLUMNS
 
 # The ranked-examples table of `run` and `results` (their CSV files have every score column).
-RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in ("memorization_soft_stderr", "in_sample_accuracy"))
+RANKED_COLUMNS = tuple(
+    c
+    for c in SCORE_COLUMNS
+    if c
+    not in ("memorization_soft_stderr", "in_sample_accuracy", "memorization_logit_stderr", "predicted_label_heldout")
+)
 
 
 def print_table(

@@ -28,6 +28,7 @@ class Snapshot:
     mean_test_accuracy: float
     shards: frozenset
     models: int
+    heldout_probs: np.ndarray | None = None  # (n, C) mean held-out distributions (label quality)
 
 
 class AnytimeEstimates:
@@ -64,7 +65,7 @@ class AnytimeEstimates:
             if acc is None:
                 return None
             test_acc = float(np.mean(list(acc.test_accuracy.values())))
-            return Snapshot(acc.scores(), test_acc, frozenset(seen), acc.num_models)
+            return Snapshot(acc.scores(), test_acc, frozenset(seen), acc.num_models, acc.heldout_probs())
 
     def summary(self, rec: JobRecord) -> dict:
         """The job's anytime summary: models so far, mean member test accuracy and, once some

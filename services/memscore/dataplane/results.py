@@ -16,8 +16,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..datarefs import load_job_dataset
-from ..engine.catalog import RANK_METRICS
+from ..engine.catalog import RANK_METRICS, SCORE_COLUMNS
 from ..engine.datasets import flip_labels
+from ..engine.estimators import label_quality
 from ..engine.spec import ScoringSpec
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..runtime import Runtime
@@ -101,7 +102,9 @@ class ResultsPlane:
             raise FailedPrecondition(f"job {job_id} is an {rec.kind} job; use its exposure results")
         if rec.state == "SUCCEEDED":
             key = layout.result_key(job_id, "scores.parquet")
-            cols = self._cached(("final", job_id, rec.version), lambda: read_parquet(self.rt.objects.get_bytes(key)))
+            cols = self._cached(
+                ("final", job_id, rec.version), lambda: _complete(read_parquet(self.rt.objects.get_bytes(key)))
+            )
             return Scores(cols, True, _models(cols))
         if rec.state == "FAILED":
             raise FailedPrecondition(f"job {job_id} FAILED: {rec.error}")
@@ -111,7 +114,9 @@ class ResultsPlane:
 
         def build():
             n = len(snap.scores["n_in"])
-            return {"index": np.arange(n, dtype=np.int64), "label": self._labels(rec), **snap.scores}
+            labels = self._labels(rec)
+            quality = label_quality(snap.heldout_probs, labels, n)
+            return {"index": np.arange(n, dtype=np.int64), "label": labels, **snap.scores, **quality}
 
         return Scores(self._cached(("anytime", job_id, snap.shards), build), False, snap.models)
 
@@ -308,6 +313,16 @@ def _rank(cols, metric, descending, classes, lo, hi) -> np.ndarray:
 
 def _py(v):
     return v.item() if hasattr(v, "item") else v
+
+
+def _complete(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Score columns of a job reduced by an older memscore: the columns it lacks, as "no
+    estimate" (NaN; -1 for a class)."""
+    n = len(cols["index"])
+    for c in SCORE_COLUMNS:
+        if c not in cols:
+            cols[c] = np.full(n, -1, np.int64) if c == "predicted_label_heldout" else np.full(n, np.nan)
+    return cols
 
 
 def _row(cols, i: int, rank: int) -> dict:

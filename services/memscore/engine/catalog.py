@@ -36,6 +36,10 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "heldout_accuracy",
     "n_in",
     "n_out",
+    "memorization_logit",
+    "memorization_logit_stderr",
+    "label_quality",
+    "predicted_label_heldout",
 )
 
 # Score columns examples can be ranked by (Results.StreamRanked `metric`, `memscore results --metric`).
@@ -46,6 +50,8 @@ RANK_METRICS: tuple[str, ...] = (
     "heldout_accuracy",
     "memorization_stderr",
     "memorization_soft_stderr",
+    "memorization_logit",
+    "label_quality",
 )
 
 # Scores whose split-half reliability every job reports (summary.json `reliability`), and which

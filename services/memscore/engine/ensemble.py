@@ -281,13 +281,17 @@ def _concat(outs: list[TrainOutput]) -> TrainOutput:
     meta = dict(t[0].meta)
     for key in ("train_seconds", "total_seconds"):
         meta[key] = sum(x.meta[key] for x in t)
+    held = [x.heldout_prob_sum for x in t]
     trace = Trace(
         model_ids=np.concatenate([x.model_ids for x in t]),
         masks=np.concatenate([x.masks for x in t]),
         train_correct=np.concatenate([x.train_correct for x in t]),
-        train_prob=np.concatenate([x.train_prob for x in t]),
+        train_margin=np.concatenate([x.train_margin for x in t]),
         test_correct=np.concatenate([x.test_correct for x in t]),
-        test_prob=np.concatenate([x.test_prob for x in t]),
+        test_margin=np.concatenate([x.test_margin for x in t]),
+        train_pred=np.concatenate([x.train_pred for x in t]),
+        test_pred=np.concatenate([x.test_pred for x in t]),
+        heldout_prob_sum=None if any(h is None for h in held) else np.sum(held, axis=0),
         meta=meta,
     )
     weights = None
@@ -342,19 +346,20 @@ def _train_group(
     t_train = time.perf_counter() - t0
 
     with torch.no_grad():
-        train_correct, train_prob = _evaluate(
-            eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp
-        )
-        test_correct, test_prob = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, use_amp)
+        train = _evaluate(eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp, ~masks)
+        test = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, use_amp)
     t_total = time.perf_counter() - t0
 
     trace = Trace(
         model_ids=np.asarray(model_ids, dtype=np.int64),
         masks=masks,
-        train_correct=train_correct,
-        train_prob=train_prob,
-        test_correct=test_correct,
-        test_prob=test_prob,
+        train_correct=train.correct,
+        train_margin=train.margin,
+        test_correct=test.correct,
+        test_margin=test.margin,
+        train_pred=train.pred,
+        test_pred=test.pred,
+        heldout_prob_sum=train.heldout_prob_sum,
         meta={
             "arch": arch,
             "recipe": asdict(recipe),
@@ -387,15 +392,38 @@ def _stack_models(arch: str, ds: Dataset, seed: int, model_ids: list[int], dev: 
     return params, buffers, torch.vmap(fmodel, in_dims=(0, 0, 0)), torch.vmap(fmodel, in_dims=(0, 0, None))
 
 
-def _evaluate(eval_fn, params, buffers, x: np.ndarray, y: np.ndarray, dev, eval_batch: int, use_amp: bool):
-    """Per model and example: does it predict the true label, and with what probability."""
-    correct, prob = [], []
+@dataclass
+class Evaluation:
+    correct: np.ndarray  # bool (G, E)
+    margin: np.ndarray  # float32 (G, E): logit_y − logsumexp of the other logits
+    pred: np.ndarray  # int32 (G, E)
+    heldout_prob_sum: np.ndarray | None  # float32 (E, C): Σ_g softmax over members with heldout[g, e]
+
+
+def _evaluate(
+    eval_fn, params, buffers, x: np.ndarray, y: np.ndarray, dev, eval_batch: int, use_amp: bool, heldout=None
+) -> Evaluation:
+    """Per model and example: the predicted class, whether it is the true one, and the true-class
+    margin; with `heldout` (bool (G, E)), the sum of the held-out members' predicted distributions."""
+    correct, margin, pred, held = [], [], [], []
     for a in range(0, len(x), eval_batch):
         xb = torch.from_numpy(x[a : a + eval_batch]).to(dev)
         yb = torch.from_numpy(y[a : a + eval_batch]).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = eval_fn(params, buffers, xb).float()  # (G, E, C)
-        p = logits.softmax(-1)
-        correct.append((logits.argmax(-1) == yb).cpu())
-        prob.append(p.gather(-1, yb.expand(p.shape[0], -1).unsqueeze(-1)).squeeze(-1).cpu())
-    return torch.cat(correct, 1).numpy(), torch.cat(prob, 1).numpy().astype(np.float32)
+        onehot = F.one_hot(yb, logits.shape[-1]).bool().expand_as(logits)
+        true_logit = logits.masked_select(onehot).view(logits.shape[:2])
+        others = logits.masked_fill(onehot, float("-inf")).logsumexp(-1)
+        p_hat = logits.argmax(-1)
+        pred.append(p_hat.to(torch.int32).cpu())
+        correct.append((p_hat == yb).cpu())
+        margin.append((true_logit - others).cpu())
+        if heldout is not None:
+            out = torch.from_numpy(heldout[:, a : a + eval_batch]).to(dev, logits.dtype)
+            held.append(torch.einsum("gec,ge->ec", logits.softmax(-1), out).cpu())
+    return Evaluation(
+        correct=torch.cat(correct, 1).numpy(),
+        margin=torch.cat(margin, 1).numpy().astype(np.float32),
+        pred=torch.cat(pred, 1).numpy(),
+        heldout_prob_sum=torch.cat(held, 0).numpy().astype(np.float32) if heldout is not None else None,
+    )

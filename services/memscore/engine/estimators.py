@@ -65,6 +65,12 @@ class ScoreAccumulator:
         self.prob_out = np.zeros(n, np.float64)
         self.prob2_in = np.zeros(n, np.float64)
         self.prob2_out = np.zeros(n, np.float64)
+        self.margin_in = np.zeros(n, np.float64)  # Σ φ and Σ φ² of the true-class margin
+        self.margin_out = np.zeros(n, np.float64)
+        self.margin2_in = np.zeros(n, np.float64)
+        self.margin2_out = np.zeros(n, np.float64)
+        self.heldout_sum: np.ndarray | None = None  # (n, C) Σ of held-out predicted distributions
+        self.heldout_models = np.zeros(n, np.int64)  # held-out members behind heldout_sum
         self.test_correct = np.zeros(m, np.int64)
 
     @property
@@ -95,11 +101,34 @@ class ScoreAccumulator:
         self.prob_out += np.where(out, p, 0).sum(0)
         self.prob2_in += np.where(M, p * p, 0).sum(0)
         self.prob2_out += np.where(out, p * p, 0).sum(0)
+        phi = trace.train_margin.astype(np.float64)
+        self.margin_in += np.where(M, phi, 0).sum(0)
+        self.margin_out += np.where(out, phi, 0).sum(0)
+        self.margin2_in += np.where(M, phi * phi, 0).sum(0)
+        self.margin2_out += np.where(out, phi * phi, 0).sum(0)
+        if trace.heldout_prob_sum is not None:  # format-1 traces have none
+            if self.heldout_sum is None:
+                self.heldout_sum = np.zeros((self.n, trace.heldout_prob_sum.shape[1]), np.float64)
+            self.heldout_sum += trace.heldout_prob_sum
+            self.heldout_models += out.sum(0)
         self.test_correct += trace.test_correct.sum(0)
 
-    def scores(self) -> dict[str, np.ndarray]:
-        """Per training example: memorization (0/1 and soft) with standard errors, in-sample
-        and held-out accuracy, and the counts n_in, n_out behind them."""
+    def heldout_probs(self) -> np.ndarray | None:
+        """Per training example, the mean predicted distribution of the models that held it out
+        (n × C float32, rows of NaN where none did): cleanlab's out-of-sample `pred_probs`.
+        None when no trace carried held-out distributions (format 1)."""
+        if self.heldout_sum is None:
+            return None
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.heldout_sum / self.heldout_models[:, None]
+        mean[self.heldout_models == 0] = np.nan
+        return mean.astype(np.float32)
+
+    def scores(self, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Per training example: memorization (0/1, soft and logit-scaled) with standard errors,
+        in-sample and held-out accuracy, the counts n_in, n_out behind them, and from the
+        held-out distributions the predicted class and (given the training `labels`) the label
+        quality."""
         acc_in = _mean(self.correct_in, self.n_in)
         acc_out = _mean(self.correct_out, self.n_out)
         soft_in = _mean(self.prob_in, self.n_in)
@@ -116,12 +145,42 @@ class ScoreAccumulator:
             "memorization_stderr": mem_se,
             "memorization_soft": soft_in - soft_out,
             "memorization_soft_stderr": soft_se,
+            **self._logit_memorization(),
             "in_sample_accuracy": acc_in,
             "heldout_accuracy": acc_out,
             "n_in": self.n_in.copy(),
             "n_out": self.n_out.copy(),
+            **label_quality(self.heldout_probs(), labels, self.n),
         }
+
+    def _logit_memorization(self) -> dict[str, np.ndarray]:
+        """sigmoid(mean_in φ) − sigmoid(mean_out φ): the in/out difference of the mean margin
+        (LiRA's logit scaling, where per-example confidences are close to Gaussian), read on the
+        probability scale; its standard error by the delta method, dσ/dφ = σ(1 − σ)."""
+        phi_in = _mean(self.margin_in, self.n_in)
+        phi_out = _mean(self.margin_out, self.n_out)
+        with np.errstate(over="ignore"):
+            s_in, s_out = 1 / (1 + np.exp(-phi_in)), 1 / (1 + np.exp(-phi_out))
+        var = (s_in * (1 - s_in)) ** 2 * _var_of_mean(self.margin_in, self.margin2_in, self.n_in) + (
+            s_out * (1 - s_out)
+        ) ** 2 * _var_of_mean(self.margin_out, self.margin2_out, self.n_out)
+        return {"memorization_logit": s_in - s_out, "memorization_logit_stderr": np.sqrt(var)}
 
     def test_scores(self) -> dict[str, np.ndarray]:
         """Per test example: the fraction of models that classify it correctly."""
         return {"test_accuracy": _mean(self.test_correct, np.full(self.m, self.num_models))}
+
+
+def label_quality(heldout_probs: np.ndarray | None, labels: np.ndarray | None, n: int) -> dict[str, np.ndarray]:
+    """cleanlab's self-confidence on out-of-sample probabilities (Northcutt et al. 2021): the
+    held-out mean probability of the given label (low = likely mislabeled), and the held-out
+    predicted class (-1 where no model held the example out). NaN without labels or held-out
+    distributions."""
+    quality = np.full(n, np.nan)
+    pred = np.full(n, -1, np.int64)
+    if heldout_probs is not None:
+        known = np.isfinite(heldout_probs).all(1)
+        pred[known] = heldout_probs[known].argmax(1)
+        if labels is not None:
+            quality = heldout_probs[np.arange(n), np.asarray(labels, np.int64)].astype(np.float64)
+    return {"label_quality": quality, "predicted_label_heldout": pred}

@@ -15,7 +15,7 @@ import io
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterable
 
 import numpy as np
@@ -25,6 +25,7 @@ from .datasets import Dataset
 from .ensemble import Recipe, TrainOutput, make_recipe, resolve_arch, train_ensemble
 from .estimators import ScoreAccumulator
 from .influence import InfluenceAccumulator, InfluenceResult
+from .reliability import SplitHalf, next_growth
 from .spec import ScoringSpec
 from .subsets import shard_model_ids, subset_size
 
@@ -103,6 +104,7 @@ class ScoringResult:
     summary: dict
     y_train: np.ndarray = field(repr=False, default=None)
     y_test: np.ndarray = field(repr=False, default=None)
+    heldout_probs: np.ndarray | None = field(repr=False, default=None)  # (n, C) float32, cleanlab's pred_probs
 
     def scores_table(self):
         import pyarrow as pa
@@ -152,6 +154,10 @@ class ScoringResult:
             buf = io.BytesIO()
             pq.write_table(table, buf)
             out[name] = buf.getvalue()
+        if self.heldout_probs is not None:  # loads with np.load; rows in training order
+            buf = io.BytesIO()
+            np.save(buf, self.heldout_probs.astype(np.float32))
+            out["heldout_probs.npy"] = buf.getvalue()
         out["summary.json"] = json.dumps(self.summary, indent=2, sort_keys=True, default=_json_default).encode()
         return out
 
@@ -196,6 +202,7 @@ class Reducer:
         self.flipped = np.zeros(0, np.int64) if flipped is None else flipped
         self.scores = ScoreAccumulator(ds.n_train, ds.n_test)
         self.influence = InfluenceAccumulator(ds.n_train, ds.n_test)
+        self.split_half = SplitHalf(ds.n_train, ds.n_test)  # even vs odd model ids: the job's reliability
         self.train_seconds = 0.0
         self.shards: set[int] = set()
         self.devices: set[str] = set()
@@ -206,6 +213,7 @@ class Reducer:
             raise ValueError("trace was computed on a different dataset than this job's")
         self.scores.add(trace)
         self.influence.add(trace)
+        self.split_half.add(trace)
         self.train_seconds += float(trace.meta.get("total_seconds", 0.0))
         if "shard" in trace.meta:
             self.shards.add(int(trace.meta["shard"]))
@@ -213,7 +221,7 @@ class Reducer:
 
     def result(self, with_influence: bool = True) -> ScoringResult:
         t0 = time.perf_counter()
-        s = self.scores.scores()
+        s = self.scores.scores(self.ds.y_train)
         scores = {"index": np.arange(self.ds.n_train, dtype=np.int64), "label": self.ds.y_train.astype(np.int64)}
         scores.update(s)
         if len(self.flipped):
@@ -266,7 +274,8 @@ class Reducer:
                 "torch": _torch_version(),
             },
         }
-        return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test)
+        summary["reliability"] = self.split_half.report()
+        return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test, self.scores.heldout_probs())
 
 
 def _nanmean(a: np.ndarray):
@@ -287,28 +296,44 @@ def run_scoring(
     progress: Callable[[int, int], None] | None = None,
     traces_out: list | None = None,
 ) -> ScoringResult:
-    """The whole job in-process: train every shard, merge, reduce. `progress(models_done,
-    models_total)`."""
+    """The whole job in-process: train every shard, merge, reduce. A self-stopping spec
+    (`until_reliability`) then adds shards while `reliability.next_growth` says so, as the
+    distributed reduce does; the summary's spec has the models trained, `stopped_because` why
+    it ended. `progress(models_done, models_total)`; the total grows with the job."""
     t0 = time.perf_counter()
     ds, flipped = prepare_dataset(ds, spec)
     plan = make_plan(ds, spec)
+    if spec.until_reliability:  # fixed at the start, as the gateway does: model k's shard never changes
+        spec = replace(spec, shard_size=plan.shard_size)
     reducer = Reducer(ds, spec, plan, flipped)
-    done = 0
-    for shard in range(plan.num_shards):
-        g = len(plan.model_ids(shard, spec.models))
-
-        def shard_progress(step, steps, done=done, g=g):
-            if progress is not None:
-                progress(done + g * step / steps, spec.models)
-
-        out = train_shard(ds, spec, plan, shard, device, shard_progress)
-        reducer.add(out.trace)
-        if traces_out is not None:
-            traces_out.append(out.trace)
-        done += g
+    first = 0
+    while True:
+        for shard in range(first, plan.num_shards):
+            out = train_shard(ds, spec, plan, shard, device, _shard_progress(progress, reducer, plan, spec, shard))
+            reducer.add(out.trace)
+            if traces_out is not None:
+                traces_out.append(out.trace)
+        growth = next_growth(spec, reducer.split_half.report())
+        if not growth.add_models:
+            break
+        first = plan.num_shards
+        spec = replace(spec, models=spec.models + growth.add_models)
+        plan = make_plan(ds, spec)
+        reducer.spec, reducer.plan = spec, plan
     result = reducer.result()
+    result.summary["stopped_because"] = growth.stopped_because
     result.summary["timings"]["wall_seconds"] = time.perf_counter() - t0
     return result
+
+
+def _shard_progress(progress, reducer: "Reducer", plan: Plan, spec: ScoringSpec, shard: int):
+    done, g = reducer.scores.num_models, len(plan.model_ids(shard, spec.models))
+
+    def report(step: int, steps: int) -> None:
+        if progress is not None:
+            progress(done + g * step / steps, spec.models)
+
+    return report
 
 
 def merge_traces(ds: Dataset, spec: ScoringSpec, traces: Iterable, flipped=None) -> ScoringResult:
