@@ -1,21 +1,26 @@
-"""Validation experiments for memscore's scores (issue 5), small enough for a 2-core CPU.
+"""Validation experiments for memscore's scores (issues 5 and 10), small enough for a 2-core CPU.
 
 Each subcommand trains what it needs with the engine (`train_ensemble`, `run_scoring`,
 `run_exposure_job`), prints a table, and writes `<name>.json` and `<name>*.png` under `--out`
 (PNGs also under `--img-dir` when given). Measured numbers and the exact commands are in
 docs/validation.md.
 
-    .venv/bin/python bench/validate.py label-noise      --out out/validate --img-dir docs/img
-    .venv/bin/python bench/validate.py convergence      --out out/validate --img-dir docs/img
-    .venv/bin/python bench/validate.py marginal-utility --out out/validate --img-dir docs/img
-    .venv/bin/python bench/validate.py influence        --out out/validate --img-dir docs/img
-    .venv/bin/python bench/validate.py exposure         --out out/validate --img-dir docs/img
+    B="nice -n 10 .venv/bin/python bench/validate.py"; O="--out out/validate --img-dir docs/img"
+    $B label-noise --arch cnn1d --epochs 0 --num-samples 2000 --threads 1 $O
+    $B label-noise --dataset digits --epochs 0 --threads 1 --name label_noise_digits $O
+    $B statistics --threads 1 $O
+    $B convergence $O
+    $B marginal-utility $O
+    $B influence $O
+    $B exposure $O
 
-- label-noise: flip 5/10/20% of mnist1d's training labels; how well do memorization (0/1 and
-  soft) and 1 - held-out accuracy find the flipped examples (AUROC, precision@k with k = number
-  flipped)? Against cleanlab's `get_label_quality_scores` on out-of-sample class probabilities
-  from the *same* K models (the ensemble's held-out predictions), and on a standard 5-fold
-  cross-validation (5 models).
+- label-noise: flip 10% of the training labels; cleanlab on a 5-fold cross-validation against
+  memscore's subset models at equal training time (CV folds and memscore's groups trained
+  alternately, CPU seconds), and the reliability and detection (AUROC, precision@k) of every
+  candidate statistic (`score_statistics`) for K = 8 ... 64 models of the same run.
+- statistics: the same per-K table on a long tail (rare subgroups vs common examples), and for
+  influence from the test example's 0/1 correctness, true-class probability or margin
+  (`influence_statistics`) against planted near-copies and same-subgroup pairs.
 - convergence: split-half Spearman correlation of memorization between two disjoint halves of
   the first K models, as K grows (one run of the largest K; smaller K are its prefixes).
 - marginal-utility: retrain without the top-x% most memorized vs x% random training examples.
@@ -36,7 +41,8 @@ import numpy as np
 
 from memscore.engine.datasets import Dataset, flip_labels, load_longtail, load_mnist1d
 from memscore.engine.ensemble import make_recipe, train_ensemble
-from memscore.engine.estimators import ScoreAccumulator
+from memscore.engine.estimators import ScoreAccumulator, _mean, _var_of_mean
+from memscore.engine.reliability import SplitHalf, models_for, spearman, spearman_brown
 from memscore.engine.traces import Trace
 
 # -- shared helpers -------------------------------------------------------------------------------
@@ -120,8 +126,9 @@ def _cached_trace(args, key: str, make) -> tuple[Trace, float]:
 def _with_probe(ds: Dataset, x_probe: np.ndarray, keep_test: bool = True) -> tuple[Dataset, int]:
     """`ds` whose test set is followed by every probe example once per class (label c in block
     c): the trace's test_prob then holds each model's full class distribution on the probes
-    (the trace itself stores only the true-class probability). Returns (dataset, offset of the
-    probe block)."""
+    (a trace keeps full distributions only as held-out sums over *training* examples; the CV's
+    fold models need theirs on examples outside their training set). Returns (dataset, offset
+    of the probe block)."""
     C = ds.num_classes
     head_x = ds.x_test if keep_test else ds.x_test[:0]
     head_y = ds.y_test if keep_test else ds.y_test[:0]
@@ -144,9 +151,10 @@ def _precision_at_k(score: np.ndarray, positive: np.ndarray, k: int) -> float:
 
 
 def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    """AUROC; an example without an estimate (NaN) gets the median score: no evidence either way."""
     from sklearn.metrics import roc_auc_score
 
-    s = np.where(np.isfinite(score), score, np.nanmin(score) - 1.0)
+    s = np.where(np.isfinite(score), score, np.nanmedian(score))
     return float(roc_auc_score(positive, s))
 
 
@@ -158,106 +166,364 @@ def _mnist1d(args) -> Dataset:
     return load_mnist1d(seed=42, num_samples=args.num_samples)
 
 
+# -- which statistic: reliability and detection per model trained ----------------------------------
+
+
+# Per training example, higher = more memorized (or, for label_quality, more likely mislabeled).
+def score_statistics(acc: ScoreAccumulator) -> dict[str, np.ndarray]:
+    """The candidate per-example statistics from one accumulator (NaN where not estimable):
+    the engine's three memorization columns; with φ = log p_y − log(1 − p_y), the raw margin
+    difference Δφ = mean_in φ − mean_out φ (logit units; the engine's
+    memorization_log_odds), its σ-rescaled version sigmoid(mean_in φ) − sigmoid(mean_out φ)
+    (not a monotone function of it) and its
+    standardized version (Welch's t, NaN below 2 models on a side)
+
+        t = Δφ / sqrt(v_in/n_in + v_out/n_out);
+
+    1 − label_quality, where label_quality, the held-out mean probability of the given label,
+    is mean_out p_y (the number the engine derives from the held-out distributions, available
+    here for any subset of models); and −mean_out φ, the same on the logit scale."""
+    s = acc.scores()
+    phi_out = _mean(acc.margin_out, acc.n_out)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d_phi = _mean(acc.margin_in, acc.n_in) - phi_out
+        se = np.sqrt(
+            _var_of_mean(acc.margin_in, acc.margin2_in, acc.n_in)
+            + _var_of_mean(acc.margin_out, acc.margin2_out, acc.n_out)
+        )
+    return {
+        "memorization": s["memorization"],
+        "memorization_soft": s["memorization_soft"],
+        "σ-rescaled Δφ": _sigmoid(_mean(acc.margin_in, acc.n_in)) - _sigmoid(phi_out),
+        "memorization_log_odds (Δφ)": s["memorization_log_odds"],
+        "Δφ / se (Welch t)": d_phi / se,
+        "1 - label_quality": 1.0 - _mean(acc.prob_out, acc.n_out),
+        "-mean_out φ": -phi_out,
+    }
+
+
+def _split_half(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None, int]:
+    """Spearman (the engine's reliability) and Pearson correlation of two halves' estimates
+    over the examples both estimate; (spearman, pearson, examples). Pearson is classical test
+    theory's reliability of the values: where most examples' true score is about 0 (a long
+    tail), Spearman mostly measures how consistently the noise around 0 is ranked."""
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < 3:
+        return None, None, int(both.sum())
+    x, y = a[both] - a[both].mean(), b[both] - b[both].mean()
+    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return spearman(a[both], b[both]), (float((x * y).sum()) / den if den > 0 else None), int(both.sum())
+
+
+def statistics_by_k(traces: list[Trace], ks: list[int], truth: np.ndarray, stats=score_statistics) -> list[dict]:
+    """For each K in `ks` (the traces, in model-id order, must end exactly at each K): per
+    statistic, split-half reliability (even vs odd ids of the first K models, K/2 each) with
+    its Spearman–Brown projection to K and the models projected for 0.95, coverage (fraction
+    of examples with an estimate from all K), and detection of `truth` (AUROC, precision@k with
+    k = truth.sum()) from all K models."""
+    n, m = traces[0].masks.shape[1], traces[0].test_correct.shape[1]
+    full, halves = ScoreAccumulator(n, m), SplitHalf(n, m)
+    points, k = [], int(truth.sum())
+    for tr in traces:
+        full.add(tr)
+        halves.add(tr)
+        K = full.num_models
+        if K not in ks:
+            continue
+        s_all, (s_even, s_odd) = stats(full), (stats(h) for h in halves.halves)
+        point = {"K": K, "statistics": {}}
+        for name, score in s_all.items():
+            r, pearson, examples = _split_half(s_even[name], s_odd[name])
+            rho = spearman_brown(r) if r is not None else None
+            point["statistics"][name] = {
+                "split_half_spearman": r,
+                "spearman_brown": rho,
+                "models_for_0_95": models_for(rho, K),
+                "split_half_pearson": pearson,
+                "examples_both_halves": examples,
+                "coverage": float(np.isfinite(score).mean()),
+                "auroc": _auroc(score, truth),
+                "precision_at_k": _precision_at_k(score, truth, k),
+            }
+        points.append(point)
+    return points
+
+
+def _v(x):
+    return "-" if x is None else x
+
+
+def _print_by_k(points: list[dict]) -> None:
+    rows = [
+        [
+            f"{p['K']}" + (f" ({p['seconds']['cpu']:.0f} s)" if "seconds" in p else ""),
+            name,
+            _v(v["split_half_spearman"]),
+            _v(v["spearman_brown"]),
+            v["models_for_0_95"] or "-",
+            _v(v["split_half_pearson"]),
+            v["coverage"],
+            v["auroc"],
+            v["precision_at_k"],
+        ]
+        for p in points
+        for name, v in p["statistics"].items()
+    ]
+    header = ["K", "statistic", "Spearman r", "SB(K)", "K for 0.95", "Pearson r", "coverage", "AUROC", "P@k"]
+    print(_table(header, rows))
+
+
+def _plot_by_k(title: str, points: list[dict], panels: list[tuple[str, str]], args, name: str) -> None:
+    """One panel per (key, label) of `panels`: that figure against K, one line per statistic."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
+    Ks = [p["K"] for p in points]
+    for ax, (key, label) in zip(axes[0], panels):
+        for stat in points[0]["statistics"]:
+            ys = [p["statistics"][stat][key] for p in points]
+            ax.plot(Ks, [np.nan if y is None else y for y in ys], "o-", label=stat)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(Ks, [str(k) for k in Ks])
+        ax.set_xlabel("K (models trained)")
+        ax.set_ylabel(label)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save_fig(fig, args, name)
+
+
+MEMORIZATION_PANELS = [
+    ("split_half_spearman", "split-half Spearman (K/2 vs K/2)"),
+    ("split_half_pearson", "split-half Pearson (K/2 vs K/2)"),
+    ("auroc", "AUROC"),
+]
+
+
+def _train_models(
+    ds: Dataset, args, ids: list[int], ratio: float = 0.7, epochs: int | None = None
+) -> tuple[Trace, dict]:
+    """Models `ids` trained at once; (trace, seconds: optimisation steps, wall and process CPU
+    time of the whole call incl. evaluation)."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = train_ensemble(
+        ds,
+        args.arch,
+        ids,
+        ratio,
+        args.seed,
+        make_recipe(args.arch, epochs=args.epochs if epochs is None else epochs),
+        device=args.device,
+        group_size=len(ids),
+    )
+    seconds = {
+        "train": out.trace.meta["train_seconds"],
+        "wall": time.perf_counter() - w0,
+        "cpu": time.process_time() - c0,
+    }
+    return out.trace, seconds
+
+
 # -- label noise ------------------------------------------------------------------------------------
 
 
+def _fold_probs(ds: Dataset, args, te: np.ndarray, fold: int) -> tuple[np.ndarray, dict]:
+    """One cross-validation model trained on every training example but `te`, and its class
+    distribution on `te` (the test set is `te` once per class, see `_with_probe`)."""
+    tr = np.setdiff1d(np.arange(ds.n_train), te)
+    fold_ds, _ = _with_probe(
+        replace(ds, x_train=ds.x_train[tr], y_train=ds.y_train[tr], extras={}), ds.x_train[te], keep_test=False
+    )
+    # ratio (n-1)/n: the engine's subsets are strict, so the fold model sees all but one example.
+    trace, seconds = _train_models(fold_ds, args, [fold], ratio=(len(tr) - 1) / len(tr))
+    return _probe_probs(trace, 0, len(te), ds.num_classes)[0], seconds
+
+
+def _issues(labels: np.ndarray, probs: np.ndarray, flipped: np.ndarray) -> dict:
+    """cleanlab's `find_label_issues` on `probs` (rows without an estimate: uniform): the size,
+    precision and recall of the set it flags."""
+    from cleanlab.filter import find_label_issues
+
+    flagged = find_label_issues(labels, _uniform_where_missing(probs))
+    hits = int((flagged & flipped).sum())
+    return {
+        "flagged": int(flagged.sum()),
+        "precision": hits / max(int(flagged.sum()), 1),
+        "recall": hits / max(int(flipped.sum()), 1),
+    }
+
+
+def _label_noise_run(ds: Dataset, args, fold_of: np.ndarray):
+    """The CV's out-of-fold distributions and memscore's traces, trained alternately (a CV
+    fold, a group of memscore models, ...) so both see the same machine load. Returns
+    (memscore traces per group, cumulative seconds after each group, out-of-fold probs, CV seconds)."""
+    n, C = ds.n_train, ds.num_classes
+    # Untimed warm-up of both shapes (G = 1 and G = --group): the first training in a process
+    # pays one-off costs (oneDNN primitives, allocator growth; docs/performance.md).
+    _train_models(ds, args, list(range(args.group)), epochs=1)
+    _train_models(ds, args, [0], epochs=1)
+    zero = {"train": 0.0, "wall": 0.0, "cpu": 0.0}
+    oof, cv_sec = np.full((n, C), np.nan), dict(zero)
+    traces, cum = [], []
+    groups = [list(range(a, min(a + args.group, args.models))) for a in range(0, args.models, args.group)]
+    for step in range(max(len(groups), args.folds)):
+        if step < len(groups):
+            tr, sec = _train_models(ds, args, groups[step])
+            traces.append(tr)
+            cum.append({key: (cum[-1] if cum else zero)[key] + sec[key] for key in sec})
+            ids = f"{groups[step][0]}-{groups[step][-1]}"
+            print(f"  memscore models {ids}: {sec['cpu']:.1f} s CPU, {sec['wall']:.1f} s wall")
+        if step < args.folds:
+            te = np.flatnonzero(fold_of == step)
+            oof[te], sec = _fold_probs(ds, args, te, step)
+            cv_sec = {key: cv_sec[key] + sec[key] for key in sec}
+            print(f"  CV fold {step}: {sec['cpu']:.1f} s CPU, {sec['wall']:.1f} s wall")
+    return traces, cum, oof / oof.sum(1, keepdims=True), cv_sec
+
+
+def _cached_label_noise_run(ds: Dataset, args, frac: float):
+    """`_label_noise_run`, saved under --out (traces, probabilities and the seconds measured
+    when they were trained) and reused by a later run with the same configuration."""
+    key = (
+        f"labelnoise-{ds.name}-{ds.n_train}-{args.arch}-e{args.epochs}-K{args.models}-g{args.group}"
+        f"-f{args.folds}-t{args.threads}-s{args.seed}-n{frac:g}"
+    )
+    base = Path(args.out) / f"run-{key}"
+    meta_path = Path(f"{base}.json")  # not with_suffix: the key holds dots
+    if meta_path.exists() and not args.no_cache:
+        meta = json.loads(meta_path.read_text())
+        print(f"reusing {base}* (trained in {meta['cum'][-1]['cpu'] + meta['cv']['cpu']:.0f} CPU s)")
+        traces = [Trace.from_bytes(Path(f"{base}-g{i}.npz").read_bytes()) for i in range(len(meta["cum"]))]
+        return traces, meta["cum"], np.load(f"{base}-oof.npy"), meta["cv"]
+    fold_of = np.random.default_rng([args.seed, 5]).permutation(ds.n_train) % args.folds
+    traces, cum, oof, cv_sec = _label_noise_run(ds, args, fold_of)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for i, tr in enumerate(traces):
+        Path(f"{base}-g{i}.npz").write_bytes(tr.to_bytes())
+    np.save(f"{base}-oof.npy", oof)
+    meta_path.write_text(json.dumps({"cum": cum, "cv": cv_sec}))
+    return traces, cum, oof, cv_sec
+
+
 def label_noise(args) -> dict:
+    """At equal training time: cleanlab on 5-fold cross-validation (one model per fold, trained
+    alone, as `cross_val_predict` would) vs memscore's first K subset models (trained `--group`
+    at a time), for the two K whose training time brackets the CV's. Training continues to
+    `--models` for the reliability-vs-K table."""
     from cleanlab.rank import get_label_quality_scores
 
     base = _mnist1d(args)
-    n, C = base.n_train, base.num_classes
-    rows, results = [], []
-    fig_data = {}
+    n = base.n_train
+    ks = sorted(k for k in args.ks if k <= args.models)
+    results, rows = [], []
     for frac in args.noise:
         ds, flipped_idx = flip_labels(base, frac, args.seed)
         flipped = np.zeros(n, bool)
         flipped[flipped_idx] = True
         k = int(flipped.sum())
-
-        # FZ: K subset models; their held-out class probabilities also feed cleanlab.
-        probe, offset = _with_probe(ds, ds.x_train)
-        trace, fz_seconds = _train(probe, args, args.models)
-        s = _scores(trace)
-        P = _probe_probs(trace, offset, n, C)  # (K, n, C)
-        out = ~trace.masks
-        with np.errstate(invalid="ignore"):
-            heldout_probs = (out[:, :, None] * P).sum(0) / out.sum(0)[:, None]
-        heldout_probs = np.nan_to_num(heldout_probs, nan=1.0 / C)
-        heldout_probs /= heldout_probs.sum(1, keepdims=True)
-        t0 = time.perf_counter()
-        cl_ens = 1.0 - get_label_quality_scores(ds.y_train, heldout_probs)  # self_confidence
-        cl_ens_margin = 1.0 - get_label_quality_scores(ds.y_train, heldout_probs, method="normalized_margin")
-        cl_ens_seconds = time.perf_counter() - t0
-
-        # cleanlab's usual recipe: out-of-fold probabilities from a 5-fold cross-validation.
-        rng = np.random.default_rng([args.seed, 5])
-        fold_of = rng.permutation(n) % args.folds
-        oof = np.zeros((n, C))
-        t0 = time.perf_counter()
-        for f in range(args.folds):
-            tr, te = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
-            fold_ds, _ = _with_probe(
-                replace(ds, x_train=ds.x_train[tr], y_train=ds.y_train[tr], extras={}), ds.x_train[te], keep_test=False
-            )
-            # ratio (n-1)/n: the engine's subsets are strict, so each fold model sees all but one example.
-            ft, _ = _train(fold_ds, args, 1, ratio=(len(tr) - 1) / len(tr), ids=[f])
-            oof[te] = _probe_probs(ft, 0, len(te), C)[0]
-        oof /= oof.sum(1, keepdims=True)
-        cv_train_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        cl_cv = 1.0 - get_label_quality_scores(ds.y_train, oof)
-        cl_cv_seconds = time.perf_counter() - t0 + cv_train_seconds
-
+        traces, cum, oof, cv_sec = _cached_label_noise_run(ds, args, frac)
+        # Equal time: the two group boundaries whose CPU seconds bracket the CV's. CPU time, not
+        # wall time: on a shared machine a call's wall time depends on what else runs then; with
+        # one torch thread (--threads 1) CPU seconds are what an idle machine's wall clock shows.
+        below = [i for i, c in enumerate(cum) if c["cpu"] <= cv_sec["cpu"]]
+        above = [i for i, c in enumerate(cum) if c["cpu"] >= cv_sec["cpu"]]
+        bracket = sorted({below[-1] if below else 0, above[0] if above else len(cum) - 1})
         methods = {
-            "memorization (0/1)": (s["memorization"], args.models, fz_seconds),
-            "memorization_soft": (s["memorization_soft"], args.models, fz_seconds),
-            "1 - heldout_accuracy": (1.0 - s["heldout_accuracy"], args.models, fz_seconds),
-            "cleanlab self_confidence, ensemble held-out probs": (cl_ens, args.models, fz_seconds + cl_ens_seconds),
-            "cleanlab normalized_margin, ensemble held-out probs": (
-                cl_ens_margin,
-                args.models,
-                fz_seconds + cl_ens_seconds,
-            ),
-            f"cleanlab self_confidence, {args.folds}-fold CV": (cl_cv, args.folds, cl_cv_seconds),
+            f"cleanlab {args.folds}-fold CV: self_confidence": (
+                1 - get_label_quality_scores(ds.y_train, oof),  # self_confidence
+                args.folds,
+                cv_sec,
+                _issues(ds.y_train, oof, flipped),
+            )
         }
-        mem = s["memorization"]
+        for g in bracket:
+            acc = ScoreAccumulator(n, ds.n_test)
+            for tr in traces[: g + 1]:
+                acc.add(tr)
+            K, stats, s = acc.num_models, score_statistics(acc), acc.scores(ds.y_train)
+            assert np.allclose(1 - stats["1 - label_quality"], s["label_quality"], atol=1e-4, equal_nan=True)
+            methods.update({f"memscore K={K}: {name}": (v, K, cum[g], None) for name, v in stats.items()})
+            # Why the σ-rescaled Δφ misses flipped labels: the median in/out mean margins of the
+            # flipped examples and of the clean ones among its k highest.
+            with np.errstate(invalid="ignore", divide="ignore"):
+                phi_in, phi_out = acc.margin_in / acc.n_in, acc.margin_out / acc.n_out
+            top = np.argsort(-np.nan_to_num(stats["σ-rescaled Δφ"], nan=-np.inf), kind="stable")[:k]
+            clean_top = top[~flipped[top]]
+            margins = {
+                "flipped": [float(np.nanmedian(phi_in[flipped])), float(np.nanmedian(phi_out[flipped]))],
+                "clean_in_logit_top_k": [
+                    float(np.nanmedian(phi_in[clean_top])),
+                    float(np.nanmedian(phi_out[clean_top])),
+                ],
+                "clean_in_logit_top_k_count": int(len(clean_top)),
+            }
+            print(f"K={K}: median (mean_in φ, mean_out φ): {margins}")
+            methods[f"memscore K={K}: cleanlab on heldout_probs"] = (
+                1 - get_label_quality_scores(ds.y_train, _uniform_where_missing(acc.heldout_probs())),
+                K,
+                cum[g],
+                _issues(ds.y_train, acc.heldout_probs(), flipped),
+            )
         level = {
             "noise": frac,
             "flipped": k,
             "n_train": n,
-            "mean_test_accuracy": float(trace.test_correct[:, :offset].mean()),
+            "cv_seconds": cv_sec,
+            "memscore_seconds_by_models": {
+                sum(len(t.model_ids) for t in traces[: i + 1]): c for i, c in enumerate(cum)
+            },
+            "K_bracketing_cv_time": [sum(len(t.model_ids) for t in traces[: g + 1]) for g in bracket],
+            "median_margins_at_largest_bracket_K": margins,
+            "mean_test_accuracy": float(np.mean([t.test_accuracy.mean() for t in traces])),
             "mean_in_sample_accuracy": float(np.nanmean(s["in_sample_accuracy"])),
-            "flipped_mem_ge_0.25": float((mem[flipped] >= 0.25).mean()),
-            "clean_mem_ge_0.25": float((mem[~flipped] >= 0.25).mean()),
             "methods": {},
         }
-        for name, (score, models, seconds) in methods.items():
+        for name, (score, models, sec, issues) in methods.items():
             auroc, pk = _auroc(score, flipped), _precision_at_k(score, flipped, k)
-            level["methods"][name] = {"auroc": auroc, "precision_at_k": pk, "models": models, "seconds": seconds}
-            rows.append([f"{frac:.0%}", k, name, models, auroc, pk, round(seconds, 1)])
+            level["methods"][name] = {
+                "auroc": auroc,
+                "precision_at_k": pk,
+                "models": models,
+                "seconds": sec,
+                "find_label_issues": issues,
+            }
+            f = issues or {}
+            rows.append(
+                [
+                    f"{frac:.0%}",
+                    name,
+                    models,
+                    f"{sec['cpu']:.1f}",
+                    f"{sec['wall']:.1f}",
+                    auroc,
+                    pk,
+                    f.get("flagged", "-"),
+                    f.get("precision", "-"),
+                    f.get("recall", "-"),
+                ]
+            )
+        level["by_k"] = statistics_by_k(traces, ks, flipped)
+        for p in level["by_k"]:
+            p["seconds"] = level["memscore_seconds_by_models"][p["K"]]
         results.append(level)
-        fig_data[frac] = (s["memorization_soft"], flipped)
         print(
-            f"noise {frac:.0%}: test acc {level['mean_test_accuracy']:.3f}, in-sample "
-            f"{level['mean_in_sample_accuracy']:.3f}, "
-            f"mem>=0.25: {level['flipped_mem_ge_0.25']:.0%} of flipped vs {level['clean_mem_ge_0.25']:.1%} of clean"
+            f"noise {frac:.0%}: {k} flipped; test acc {level['mean_test_accuracy']:.3f}, in-sample "
+            f"{level['mean_in_sample_accuracy']:.3f} at K={acc.num_models}; CV {cv_sec['cpu']:.1f} CPU s "
+            f"({cv_sec['wall']:.1f} wall); memscore K={level['K_bracketing_cv_time']}"
         )
+        _print_by_k(level["by_k"])
 
-    print(_table(["noise", "k", "method", "models", "AUROC", "P@k", "seconds"], rows))
-    plt = _plt()
-    fig, axes = plt.subplots(1, len(fig_data), figsize=(4.2 * len(fig_data), 3.2), squeeze=False)
-    bins = np.linspace(-0.5, 1.0, 31)
-    for ax, (frac, (soft, flipped)) in zip(axes[0], fig_data.items()):
-        ax.hist(soft[~flipped & np.isfinite(soft)], bins=bins, alpha=0.6, label="clean", density=True)
-        ax.hist(soft[flipped & np.isfinite(soft)], bins=bins, alpha=0.6, label="flipped", density=True)
-        ax.set_title(f"{frac:.0%} labels flipped")
-        ax.set_xlabel("soft memorization")
-    axes[0][0].legend()
-    fig.suptitle(f"{base.name} ({n} train), {args.arch}, K={args.models}", y=1.04)
-    _save_fig(fig, args, f"{args.name}.png")
+    print(_table(["noise", "method", "models", "CPU s", "wall s", "AUROC", "P@k", "flagged", "prec", "recall"], rows))
+    title = f"{base.name} ({n} train, {args.noise[-1]:.0%} flipped), {args.arch}: finding flipped labels"
+    _plot_by_k(title, results[-1]["by_k"], MEMORIZATION_PANELS, args, f"{args.name}_by_k.png")
     payload = {"config": _config(args), "levels": results}
     _save_json(args, args.name, payload)
     return payload
+
+
+def _uniform_where_missing(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, np.float64).copy()
+    p[~np.isfinite(p).all(1)] = 1.0 / p.shape[1]
+    return p / p.sum(1, keepdims=True)
 
 
 # -- convergence ------------------------------------------------------------------------------------
@@ -534,6 +800,185 @@ def influence(args) -> dict:
     return payload
 
 
+# -- statistics: long tail and influence ----------------------------------------------------------
+
+
+def _influence_matrix(masks: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """FZ eq. 2 for an outcome y (K, m) per model and test example: mean over the models that
+    trained on i minus the mean over those that did not, (n, m); NaN where a side is empty."""
+    M = masks.astype(np.float64)
+    n_in = M.sum(0)[:, None]
+    n_out = M.shape[0] - n_in
+    s_in = M.T @ y
+    s_out = y.sum(0)[None, :] - s_in
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_in > 0) & (n_out > 0), s_in / n_in - s_out / n_out, np.nan)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def influence_statistics(masks: np.ndarray, test_correct: np.ndarray, test_margin: np.ndarray) -> dict[str, np.ndarray]:
+    """Influence (n, m) with three outcomes of the test example: correct (0/1, FZ), the
+    true-class probability p' = sigmoid(φ'), and the mean margin read on the probability scale,
+    sigmoid(mean_in φ') − sigmoid(mean_out φ') (the σ-rescaled Δφ)."""
+    phi = test_margin.astype(np.float64)
+    M = masks.astype(np.float64)
+    n_in = M.sum(0)[:, None]
+    n_out = M.shape[0] - n_in
+    s_in = M.T @ phi
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logit = _sigmoid(s_in / n_in) - _sigmoid((phi.sum(0)[None, :] - s_in) / n_out)
+    return {
+        "influence (0/1)": _influence_matrix(masks, test_correct.astype(np.float64)),
+        "influence_soft": _influence_matrix(masks, _sigmoid(phi)),
+        "influence_logit": np.where((n_in > 0) & (n_out > 0), logit, np.nan),
+    }
+
+
+def _top1(infl: np.ndarray, test_idx: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each test example's most influential training example, ties broken at random."""
+    block = np.nan_to_num(infl[:, test_idx], nan=-np.inf)
+    jitter = rng.random(block.shape) * 1e-9  # below any difference of two means of <= 64 models
+    return np.argmax(block + jitter, axis=0)
+
+
+def influence_by_k(
+    traces: list[Trace], ks: list[int], pair_truth: np.ndarray, targets: dict, rare_test: np.ndarray, seed: int
+) -> list[dict]:
+    """Per K and influence statistic: split-half Spearman and Pearson over all n × m pairs, and
+    how often the halves agree on the top-1 training example of the `rare_test` examples; AUROC
+    and precision@k (k = true pairs) of the true pairs `pair_truth` (n, m) among all; recall@1
+    for each named set of (test indices, their true training example) in `targets`."""
+    masks = np.concatenate([t.masks for t in traces])
+    correct = np.concatenate([t.test_correct for t in traces])
+    margin = np.concatenate([t.test_margin for t in traces])
+    ids = np.concatenate([t.model_ids for t in traces])
+    points = []
+    for K in ks:
+        first = np.arange(K)
+        halves = [first[ids[first] % 2 == p] for p in (0, 1)]
+        full = influence_statistics(masks[first], correct[first], margin[first])
+        even, odd = (influence_statistics(masks[h], correct[h], margin[h]) for h in halves)
+        point = {"K": K, "statistics": {}}
+        for name, infl in full.items():
+            r, pearson, pairs = _split_half(even[name].ravel(), odd[name].ravel())
+            v = {
+                "split_half_spearman": r,
+                "split_half_pearson": pearson,
+                "pairs_both_halves": pairs,
+                "auroc_true_pairs": _auroc(infl.ravel(), pair_truth.ravel()),
+                "precision_at_k_pairs": _precision_at_k(infl.ravel(), pair_truth.ravel(), int(pair_truth.sum())),
+            }
+            for tag, (test_idx, train_idx) in targets.items():
+                top = _top1(infl, test_idx, np.random.default_rng([seed, K, 13]))
+                v[f"recall_at_1_{tag}"] = float((top == train_idx).mean())
+            # What a user of the per-test-example top-k sees: do two halves name the same top-1?
+            tops = [_top1(h[name], rare_test, np.random.default_rng([seed, K, p])) for p, h in enumerate((even, odd))]
+            v["top1_agreement_rare_test"] = float((tops[0] == tops[1]).mean())
+            point["statistics"][name] = v
+        points.append(point)
+    return points
+
+
+def statistics(args) -> dict:
+    """Which statistic needs fewest models, on the planted long tail of `influence`: memorization
+    statistics against the rare subgroups (the long tail), influence statistics against the
+    planted near-copies, the generator's unique twins and all same-subgroup pairs."""
+    base = load_longtail(seed=args.seed, n_train=args.n_train, n_test=args.n_test, rare_train=(1, 2))
+    ds, test_idx, copy_idx = plant_near_copies(base, args.plant, args.seed, args.copy_noise)
+    sub_tr, sub_te = ds.extras["train_subgroup"], ds.extras["test_subgroup"]
+    rare = sub_tr >= 0
+
+    def train() -> tuple[Trace, float]:
+        groups = [list(range(a, min(a + args.group, args.models))) for a in range(0, args.models, args.group)]
+        out = [_train_models(ds, args, ids) for ids in groups]
+        both = Trace(
+            **{
+                f: np.concatenate([getattr(t, f) for t, _ in out])
+                for f in ("model_ids", "masks", "train_correct", "train_margin", "test_correct", "test_margin")
+            }
+        )
+        return both, sum(sec["cpu"] for _, sec in out)
+
+    key = f"statistics-longtail-{ds.n_train}-{args.arch}-e{args.epochs}-K{args.models}-g{args.group}-s{args.seed}"
+    trace, seconds = _cached_trace(args, key, train)
+    traces = [trace.select(np.arange(a, min(a + args.group, args.models))) for a in range(0, args.models, args.group)]
+    ks = sorted(k for k in args.ks if k <= args.models)
+
+    mem_points = statistics_by_k(traces, ks, rare)
+    print(
+        f"longtail ({ds.n_train} train, {int(rare.sum())} in rare subgroups; {ds.n_test} test), {args.arch}, "
+        f"{args.models} models: {seconds:.0f} CPU s of training"
+    )
+    print("memorization statistics, truth = rare-subgroup training examples:")
+    _print_by_k(mem_points)
+
+    # The generator's own unique twins (as in `influence`): rare test examples, not planted,
+    # whose subgroup has exactly one training example.
+    groups, counts = np.unique(sub_tr[rare], return_counts=True)
+    single = {int(g): int(np.flatnonzero(sub_tr == g)[0]) for g in groups[counts == 1]}
+    twins = np.array([j for j in np.flatnonzero(sub_te >= 0) if int(sub_te[j]) in single and j not in test_idx])
+    targets = {
+        "planted": (test_idx, copy_idx),
+        "unique_twins": (twins, np.array([single[int(sub_te[j])] for j in twins])),
+    }
+    pair_truth = (sub_tr[:, None] == sub_te[None, :]) & (sub_tr[:, None] >= 0)
+    infl_points = influence_by_k(traces, ks, pair_truth, targets, np.flatnonzero(sub_te >= 0), args.seed)
+    print(
+        f"influence statistics, truth = the {int(pair_truth.sum())} same-rare-subgroup pairs of "
+        f"{pair_truth.size}; {len(test_idx)} planted copies; {len(twins)} unique twins:"
+    )
+    rows = [
+        [
+            p["K"],
+            name,
+            _v(v["split_half_spearman"]),
+            _v(v["split_half_pearson"]),
+            v["top1_agreement_rare_test"],
+            v["auroc_true_pairs"],
+            v["precision_at_k_pairs"],
+            v["recall_at_1_planted"],
+            v["recall_at_1_unique_twins"],
+        ]
+        for p in infl_points
+        for name, v in p["statistics"].items()
+    ]
+    header = [
+        "K",
+        "statistic",
+        "Spearman r",
+        "Pearson r",
+        "top-1 agree",
+        "AUROC pairs",
+        "P@k pairs",
+        "R@1 planted",
+        "R@1 twins",
+    ]
+    print(_table(header, rows))
+
+    title = f"longtail ({ds.n_train} train), {args.arch}"
+    _plot_by_k(f"{title}: rare vs common", mem_points, MEMORIZATION_PANELS, args, "statistics_longtail.png")
+    panels = [
+        ("top1_agreement_rare_test", f"halves agree on top-1, {int((sub_te >= 0).sum())} rare test"),
+        ("auroc_true_pairs", "AUROC, same-subgroup pairs"),
+        ("recall_at_1_unique_twins", f"recall@1, {len(twins)} unique twins"),
+    ]
+    _plot_by_k(f"{title}: influence", infl_points, panels, args, "statistics_influence.png")
+    payload = {
+        "config": _config(args),
+        "train_cpu_seconds": seconds,
+        "memorization": mem_points,
+        "influence": infl_points,
+        "rare_train_examples": int(rare.sum()),
+        "unique_twins": int(len(twins)),
+    }
+    _save_json(args, "statistics", payload)
+    return payload
+
+
 # -- exposure ---------------------------------------------------------------------------------------
 
 
@@ -630,10 +1075,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--name", default="label_noise", help="basename of the JSON and PNG written")
     p.add_argument("--num-samples", type=int, default=1250, help="mnist1d examples (80%% train)")
-    p.add_argument("--models", type=int, default=32)
-    p.add_argument("--noise", type=_floats, default=[0.05, 0.1, 0.2])
+    p.add_argument("--models", type=int, default=64, help="memscore models trained (the largest K)")
+    p.add_argument(
+        "--ks", type=_ints, default=[8, 16, 32, 64], help="K of the reliability table (multiples of --group)"
+    )
+    p.add_argument("--group", type=int, default=8, help="memscore models trained at once")
+    p.add_argument("--noise", type=_floats, default=[0.1])
     p.add_argument("--folds", type=int, default=5)
     p.set_defaults(func=label_noise)
+
+    p = sub.add_parser("statistics", help="reliability and detection per K: memorization and influence statistics")
+    common(p)
+    p.add_argument("--n-train", type=int, default=1000)
+    p.add_argument("--n-test", type=int, default=300)
+    p.add_argument("--plant", type=int, default=10, help="rare test examples copied into train")
+    p.add_argument("--copy-noise", type=float, default=0.03, help="pixel noise on each planted copy")
+    p.add_argument("--models", type=int, default=64)
+    p.add_argument("--ks", type=_ints, default=[8, 16, 32, 64], help="multiples of --group")
+    p.add_argument("--group", type=int, default=8, help="models trained at once")
+    p.set_defaults(func=statistics)
 
     p = sub.add_parser("convergence", help="split-half Spearman of memorization vs K")
     common(p)

@@ -132,3 +132,20 @@ def test_run_writes_heldout_probs_that_cleanlab_accepts_and_flags_flipped_labels
     assert flipped[issues].mean() > 3 * flipped.mean()  # cleanlab's picks are mostly the flipped ones
     quality = scores["label_quality"].to_numpy()[known]
     assert quality[flipped].mean() < quality[~flipped].mean() - 0.2
+
+
+def test_run_until_reliability_reports_reliability_and_why_it_stopped(tmp_path, capsys, torch_one_thread):
+    out = tmp_path / "grown"
+    flags = ["--dataset", "mnist1d", "--model", "mlp", "--models", "4", "--shard-size", "2", "--epochs", "3"]
+    flags += ["--seed", "1", "--until-reliability", "0.9", "--max-models", "8", "--out", str(out), "--quiet"]
+    assert main(["run", *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "reliability (split-half, Spearman-Brown): memorization " in printed
+    assert "stopped at 8 models (max_models)" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_because"] == "max_models" and summary["spec"]["models"] == 8
+    for metric in ("memorization", "memorization_soft"):
+        assert {"split_half_spearman", "spearman_brown", "models_for_0_95"} <= set(summary["reliability"][metric])
+    bad = ["run", "--dataset", "mnist1d", "--models", "100", "--until-reliability", "0.9", "--max-models", "200"]
+    assert main([*bad, "--out", str(out), "--quiet"]) == 2
+    assert "--models: a self-stopping job grows by whole shards" in capsys.readouterr().err

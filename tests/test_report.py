@@ -176,3 +176,31 @@ def test_a_dataset_that_is_not_the_runs_is_refused(digits_run):
     summary["spec"]["label_noise"] = 0.0  # reloading without the flips gives other labels
     ds, why = load_dataset_for_report(summary)
     assert ds is None and "not the data" in why
+
+
+def test_the_report_shows_each_scores_split_half_reliability(digits_run):
+    files = {name: (digits_run / name).read_bytes() for name in ("scores.parquet", "influence.parquet", "summary.json")}
+    scores, influence, summary = read_result_files(files)
+    page = render_report(scores, influence, summary, None)
+    section = page.split('<section id="reliability">', 1)[1].split("</section>", 1)[0]
+    for metric, r in summary["reliability"].items():
+        row = section.split(f"<td>{metric}</td>", 1)[1].split("</tr>", 1)[0]
+        assert f"{r['spearman_brown']:.3f}" in row and str(r["models_for_0_95"]) in row
+    assert "The 8 models split by the parity of their id" in section and "Self-stopping" not in section
+    del summary["reliability"]  # results written before every job reported it
+    assert 'id="reliability"' not in render_report(scores, influence, summary, None)
+
+
+def test_the_report_shows_raw_and_noise_corrected_memorized_fractions_side_by_side(digits_run):
+    files = {name: (digits_run / name).read_bytes() for name in ("scores.parquet", "influence.parquet", "summary.json")}
+    scores, influence, summary = read_result_files(files)
+    page = render_report(scores, influence, summary, None)
+    c = summary["fraction_memorization_ge_corrected"]["0.25"]
+    row = page.split("noise-corrected ≥ 0.25 / ≥ 0.5", 1)[1].split("</tr>", 1)[0]
+    assert f"{c['estimate']:.3f}" in row and f"{c['lower']:.3f}" in row and "95% interval" in row
+    beyond = page.split("memorized beyond doubt", 1)[1].split("</tr>", 1)[0]
+    assert f"{summary['count_memorization_lower_ge_0_25']} examples" in beyond
+    del summary["fraction_memorization_ge_corrected"]  # a job reduced before this figure existed
+    old = render_report(scores, influence, summary, None).split("noise-corrected ≥ 0.25 / ≥ 0.5", 1)[1]
+    row = old.split("</tr>", 1)[0]
+    assert "–" in row and "interval" not in row

@@ -93,10 +93,10 @@ class Client:
     def cancel(self, job_id: str) -> job_pb2.Job:
         return self.scoring.CancelJob(spb.CancelJobRequest(job_id=job_id), timeout=self.timeout).job
 
-    def extend(self, job_id: str, additional_models: int) -> job_pb2.Job:
-        return self.scoring.ExtendJob(
-            spb.ExtendJobRequest(job_id=job_id, additional_models=additional_models), timeout=self.timeout
-        ).job
+    def extend(self, job_id: str, additional_models: int, request_id: str = "") -> job_pb2.Job:
+        """Add models to a SUCCEEDED scoring job; a retry with the same `request_id` extends once."""
+        req = spb.ExtendJobRequest(job_id=job_id, additional_models=additional_models, request_id=request_id)
+        return self.scoring.ExtendJob(req, timeout=self.timeout).job
 
     def watch(self, job_id: str, timeout: float | None = None) -> Iterator[job_pb2.JobEvent]:
         """Progress events until the job is terminal (the stream then ends)."""
@@ -167,8 +167,12 @@ class Client:
     def example(self, job_id: str, index: int) -> rpb.GetExampleResponse:
         return self.results.GetExample(rpb.GetExampleRequest(job_id=job_id, index=index), timeout=self.timeout)
 
-    def influence(self, job_id: str, test_index: int | None = None, limit: int = 100) -> list[rpb.InfluencePair]:
-        req = rpb.StreamInfluenceRequest(job_id=job_id, limit=limit)
+    def influence(
+        self, job_id: str, test_index: int | None = None, limit: int = 100, significant_only: bool = False
+    ) -> list[rpb.InfluencePair]:
+        """Global pairs above the threshold, or test example `test_index`'s top-k; significant_only:
+        only pairs significant at the job's false discovery rate (InfluencePair.significant)."""
+        req = rpb.StreamInfluenceRequest(job_id=job_id, limit=limit, significant_only=significant_only)
         if test_index is not None:
             req.test_index = test_index
         return [p for msg in self.results.StreamInfluence(req, timeout=self.timeout) for p in msg.pairs]

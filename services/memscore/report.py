@@ -210,6 +210,16 @@ def _class_name(ds: Dataset | None, c: int) -> str:
     return str(c)
 
 
+def _corrected_text(summary: dict) -> str:
+    """The noise-corrected fractions with their 95% intervals; '–' for reports of older jobs."""
+    parts = []
+    for t, c in (summary.get("fraction_memorization_ge_corrected") or {}).items():
+        if c and c.get("estimate") is not None:
+            bounds = f" [{_fmt(c['lower'])}, {_fmt(c['upper'])}]" if c.get("lower") is not None else ""
+            parts.append(f"≥ {t}: {_fmt(c['estimate'])}{bounds}")
+    return "; ".join(parts) + " (95% interval)" if parts else "–"
+
+
 def _summary_rows(summary: dict) -> list[tuple[str, str]]:
     spec, info = summary.get("spec", {}), summary.get("dataset", {})
     timings, recipe = summary.get("timings", {}), summary.get("recipe", {})
@@ -250,11 +260,19 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
             f"{_fmt(summary.get('mean_in_sample_accuracy'))} / {_fmt(summary.get('mean_heldout_accuracy'))}",
         ),
         ("mean memorization", _fmt(summary.get("mean_memorization"))),
-        ("memorization ≥ 0.25 / ≥ 0.5", f"{_fmt(frac.get('0.25'))} / {_fmt(frac.get('0.5'))} of examples"),
+        ("memorization ≥ 0.25 / ≥ 0.5", f"{_fmt(frac.get('0.25'))} / {_fmt(frac.get('0.5'))} of examples (raw)"),
+        ("noise-corrected ≥ 0.25 / ≥ 0.5", _corrected_text(summary)),
+        (
+            "memorized beyond doubt",
+            f"{summary.get('count_memorization_lower_ge_0_25', '–')} examples whose 95% interval lies wholly ≥ 0.25",
+        ),
         ("examples without an estimate", _fmt(summary.get("examples_without_estimate"))),
         (
-            "influence pairs ≥ threshold",
-            f"{summary.get('influence_pairs_above_threshold', '?')} (threshold {spec.get('influence_threshold', '?')})",
+            "influence pairs ≥ threshold / significant",
+            f"{summary.get('influence_pairs_above_threshold', '?')} ≥ threshold "
+            f"{spec.get('influence_threshold', '?')} (raw) / "
+            f"{summary.get('influence_pairs_significant', '–')} significant at false discovery rate "
+            f"{summary.get('influence_fdr', spec.get('influence_fdr', '–'))}",
         ),
         (
             "time",
@@ -265,6 +283,36 @@ def _summary_rows(summary: dict) -> list[tuple[str, str]]:
         ("environment", ", ".join(f"{k} {v}" for k, v in summary.get("environment", {}).items())),
     ]
     return rows
+
+
+def _reliability_section(summary: dict) -> str:
+    """Split-half reliability per score (engine/reliability.py), and why a self-stopping run
+    stopped; empty for results written before every job reported it."""
+    rel = summary.get("reliability")
+    if not rel:
+        return ""
+    rows = [
+        [metric, _fmt(r.get("split_half_spearman")), _fmt(r.get("spearman_brown")), _fmt(r.get("models_for_0_95"))]
+        for metric, r in rel.items()
+    ]
+    header = ["score", "split-half Spearman r", "reliability (Spearman–Brown, all models)", "models for 0.95"]
+    models = next(iter(rel.values())).get("models", summary.get("models_done", "?"))
+    spec = summary.get("spec", {})
+    stop = ""
+    if spec.get("until_reliability"):
+        stop = (
+            f" Self-stopping: target {spec['until_reliability']:g} for {_esc(spec.get('reliability_metric', ''))}, "
+            f"at most {spec.get('max_models') or spec.get('models')} models; stopped: "
+            f"{_esc(summary.get('stopped_because', '?'))}."
+        )
+    return (
+        '<section id="reliability"><h2>Reliability</h2>'
+        + _table(header, rows)
+        + f"<p>The {models} models split by the parity of their id; r is the rank correlation of the two "
+        "halves' scores over the examples both estimate, projected to all models by the Spearman–Brown "
+        "formula 2r/(1 + r): the correlation expected between two independent runs of this size. "
+        f"“models for 0.95” is the projected run size for a reliability of 0.95.{stop}</p></section>"
+    )
 
 
 def _ranked_by_memorization(scores: Columns, idx: np.ndarray) -> np.ndarray:
@@ -366,7 +414,9 @@ def _table(header: list[str], rows: list[list], raw: bool = False, css: str = ""
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def _influence_section(influence: Columns, scores: Columns, ds: Dataset | None, examples: int, k: int) -> str:
+def _influence_section(
+    influence: Columns, scores: Columns, ds: Dataset | None, examples: int, k: int, summary: dict | None = None
+) -> str:
     out = ['<section id="influence"><h2>Influence: test examples and their most influential training examples</h2>']
     if not influence or len(influence.get("test_index", ())) == 0:
         out.append("<p>No influence pairs were kept for this run.</p></section>")
@@ -375,6 +425,7 @@ def _influence_section(influence: Columns, scores: Columns, ds: Dataset | None, 
     val, rank = influence["influence"], influence["topk_rank"]
     top1 = np.flatnonzero(rank == 1)
     se = influence.get("influence_stderr", np.zeros(len(val)))
+    sig = influence.get("significant", np.zeros(len(val), bool))
     chosen = top1[np.lexsort((te[top1], se[top1], -val[top1]))][:examples]  # ties: the surer estimate first
     out.append(
         f"<p>The {len(chosen)} test examples whose most influential training example has the highest influence "
@@ -404,7 +455,7 @@ def _influence_section(influence: Columns, scores: Columns, ds: Dataset | None, 
                     _example_figure(
                         _png_uri(example_png(ds, ds.x_train[i])),
                         f"train #{i} · {_label_text(scores, ds, i)}<br>infl {_fmt(float(val[q]), 2)} ± "
-                        f"{_fmt(float(se[q]), 2)}"
+                        f"{_fmt(float(se[q]), 2)}{' (significant)' if sig[q] else ''}"
                         f" · mem {_fmt(mem[i], 2)}",
                     )
                 )
@@ -414,7 +465,7 @@ def _influence_section(influence: Columns, scores: Columns, ds: Dataset | None, 
             out.append(f"<h3>test #{j} (label {test_label})</h3>")
             out.append(
                 _table(
-                    ["rank", "train index", "train label", "influence", "stderr", "memorization"],
+                    ["rank", "train index", "train label", "influence", "stderr", "significant", "memorization"],
                     [
                         [
                             int(rank[q]),
@@ -422,36 +473,58 @@ def _influence_section(influence: Columns, scores: Columns, ds: Dataset | None, 
                             int(scores["label"][int(tr[q])]),
                             _fmt(float(val[q])),
                             _fmt(float(se[q])),
+                            "yes" if sig[q] else "no",
                             _fmt(mem[int(tr[q])]),
                         ]
                         for q in row
                     ],
                 )
             )
-    above = np.flatnonzero(influence.get("above_threshold", np.zeros(len(tr), bool)))
-    if len(above):
-        above = above[np.argsort(-val[above], kind="stable")][:25]
-        out.append(
-            "<h3>Strongest pairs at or above the threshold "
-            f"({len(np.flatnonzero(influence['above_threshold']))} in all; top 25)</h3>"
-        )
-        out.append(
-            _table(
-                ["train index", "test index", "influence", "train label", "test label"],
-                [
-                    [
-                        int(tr[q]),
-                        int(te[q]),
-                        _fmt(float(val[q])),
-                        int(influence["train_label"][q]) if "train_label" in influence else "–",
-                        int(influence["test_label"][q]) if "test_label" in influence else "–",
-                    ]
-                    for q in above
-                ],
-            )
-        )
+    out += _pair_tables(influence, summary or {})
     out.append("</section>")
     return "\n".join(out)
+
+
+def _pair_tables(influence: Columns, summary: dict) -> list[str]:
+    """The strongest significant pairs, then the strongest at or above the raw threshold."""
+    n = len(influence["train_index"])
+    sig = np.asarray(influence.get("significant", np.zeros(n, bool)), bool)
+    above = np.asarray(influence.get("above_threshold", np.zeros(n, bool)), bool)
+    spec = summary.get("spec", {})
+    sig_count = summary.get("influence_pairs_significant", int(sig.sum()))
+    above_count = summary.get("influence_pairs_above_threshold", int(above.sum()))
+    out = [
+        f"<p>{sig_count} pairs are significant (H0: influence ≤ {spec.get('influence_threshold', '?')} rejected "
+        f"at false discovery rate {summary.get('influence_fdr', spec.get('influence_fdr', '?'))} over all "
+        f"train × test pairs, exact test per pair); {above_count} pairs reach the threshold (the paper's raw "
+        "cut, chance hits included: with few models, most of them).</p>"
+    ]
+    for title, rows, count in (("Strongest significant pairs", sig, sig_count),
+                               ("Strongest pairs at or above the threshold (raw)", above, above_count)):  # fmt: skip
+        idx = np.flatnonzero(rows)
+        if not len(idx):
+            continue
+        idx = idx[np.argsort(-np.asarray(influence["influence"])[idx], kind="stable")][:25]
+        out.append(f"<h3>{title} ({count} in all; top {len(idx)})</h3>")
+        out.append(_table(["train index", "test index", "influence", "stderr", "p-value", "significant",
+                           "train label", "test label"], [_pair_row(influence, q) for q in idx]))  # fmt: skip
+    return out
+
+
+def _pair_row(influence: Columns, q: int) -> list:
+    def col(name, fmt):
+        return fmt(influence[name][q]) if name in influence else "–"
+
+    return [
+        int(influence["train_index"][q]),
+        int(influence["test_index"][q]),
+        _fmt(float(influence["influence"][q])),
+        col("influence_stderr", lambda v: _fmt(float(v))),
+        col("influence_pvalue", lambda v: f"{float(v):.2e}"),
+        col("significant", lambda v: "yes" if v else "no"),
+        col("train_label", int),
+        col("test_label", int),
+    ]
 
 
 def render_report(
@@ -491,6 +564,7 @@ def render_report(
         f"<pre>{_esc(json.dumps(summary, indent=2, sort_keys=True))}</pre></details>"
     )
     parts.append("</section>")
+    parts.append(_reliability_section(summary))
     parts.append(
         '<section id="histogram"><h2>Score distributions</h2>'
         f'<img class="plot" src="{_png_uri(_histogram_png(scores))}" alt="histograms of the scores">'
@@ -499,7 +573,7 @@ def render_report(
         "</section>"
     )
     parts.append(_memorized_section(scores, ds, per_class, max_classes))
-    parts.append(_influence_section(influence, scores, ds, influence_examples, influence_k))
+    parts.append(_influence_section(influence, scores, ds, influence_examples, influence_k, summary))
     parts.append("</body></html>")
     return "\n".join(parts)
 

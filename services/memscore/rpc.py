@@ -208,9 +208,27 @@ def anytime_to_pb(rec) -> job_pb2.AnytimeSummary:
     """The figures the summary has; one without an estimate yet stays unset (absent)."""
     s = rec.summary or {}
     out = job_pb2.AnytimeSummary(models_done=int(s.get("models_done") or rec.models_done))
-    for name in ("mean_memorization", "fraction_memorized", "mean_test_accuracy"):
+    for name in (
+        "mean_memorization",
+        "fraction_memorized",
+        "mean_test_accuracy",
+        "memorization_split_half",
+        "memorization_reliability",
+        "memorization_soft_reliability",
+        "fraction_memorized_corrected",
+        "fraction_memorized_lower",
+        "fraction_memorized_upper",
+    ):
         if s.get(name) is not None:
             setattr(out, name, float(s[name]))
+    for name in (
+        "memorization_models_for_0_95",
+        "count_memorization_lower_ge_0_25",
+        "influence_pairs_above_threshold",
+        "influence_pairs_significant",
+    ):
+        if s.get(name) is not None:
+            setattr(out, name, int(s[name]))
     return out
 
 

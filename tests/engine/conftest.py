@@ -1,12 +1,30 @@
+"""Fixtures of the engine tests; `torch_one_thread` is in tests/conftest.py."""
+
+from __future__ import annotations
+
+import numpy as np
 import pytest
-import torch
 
 
-@pytest.fixture(scope="module")
-def torch_one_thread():
-    """Run a module's small LM trainings on one thread: faster than two contended ones, and
-    deterministic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture
+def rare_copies():
+    """make(n_train, n_test) -> (ds, n0, rare_test, sub_tr, sub_te): the long-tailed set where
+    four rare subgroups keep a single training example, a copy of one of their test examples
+    (their other training examples are removed; the copies are training rows n0..n0+3, of test
+    examples `rare_test`). When a model trains on a copy it classifies its test example right;
+    when not, it cannot: planted ground truth for influence."""
+    from memscore.engine.datasets import load_longtail
+
+    def make(n_train: int, n_test: int):
+        ds = load_longtail(seed=1, n_train=n_train, n_test=n_test)
+        sub_tr, sub_te = ds.extras["train_subgroup"], ds.extras["test_subgroup"]
+        groups = [g for g in np.unique(sub_te[sub_te >= 0])][:4]
+        rare_test = np.array([np.nonzero(sub_te == g)[0][0] for g in groups])
+        keep = ~np.isin(sub_tr, groups)
+        n0 = int(keep.sum())
+        ds.x_train = np.concatenate([ds.x_train[keep], ds.x_test[rare_test]])
+        ds.y_train = np.concatenate([ds.y_train[keep], ds.y_test[rare_test]])
+        sub_tr = np.concatenate([sub_tr[keep], sub_te[rare_test]])
+        return ds, n0, rare_test, sub_tr, sub_te
+
+    return make

@@ -181,7 +181,7 @@ def test_format1_traces_stay_readable_and_give_the_same_scores():
 
 def test_margins_do_not_saturate_where_probabilities_do():
     """Two members certain of an example (p rounds to 1.0 in float32) but at margins 20 and 40:
-    the soft score cannot tell them apart, the logit-scaled one can."""
+    the soft score cannot tell them apart, the log-odds one can."""
     n = 2
     masks = np.array([[True, False], [False, True]])
     t = Trace(
@@ -197,7 +197,7 @@ def test_margins_do_not_saturate_where_probabilities_do():
     s.add(t)
     sc = s.scores()
     assert (sc["memorization_soft"] == 0).all()
-    assert (sc["memorization_logit"] > 0).all()  # sigmoid(40) − sigmoid(20) > 0 in float64
+    np.testing.assert_allclose(sc["memorization_log_odds"], [20.0, 20.0])  # 40 in, 20 out
 
 
 def test_label_quality_is_the_heldout_mean_probability_of_the_given_label():

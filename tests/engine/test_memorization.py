@@ -4,7 +4,7 @@ rare test example is that example's most influential training example."""
 import numpy as np
 import pytest
 
-from memscore.engine.datasets import load_longtail, load_mnist1d
+from memscore.engine.datasets import load_mnist1d
 from memscore.engine.scoring import run_scoring
 from memscore.engine.spec import ScoringSpec
 
@@ -34,18 +34,9 @@ def test_flipped_labels_get_high_memorization():
 
 
 @pytest.mark.slow  # > 10 s on 2 cores
-def test_training_copy_of_a_rare_test_example_is_its_top_influence():
-    """Four rare subgroups of the long-tailed set keep a single training example: a copy of one
-    of their test examples (their other training examples are removed). When a model trains on
-    the copy it classifies the test example right; when not, it cannot."""
-    ds = load_longtail(seed=1, n_train=600, n_test=200)
-    sub_tr, sub_te = ds.extras["train_subgroup"], ds.extras["test_subgroup"]
-    groups = [g for g in np.unique(sub_te[sub_te >= 0])][:4]
-    rare_test = np.array([np.nonzero(sub_te == g)[0][0] for g in groups])
-    keep = ~np.isin(sub_tr, groups)
-    n0 = int(keep.sum())
-    ds.x_train = np.concatenate([ds.x_train[keep], ds.x_test[rare_test]])
-    ds.y_train = np.concatenate([ds.y_train[keep], ds.y_test[rare_test]])
+def test_training_copy_of_a_rare_test_example_is_its_top_influence(rare_copies):
+    """The planted copies (conftest `rare_copies`) are their test examples' top influence."""
+    ds, n0, rare_test, _, _ = rare_copies(600, 200)
     spec = ScoringSpec(dataset="longtail", model="mlp", models=64, epochs=60, seed=0, influence_top_k=3)
     result = run_scoring(ds, spec, device="cpu")
     infl = result.influence

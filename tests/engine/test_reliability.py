@@ -57,6 +57,7 @@ def correlation(a: np.ndarray, b: np.ndarray) -> float:
 def test_spearman_brown_and_models_for_follow_the_prophecy_formula():
     assert spearman_brown(0.5) == pytest.approx(2 / 3)
     assert spearman_brown(0.8, 0.5) == pytest.approx(0.8 * 0.5 / (1 - 0.5 * 0.8))
+    assert spearman_brown(-0.2) == pytest.approx(-0.5) and spearman_brown(-1.0) == spearman_brown(-0.5) == -1.0
     assert models_for(0.5, 10, 0.95) == 190  # 10 * 0.95 * 0.5 / (0.5 * 0.05), exactly
     assert models_for(0.9, 64, 0.95) == 136  # 135.1 rounded up
     assert models_for(spearman_brown(0.9, 136 / 64), 136, 0.95) == 136  # consistent with the projection
@@ -125,7 +126,8 @@ def test_next_growth_adds_whole_shards_up_to_max_models_and_stops_for_a_reason()
     assert (grow.add_models, grow.stopped_because) == (80, None)
     assert grow.message == "reliability 0.900 < 0.95 at 64 models: adding 80"
     assert next_growth(spec, _report(0.5)).add_models == 512 - 64  # projected 1216: capped
-    assert next_growth(spec, _report(None)).add_models == 64  # no estimate yet: double
+    unknown = next_growth(spec, _report(None))  # no estimate yet: double
+    assert (unknown.add_models, unknown.message) == (64, "no reliability estimate at 64 models: adding 64")
     assert next_growth(spec, _report(0.949999)).add_models == 16  # at least one shard
     assert next_growth(spec, _report(0.9, "memorization_soft")).add_models == 64  # other metric: unknown
     at_cap = next_growth(ScoringSpec(**{**spec.to_dict(), "models": 512}), _report(0.9))

@@ -140,6 +140,85 @@ def test_stream_influence_without_test_index_streams_pairs_above_the_threshold_s
     assert values == sorted(values, reverse=True)
 
 
+def test_influence_pairs_carry_stderr_and_exact_pvalue(deployment):
+    """With 4 models no pair can clear the false discovery rate over 240 × 80 pairs."""
+    client, _, job, _ = deployment
+    pairs = client.influence(job.job_id, limit=0) + client.influence(job.job_id, test_index=3, limit=5)
+    pairs += list(client.example(job.job_id, pairs[0].train_index).influence)
+    assert all(0 < p.influence_pvalue <= 1 and p.influence_stderr > 0 and not p.significant for p in pairs)
+    assert client.influence(job.job_id, limit=0, significant_only=True) == []
+
+
+def _stored_influence_job(rt, job_id: str, old_format: bool = False) -> tuple[dict, int]:
+    """A SUCCEEDED job whose influence.parquet comes from planted data (12 pairs of influence 0.9
+    among 150 × 40, K = 96): (its influence columns, m). `old_format`: written before
+    significance existed (no `significant`, `influence_pvalue`)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from memscore.engine.influence import InfluenceAccumulator
+    from memscore.engine.scoring import ScoringResult
+
+    rng = np.random.default_rng(7)
+    n, m, K = 150, 40, 96
+    masks = np.argsort(rng.random((K, n)), axis=1) < 105
+    correct = rng.random((K, m)) < rng.uniform(0.1, 0.9, m)
+    for j, i in enumerate(rng.choice(n, 12, replace=False)):
+        correct[:, j] = rng.random(K) < np.where(masks[:, i], 0.95, 0.05)
+    acc = InfluenceAccumulator(n, m)
+    acc.add_models(masks, correct)
+    table = ScoringResult({}, acc.compute(top_k=3), {}, np.zeros(n, np.int64), np.ones(m, np.int64)).influence_table()
+    if old_format:
+        table = table.drop_columns(["significant", "influence_pvalue"])
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    key = layout.result_key(job_id, "influence.parquet")
+    rt.objects.put_bytes(key, buf.getvalue())
+    rt.jobs.create(
+        JobRecord(job_id=job_id, state="SUCCEEDED", summary={"n_test": m}, results={"influence.parquet": key})
+    )
+    return table.to_pydict(), m
+
+
+def test_stream_influence_significant_only_streams_only_significant_pairs_with_their_pvalue(deployment):
+    client, rt, _, _ = deployment
+    cols, _ = _stored_influence_job(rt, "job-significant-1")
+    want = {(i, j) for i, j, s in zip(cols["train_index"], cols["test_index"], cols["significant"]) if s}
+    pairs = client.influence("job-significant-1", limit=1000, significant_only=True)
+    assert len(want) >= 12 and {(p.train_index, p.test_index) for p in pairs} == want
+    assert all(p.significant and 0 < p.influence_pvalue < 0.05 for p in pairs)
+    assert [p.influence for p in pairs] == sorted((p.influence for p in pairs), reverse=True)
+    top = client.influence("job-significant-1", test_index=0, limit=3, significant_only=True)
+    assert len(top) == 1 and top[0].significant  # of test example 0's top 3, only its planted influencer
+    everything = client.influence("job-significant-1", limit=1000)  # the raw threshold's pairs
+    assert len(everything) > len(pairs) and any(not p.significant for p in everything)
+
+
+def test_influence_written_before_significance_reads_as_not_significant(deployment):
+    client, rt, _, _ = deployment
+    cols, _ = _stored_influence_job(rt, "job-significant-old", old_format=True)
+    pairs = client.influence("job-significant-old", limit=1000)
+    assert len(pairs) == sum(cols["above_threshold"])
+    assert all(not p.significant and math.isnan(p.influence_pvalue) for p in pairs)
+    assert client.influence("job-significant-old", limit=0, significant_only=True) == []
+
+
+def test_influence_command_shows_significance_and_filters_to_it(deployment, monkeypatch, capsys):
+    import contextlib
+
+    from memscore.cli import main, service
+
+    client, rt, _, _ = deployment
+    _stored_influence_job(rt, "job-significant-cli")
+    monkeypatch.setattr(service, "connect", lambda args: contextlib.nullcontext(client))
+    assert main(["influence", "job-significant-cli", "--significant-only", "--top", "1000"]) == 0
+    header, *rows = capsys.readouterr().out.strip().splitlines()
+    assert header.split()[:6] == ["train_index", "test_index", "influence", "influence_stderr",
+                                  "influence_pvalue", "significant"]  # fmt: skip
+    assert len(rows) >= 12 and all(r.split()[5] == "True" for r in rows)
+
+
 def test_get_artifact_sends_url_and_size_first_then_chunks_of_at_most_1_mib(deployment):
     client, _, job, _ = deployment
     assert {"scores.parquet", "influence.parquet", "summary.json", "heldout_probs.npy"} <= set(job.artifacts)
@@ -170,7 +249,7 @@ def test_heldout_probs_artifact_matches_label_quality_and_ranks_by_it(deployment
     for e in finite:
         assert e.label_quality == pytest.approx(float(probs[e.index, e.label]), rel=1e-5)
         assert e.predicted_label_heldout == int(probs[e.index].argmax())
-        assert -1 <= e.memorization_logit <= 1
+        assert math.isfinite(e.memorization_log_odds) == (e.n_in > 0 and e.n_out > 0)
 
 
 def test_get_example_index_out_of_range_is_invalid_argument(deployment):
@@ -251,3 +330,27 @@ def test_anytime_summary_of_an_empty_record_has_only_the_model_count():
     pb = anytime_to_pb(JobRecord(job_id="j", models_done=3))
     assert pb.models_done == 3
     assert not any(pb.HasField(f) for f in ("mean_memorization", "fraction_memorized", "mean_test_accuracy"))
+
+
+@pytest.mark.parametrize("metric, ascending", [("label_quality", True), ("memorization_lower", False)])
+def test_results_command_ranks_by_the_new_columns(deployment, monkeypatch, capsys, tmp_path, metric, ascending):
+    """`memscore results JOB --metric label_quality|memorization_lower` against the live
+    service: the CSV has every score column, in the order asked for."""
+    import contextlib
+    import csv
+
+    from memscore.cli import main, service
+    from memscore.engine.catalog import SCORE_COLUMNS
+
+    client, _, job, _ = deployment
+    monkeypatch.setattr(service, "connect", lambda args: contextlib.nullcontext(client))
+    out = tmp_path / f"{metric}.csv"
+    args = ["results", job.job_id, "--metric", metric, "--top", "30", "--csv", str(out)]
+    assert main(args + (["--ascending"] if ascending else [])) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 30 and set(SCORE_COLUMNS) <= set(rows[0])
+    values = [float(r[metric]) for r in rows if r[metric] != "nan"]
+    assert values and values == sorted(values, reverse=not ascending)
+    if metric == "memorization_lower":
+        assert all(float(r["memorization_lower"]) <= float(r["memorization"]) <= float(r["memorization_upper"])
+                   for r in rows if r["memorization"] != "nan")  # fmt: skip

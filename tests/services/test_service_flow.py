@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 
@@ -275,3 +276,23 @@ def test_exposure_job_runs_on_a_worker_and_serves_its_canaries(stack, client):
         client.submit_exposure(canaries=["no slot here"], insertions=[1])
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert any(f == "spec.exposure.canaries[0]" for f, _ in field_violations(e.value))
+
+
+@pytest.mark.slow  # > 10 s on 2 cores
+def test_a_self_stopping_job_grows_on_redis_and_s3_until_max_models(stack, client, blobs):
+    """Blobs have no memorization to measure: the reliability stays unknown, so the job doubles
+    (2 -> 4, then 2 more up to max_models 6) and ends for max_models, with the scores of 6."""
+    ref = client.upload(blobs).dataset_ref
+    stack.start_worker()
+    spec = dict(SPEC, models=2, until_reliability=0.9, max_models=6)
+    job = client.submit_scoring(dataset=ref, **spec)
+    events = list(client.watch(job.job_id, timeout=180))
+    assert events[-1].state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    assert sorted({e.progress.models_total for e in events}) == [2, 4, 6]
+    assert events[-1].message == "done: no reliability estimate at max_models 6"
+    summary = json.loads(client.artifact(job.job_id, "summary.json"))
+    assert summary["stopped_because"] == "max_models" and summary["models_done"] == 6
+    local = run_scoring(load_dataset(str(blobs)), ScoringSpec(dataset=str(blobs), **dict(SPEC, models=6)), device="cpu")
+    served = pq.read_table(io.BytesIO(client.artifact(job.job_id, "scores.parquet")))
+    np.testing.assert_array_equal(served.column("memorization").to_numpy(), local.scores["memorization"])
+    assert all(stack.runtime.jobs.incr_attempts(job.job_id, s) == 2 for s in range(3))  # each shard trained once

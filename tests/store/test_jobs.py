@@ -15,6 +15,7 @@ from memscore.store.jobs import (
     JobNotFound,
     JobRecord,
     RedisJobStore,
+    RequestIdReused,
     SqliteJobStore,
     open_job_store,
 )
@@ -386,3 +387,52 @@ def test_cancel_racing_with_shards_ends_cancelled_with_nothing_in_flight(jobs):
     rec = jobs.get("j")
     assert (rec.state, rec.shards_running, rec.cancel_requested) == ("CANCELLED", [], True)
     assert asked.state == ("RUNNING" if asked.shards_running else "CANCELLED")
+
+
+def test_reopen_once_extends_once_per_request_id(jobs):
+    jobs.create(job("j", models_total=8, shards_total=2))
+    jobs.update("j", state="SUCCEEDED")
+    rec, reopened = jobs.reopen_once("j", "ext-1", 8, models_total=16, shards_total=4)
+    assert reopened and (rec.state, rec.models_total) == ("QUEUED", 16) and rec.extend_requests == {"ext-1": 8}
+    again, reopened = jobs.reopen_once("j", "ext-1", 8, models_total=24, shards_total=6)  # a retry
+    assert not reopened and again == rec
+    jobs.update("j", state="SUCCEEDED")
+    done = jobs.get("j")
+    again, reopened = jobs.reopen_once("j", "ext-1", 8, models_total=24, shards_total=6)  # after it finished
+    assert not reopened and again == done and again.models_total == 16
+    with pytest.raises(RequestIdReused):
+        jobs.reopen_once("j", "ext-1", 4, models_total=20)
+    rec, reopened = jobs.reopen_once("j", "ext-2", 8, models_total=24, shards_total=6)
+    assert reopened and rec.extend_requests == {"ext-1": 8, "ext-2": 8}
+    with pytest.raises(ValueError):  # store-owned: only reopen_once records request ids
+        jobs.update("j", extend_requests={})
+    jobs.update("j", state="SUCCEEDED")
+    assert jobs.reopen_once("j", "", 8, models_total=32)[1]  # no request id: no idempotency
+    assert set(jobs.get("j").extend_requests) == {"ext-1", "ext-2"}
+
+
+def test_concurrent_extends_with_one_request_id_reopen_once(jobs):
+    jobs.create(job("j", models_total=8))
+    jobs.update("j", state="SUCCEEDED")
+    results, barrier = [], threading.Barrier(6)
+
+    def extend():
+        barrier.wait()
+        results.append(jobs.reopen_once("j", "same", 8, models_total=16)[1])
+
+    threads = [threading.Thread(target=extend) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 5 + [True] and jobs.get("j").models_total == 16
+
+
+def test_grow_changes_a_running_job_once_for_the_model_count_it_saw(jobs):
+    jobs.create(job("j", models_total=8, shards_total=2))
+    rec, grown = jobs.grow("j", 8, models_total=16, shards_total=4, message="adding 8")
+    assert grown and (rec.models_total, rec.shards_total, rec.state) == (16, 4, "QUEUED")
+    again, grown = jobs.grow("j", 8, models_total=16, shards_total=4)  # a redelivered reduce
+    assert not grown and again == rec
+    jobs.update("j", state="SUCCEEDED")
+    assert not jobs.grow("j", 16, models_total=32)[1] and jobs.get("j").models_total == 16

@@ -25,6 +25,7 @@ COMMANDS = [
     service.add_results,
     service.add_influence,
     service.add_cancel,
+    service.add_extend,
     service.add_upload,
     service.add_health,
     local.add_report,

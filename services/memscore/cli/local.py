@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=spec.models, unit="model", disable=args.quiet, dynamic_ncols=True)
 
     def progress(done: float, total: int) -> None:
+        bar.total = total  # a self-stopping run grows
         bar.n = round(done, 2)
         bar.refresh()
 
@@ -65,15 +66,58 @@ def run(args: argparse.Namespace) -> int:
     _write_files(out, files)
     s = result.summary
     print(
-        f"{ds.name}: {ds.n_train} train / {ds.n_test} test, {s['arch']}, {spec.models} models: "
+        f"{ds.name}: {ds.n_train} train / {ds.n_test} test, {s['arch']}, {s['models_done']} models: "
         f"mean test accuracy {s['mean_test_accuracy']:.3f}, in-sample {s['mean_in_sample_accuracy']:.3f}, "
-        f"held-out {s['mean_heldout_accuracy']:.3f}; "
-        f"mem>=0.25: {s['fraction_memorization_ge']['0.25']:.1%} of examples"
+        f"held-out {s['mean_heldout_accuracy']:.3f}"
     )
+    print(population_line(s))
+    print(influence_line(s))
+    print(reliability_line(s))
     print(f"most memorized (of {ds.n_train}):")
     print_table(result.most_memorized(args.top), RANKED_COLUMNS)
     print("wrote " + ", ".join(str(out / name) for name in files))
     return 0
+
+
+def population_line(summary: dict) -> str:
+    """The memorized fraction as measured (raw, inflated by noise at small K) beside its
+    noise-corrected estimate with interval and the count memorized beyond doubt."""
+    raw = summary["fraction_memorization_ge"]["0.25"]
+    if raw is None:
+        return "mem>=0.25: no example has an estimate yet"
+    line = f"mem>=0.25: {raw:.1%} of examples as measured"
+    c = (summary.get("fraction_memorization_ge_corrected") or {}).get("0.25")
+    if c and c.get("estimate") is not None:
+        line += f", {c['estimate']:.1%} corrected for sampling noise"
+        if c.get("lower") is not None:
+            line += f" (95% interval {c['lower']:.1%} to {c['upper']:.1%})"
+    return line + f"; {summary['count_memorization_lower_ge_0_25']} with a 95% interval wholly >= 0.25"
+
+
+def influence_line(summary: dict) -> str:
+    spec = summary.get("spec", {})
+    return (
+        f"influence: {summary['influence_pairs_above_threshold']} pairs >= {spec.get('influence_threshold')} "
+        f"(raw), {summary['influence_pairs_significant']} significant at false discovery rate "
+        f"{summary.get('influence_fdr')}"
+    )
+
+
+def reliability_line(summary: dict) -> str:
+    """The run's split-half reliability per score, with the models projected for 0.95, and why
+    a self-stopping run stopped."""
+    parts = []
+    for metric, r in summary.get("reliability", {}).items():
+        rho, k = r.get("spearman_brown"), r.get("models_for_0_95")
+        parts.append(f"{metric} " + ("n/a" if rho is None else f"{rho:.3f}" + (f" (0.95 at ~{k} models)" if k else "")))
+    line = "reliability (split-half, Spearman-Brown): " + (", ".join(parts) or "n/a")
+    spec = summary.get("spec", {})
+    if spec.get("until_reliability"):
+        line += (
+            f"; self-stopping at {spec['until_reliability']:g} of {spec.get('reliability_metric')}: "
+            f"stopped at {summary.get('models_done')} models ({summary.get('stopped_because')})"
+        )
+    return line
 
 
 # -- exposure ----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The client commands of a running memscore service (gateway and results servers): submit,
-watch, status, results, influence, cancel, upload, health, and `exposure --submit`."""
+watch, status, results, influence, cancel, extend, upload, health, and `exposure --submit`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from .spec_flags import add_spec_flags, spec_from_args
 from .tables import RANKED_COLUMNS, print_table
 
 RESULT_COLUMNS = ("rank", *SCORE_COLUMNS)  # `results --csv`
-INFLUENCE_COLUMNS = ("train_index", "test_index", "influence", "train_label", "test_label")
+INFLUENCE_COLUMNS = (
+    "train_index", "test_index", "influence", "influence_stderr", "influence_pvalue", "significant", "train_label",
+    "test_label",
+)  # fmt: skip
 
 
 def add_service_flags(p: argparse.ArgumentParser) -> None:
@@ -63,13 +66,29 @@ def _watch(client, job_id: str, quiet: bool = False) -> int:
             bar = tqdm(total=ev.progress.models_total or None, unit="model", dynamic_ncols=True)
         bar.n = ev.progress.models_done
         eta = f", eta {ev.progress.eta_seconds:.0f}s" if ev.progress.HasField("eta_seconds") else ""
-        bar.set_description(f"{state_name(ev.state)} {ev.progress.shards_done}/{ev.progress.shards_total} shards{eta}")
+        bar.total = ev.progress.models_total or None  # a self-stopping job grows
+        shards = f"{ev.progress.shards_done}/{ev.progress.shards_total} shards"
+        bar.set_description(f"{state_name(ev.state)} {shards}{eta}{reliability_note(ev.anytime)}")
         bar.refresh()
     if bar is not None:
         bar.close()
     state = state_name(last.state) if last is not None else "UNKNOWN"
-    print(f"{job_id}: {state}" + (f": {last.message}" if last is not None and state == "FAILED" else ""))
+    note = f": {last.message}" if last is not None and state == "FAILED" else ""
+    print(f"{job_id}: {state}{note}" + (reliability_note(last.anytime, soft=True) if last is not None else ""))
     return 0 if state == "SUCCEEDED" else 1
+
+
+def reliability_note(anytime, soft: bool = False) -> str:
+    """', memorization reliability 0.91 (0.95 at ~120 models)' from an AnytimeSummary, or ''
+    before the job has one (two models in each half)."""
+    if not anytime.HasField("memorization_reliability"):
+        return ""
+    out = f", memorization reliability {anytime.memorization_reliability:.3f}"
+    if anytime.HasField("memorization_models_for_0_95"):
+        out += f" (0.95 at ~{anytime.memorization_models_for_0_95} models)"
+    if soft and anytime.HasField("memorization_soft_reliability"):
+        out += f", soft {anytime.memorization_soft_reliability:.3f}"
+    return out
 
 
 # -- submit ------------------------------------------------------------------------------------
@@ -193,6 +212,37 @@ def cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_extend(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("extend", help="add models to a SUCCEEDED scoring job (its models so far are kept)")
+    p.add_argument("job")
+    p.add_argument("--models", type=int, required=True, help="models to add: a multiple of the job's shard size")
+    p.add_argument(
+        "--request-id",
+        default="",
+        help="idempotency key: a retry with it extends once (default: a fresh one, printed on stderr)",
+    )
+    p.add_argument("--wait", action="store_true", help="watch the job until it ends")
+    add_service_flags(p)
+    p.set_defaults(func=extend)
+
+
+@_rpc_errors
+def extend(args: argparse.Namespace) -> int:
+    import uuid
+
+    from ..client import state_name
+
+    request_id = args.request_id or f"extend-{uuid.uuid4().hex}"
+    if not args.request_id:
+        print(f"request id {request_id} (pass it as --request-id to retry safely)", file=sys.stderr)
+    with connect(args) as c:
+        job = c.extend(args.job, args.models, request_id=request_id)
+        print(f"{job.job_id}: {state_name(job.state)}, {job.progress.models_total} models")
+        if args.wait:
+            return _watch(c, job.job_id)
+    return 0
+
+
 def add_upload(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("upload", help="upload a dataset .npz (or a .txt corpus); prints its dataset reference")
     p.add_argument("file")
@@ -252,6 +302,11 @@ def add_influence(sub: argparse._SubParsersAction) -> None:
     p.add_argument("job")
     p.add_argument("--test-index", type=int, default=None, help="omit for the global top pairs")
     p.add_argument("--top", type=int, default=20)
+    p.add_argument(
+        "--significant-only",
+        action="store_true",
+        help="only pairs significant at the job's false discovery rate (--fdr of the job)",
+    )
     add_service_flags(p)
     p.set_defaults(func=influence)
 
@@ -259,8 +314,8 @@ def add_influence(sub: argparse._SubParsersAction) -> None:
 @_rpc_errors
 def influence(args: argparse.Namespace) -> int:
     with connect(args) as c:
-        pairs = c.influence(args.job, args.test_index, args.top)
-    print_table(pairs, INFLUENCE_COLUMNS)
+        pairs = c.influence(args.job, args.test_index, args.top, significant_only=args.significant_only)
+    print_table(pairs, INFLUENCE_COLUMNS, formats={"influence_pvalue": ".2e"})
     return 0
 
 

@@ -9,12 +9,16 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from ..engine.catalog import SCORE_COLUMNS
 
 # The ranked-examples table of `run` and `results` (their CSV files have every score column).
-RANKED_COLUMNS = tuple(
-    c
-    for c in SCORE_COLUMNS
-    if c
-    not in ("memorization_soft_stderr", "in_sample_accuracy", "memorization_logit_stderr", "predicted_label_heldout")
+_NOT_PRINTED = (
+    "memorization_stderr",  # the interval says it
+    "memorization_soft_stderr",
+    "memorization_soft_lower",
+    "memorization_soft_upper",
+    "in_sample_accuracy",
+    "memorization_log_odds_stderr",
+    "predicted_label_heldout",
 )
+RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED)
 
 
 def print_table(

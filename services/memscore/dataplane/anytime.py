@@ -1,19 +1,21 @@
 """Anytime estimates: the scores of a running job from the shards finished so far.
 
-One streaming accumulator per job (engine `ScoreAccumulator`), to which each newly finished
-shard's trace is added once, so asking again costs only the new shards' traces.
+One streaming accumulator per job (engine `ScoreAccumulator`, with a `SplitHalf` beside it for
+the reliability), to which each newly finished shard's trace is added once, so asking again
+costs only the new shards' traces.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..engine.catalog import MEMORIZED_AT
 from ..engine.estimators import ScoreAccumulator
+from ..engine.reliability import SplitHalf, anytime_fields
 from ..engine.traces import Trace
 from ..runtime import Runtime
 from ..store import layout
@@ -29,13 +31,14 @@ class Snapshot:
     shards: frozenset
     models: int
     heldout_probs: np.ndarray | None = None  # (n, C) mean held-out distributions (label quality)
+    reliability: dict = field(default_factory=dict)  # engine.reliability.SplitHalf.report()
 
 
 class AnytimeEstimates:
     def __init__(self, rt: Runtime, max_jobs: int = 16):
         self.rt = rt
         self.max_jobs = max_jobs
-        self._jobs: OrderedDict = OrderedDict()  # job_id -> (ScoreAccumulator, set of shards)
+        self._jobs: OrderedDict = OrderedDict()  # job_id -> (ScoreAccumulator, SplitHalf, set of shards)
         self._lock = threading.Lock()
 
     def shards_available(self, rec: JobRecord) -> list[int]:
@@ -47,7 +50,7 @@ class AnytimeEstimates:
         """The scores over every stored trace of the job, or None before the first shard."""
         shards = self.shards_available(rec)
         with self._lock:  # one reader per process folds in new shards; the others wait for it
-            acc, seen = self._jobs.pop(rec.job_id, (None, set()))
+            acc, halves, seen = self._jobs.pop(rec.job_id, (None, None, set()))
             try:
                 for s in shards:
                     if s in seen:
@@ -55,22 +58,27 @@ class AnytimeEstimates:
                     t = Trace.from_bytes(self.rt.objects.get_bytes(layout.trace_key(rec.job_id, s)))
                     if acc is None:
                         acc = ScoreAccumulator(t.masks.shape[1], t.test_correct.shape[1])
+                        halves = SplitHalf(acc.n, acc.m)
                     acc.add(t)
+                    halves.add(t)
                     seen.add(s)
             finally:
                 if acc is not None:
-                    self._jobs[rec.job_id] = (acc, seen)
+                    self._jobs[rec.job_id] = (acc, halves, seen)
                     while len(self._jobs) > self.max_jobs:
                         self._jobs.popitem(last=False)
             if acc is None:
                 return None
             test_acc = float(np.mean(list(acc.test_accuracy.values())))
-            return Snapshot(acc.scores(), test_acc, frozenset(seen), acc.num_models, acc.heldout_probs())
+            return Snapshot(
+                acc.scores(), test_acc, frozenset(seen), acc.num_models, acc.heldout_probs(), halves.report()
+            )
 
     def summary(self, rec: JobRecord) -> dict:
         """The job's anytime summary: models so far, mean member test accuracy and, once some
-        example has an estimate, mean memorization and the fraction with mem >= 0.25. A figure
-        that has no estimate yet is absent, never a made-up 0."""
+        example has an estimate, mean memorization and the fraction with mem >= 0.25, and the
+        split-half reliability once each half has two models. A figure that has no estimate yet
+        is absent, never a made-up 0."""
         snap = self.snapshot(rec)
         if snap is None:
             return {}
@@ -80,4 +88,7 @@ class AnytimeEstimates:
         if len(finite):
             out["mean_memorization"] = float(finite.mean())
             out["fraction_memorized"] = float((finite >= MEMORIZED_AT).mean())
+            lower = snap.scores["memorization_lower"]
+            out["count_memorization_lower_ge_0_25"] = int((lower[np.isfinite(lower)] >= MEMORIZED_AT).sum())
+        out.update(anytime_fields(snap.reliability))
         return out

@@ -15,7 +15,7 @@ from ..engine.spec import ScoringSpec
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ..runtime import Runtime
 from ..store import layout
-from ..store.jobs import JobNotFound, JobRecord
+from ..store.jobs import JobNotFound, JobRecord, RequestIdReused
 from ..store.objects import ObjectNotFound, StoreUnavailable
 from .anytime import AnytimeEstimates
 from .specs import check_exposure, check_scoring
@@ -127,10 +127,19 @@ class ScoringPlane:
                 rec = nxt
                 yield rec
 
-    def extend(self, job_id: str, additional_models: int) -> JobRecord:
+    def extend(self, job_id: str, additional_models: int, request_id: str = "") -> JobRecord:
         """Add models to a finished scoring job: new shards only, the old ones stay valid because
-        masks are rebuilt from (seed, k)."""
+        masks are rebuilt from (seed, k). The same request id (AIP-155) on the same job returns
+        the job without extending it again; reused with another count, INVALID_ARGUMENT."""
+        if len(request_id) > 128:
+            raise InvalidArgument([("request_id", "at most 128 characters")])
         rec = self.get(job_id)
+        seen = rec.extend_requests.get(request_id) if request_id else None
+        if seen is not None:
+            if seen != additional_models:
+                why = f"already used to extend job {job_id} by {seen} models, not {additional_models}"
+                raise InvalidArgument([("request_id", why)])
+            return rec
         if rec.kind != "scoring":
             raise FailedPrecondition("only scoring jobs can be extended")
         if rec.state != "SUCCEEDED":
@@ -145,10 +154,23 @@ class ScoringPlane:
             raise ResourceExhausted(f"{spec.models + additional_models} models exceeds the limit {limit}")
         old_shards = spec.num_shards
         spec.models += additional_models
-        rec = self.rt.jobs.reopen(
-            job_id, spec=spec.to_dict(), shards_total=spec.num_shards, models_total=spec.models, message="extended"
-        )
-        self._enqueue_work(rec, range(old_shards, spec.num_shards))
+        spec.max_models = max(spec.max_models, spec.models) if spec.max_models else 0  # a self-stopping job's cap
+        try:
+            rec, extended = self.rt.jobs.reopen_once(
+                job_id,
+                request_id,
+                additional_models,
+                spec=spec.to_dict(),
+                shards_total=spec.num_shards,
+                models_total=spec.models,
+                message="extended",
+            )
+        except RequestIdReused as e:  # a concurrent call with the same id and another count won
+            raise InvalidArgument([("request_id", str(e))]) from None
+        except ValueError as e:  # it left SUCCEEDED meanwhile (a concurrent extend without an id)
+            raise FailedPrecondition(str(e)) from None
+        if extended:
+            self._enqueue_work(rec, range(old_shards, spec.num_shards))
         return rec
 
     def resume_unfinished(self) -> int:

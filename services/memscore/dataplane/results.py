@@ -195,7 +195,7 @@ class ResultsPlane:
             raise FailedPrecondition(f"job {job_id} is {rec.state}; influence is computed when the job SUCCEEDED")
         key = layout.result_key(job_id, "influence.parquet")
         return rec, self._cached(
-            ("influence", job_id, rec.version), lambda: read_parquet(self.rt.objects.get_bytes(key))
+            ("influence", job_id, rec.version), lambda: _with_significance(read_parquet(self.rt.objects.get_bytes(key)))
         )
 
     def _summary(self, rec: JobRecord) -> dict:
@@ -209,18 +209,22 @@ class ResultsPlane:
         sel = sel[np.argsort(-cols["influence"][sel], kind="stable")][:limit]
         return [{c: cols[c][i].item() for c in cols} for i in sel]
 
-    def influence(self, job_id: str, test_index: int | None = None, limit: int = 100) -> list[dict]:
-        """Global pairs above the threshold, strongest first; or test example `test_index`'s
-        top-k training examples."""
+    def influence(
+        self, job_id: str, test_index: int | None = None, limit: int = 100, significant_only: bool = False
+    ) -> list[dict]:
+        """Global pairs above the threshold (or, significant_only, the significant pairs),
+        strongest first; or test example `test_index`'s top-k training examples (significant_only:
+        those of them that are significant)."""
         rec, cols = self._influence_table(job_id)
         if test_index is None:
-            sel = np.nonzero(cols["above_threshold"])[0]
+            sel = np.nonzero(cols["significant"] if significant_only else cols["above_threshold"])[0]
             sel = sel[np.argsort(-cols["influence"][sel], kind="stable")]
         else:
             m = rec.summary.get("n_test") or self._summary(rec)["dataset"]["n_test"]  # older jobs: summary.json
             if not 0 <= test_index < m:
                 raise InvalidArgument([("test_index", f"must be in 0..{m - 1}, got {test_index}")])
-            sel = np.nonzero((cols["test_index"] == test_index) & (cols["topk_rank"] > 0))[0]
+            keep = (cols["test_index"] == test_index) & (cols["topk_rank"] > 0)
+            sel = np.nonzero(keep & cols["significant"] if significant_only else keep)[0]
             sel = sel[np.argsort(cols["topk_rank"][sel], kind="stable")]
         if limit:
             sel = sel[:limit]
@@ -290,6 +294,16 @@ def read_parquet(data: bytes) -> dict[str, np.ndarray]:
 
     t = pq.read_table(io.BytesIO(data))
     return {name: t.column(name).to_numpy(zero_copy_only=False) for name in t.column_names}
+
+
+def _with_significance(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """influence.parquet as now: files written before significance have no `significant`
+    (read as False), `influence_pvalue` (NaN) or, older still, `influence_stderr` (NaN)."""
+    n = len(cols["train_index"])
+    cols.setdefault("significant", np.zeros(n, bool))
+    cols.setdefault("influence_pvalue", np.full(n, np.nan))
+    cols.setdefault("influence_stderr", np.full(n, np.nan, np.float32))
+    return cols
 
 
 def _models(cols: dict[str, np.ndarray]) -> int:

@@ -36,8 +36,12 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "heldout_accuracy",
     "n_in",
     "n_out",
-    "memorization_logit",
-    "memorization_logit_stderr",
+    "memorization_lower",
+    "memorization_upper",
+    "memorization_soft_lower",
+    "memorization_soft_upper",
+    "memorization_log_odds",
+    "memorization_log_odds_stderr",
     "label_quality",
     "predicted_label_heldout",
 )
@@ -50,13 +54,16 @@ RANK_METRICS: tuple[str, ...] = (
     "heldout_accuracy",
     "memorization_stderr",
     "memorization_soft_stderr",
-    "memorization_logit",
+    "memorization_log_odds",
     "label_quality",
+    "memorization_lower",
+    "memorization_upper",
+    "memorization_soft_lower",
 )
 
 # Scores whose split-half reliability every job reports (summary.json `reliability`), and which
 # can stop a self-stopping job (ScoringSpec.reliability_metric).
-RELIABILITY_METRICS: tuple[str, ...] = ("memorization", "memorization_soft", "memorization_logit")
+RELIABILITY_METRICS: tuple[str, ...] = ("memorization", "memorization_soft", "memorization_log_odds")
 
 
 def model_takes(arch: str, feature_shape: tuple[int, ...]) -> str | None:

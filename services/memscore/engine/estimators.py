@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .intervals import corrected_fractions, mean_difference_interval, newcombe_interval
 from .traces import Trace
 
 
@@ -125,7 +126,7 @@ class ScoreAccumulator:
         return mean.astype(np.float32)
 
     def scores(self, labels: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Per training example: memorization (0/1, soft and logit-scaled) with standard errors,
+        """Per training example: memorization (0/1, soft and log-odds) with standard errors,
         in-sample and held-out accuracy, the counts n_in, n_out behind them, and from the
         held-out distributions the predicted class and (given the training `labels`) the label
         quality."""
@@ -145,7 +146,8 @@ class ScoreAccumulator:
             "memorization_stderr": mem_se,
             "memorization_soft": soft_in - soft_out,
             "memorization_soft_stderr": soft_se,
-            **self._logit_memorization(),
+            **self.intervals(),
+            **self._log_odds_memorization(),
             "in_sample_accuracy": acc_in,
             "heldout_accuracy": acc_out,
             "n_in": self.n_in.copy(),
@@ -153,18 +155,40 @@ class ScoreAccumulator:
             **label_quality(self.heldout_probs(), labels, self.n),
         }
 
-    def _logit_memorization(self) -> dict[str, np.ndarray]:
-        """sigmoid(mean_in φ) − sigmoid(mean_out φ): the in/out difference of the mean margin
-        (LiRA's logit scaling, where per-example confidences are close to Gaussian), read on the
-        probability scale; its standard error by the delta method, dσ/dφ = σ(1 − σ)."""
-        phi_in = _mean(self.margin_in, self.n_in)
-        phi_out = _mean(self.margin_out, self.n_out)
-        with np.errstate(over="ignore"):
-            s_in, s_out = 1 / (1 + np.exp(-phi_in)), 1 / (1 + np.exp(-phi_out))
-        var = (s_in * (1 - s_in)) ** 2 * _var_of_mean(self.margin_in, self.margin2_in, self.n_in) + (
-            s_out * (1 - s_out)
-        ) ** 2 * _var_of_mean(self.margin_out, self.margin2_out, self.n_out)
-        return {"memorization_logit": s_in - s_out, "memorization_logit_stderr": np.sqrt(var)}
+    def intervals(self, level: float = 0.95) -> dict[str, np.ndarray]:
+        """`level` intervals valid at small counts: Newcombe's hybrid score interval for the 0/1
+        score, Welch's with a floor on the variance for the soft one (engine/intervals.py)."""
+        lo, hi = newcombe_interval(self.correct_in, self.n_in, self.correct_out, self.n_out, level)
+        slo, shi = mean_difference_interval(
+            self.prob_in, self.prob2_in, self.n_in, self.prob_out, self.prob2_out, self.n_out, level
+        )
+        return {
+            "memorization_lower": lo,
+            "memorization_upper": hi,
+            "memorization_soft_lower": slo,
+            "memorization_soft_upper": shi,
+        }
+
+    def corrected_fractions(self, thresholds, level: float = 0.95, seed: int = 0) -> dict:
+        """The population fraction of examples whose true memorization is >= each threshold,
+        corrected for the sampling noise of K models, with its interval (intervals.py)."""
+        return corrected_fractions(
+            self.correct_in, self.n_in, self.correct_out, self.n_out, thresholds, level=level, seed=seed
+        )
+
+    def _log_odds_memorization(self) -> dict[str, np.ndarray]:
+        """Δφ = mean_in φ − mean_out φ, the in/out difference of the mean true-class margin
+        φ = log p_y − log(1 − p_y) (LiRA's logit scaling, where per-example confidences are close
+        to Gaussian): the label's geometric-mean odds are e^Δφ times higher in the models that
+        trained on the example. Its standard error is that of a difference of two means.
+        Of the statistics compared in docs/validation.md §6 it needs the fewest models; mapping
+        it back to probabilities, σ(mean_in φ) − σ(mean_out φ), erases exactly the held-out
+        side's differences that find mislabeled examples."""
+        d = _mean(self.margin_in, self.n_in) - _mean(self.margin_out, self.n_out)
+        var = _var_of_mean(self.margin_in, self.margin2_in, self.n_in) + _var_of_mean(
+            self.margin_out, self.margin2_out, self.n_out
+        )
+        return {"memorization_log_odds": d, "memorization_log_odds_stderr": np.sqrt(var)}
 
     def test_scores(self) -> dict[str, np.ndarray]:
         """Per test example: the fraction of models that classify it correctly."""

@@ -22,7 +22,6 @@ distributed (the worker's reduce) alike.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -39,8 +38,11 @@ MIN_EXAMPLES = 3
 
 
 def spearman_brown(rho: float, factor: float = 2.0) -> float:
-    """Reliability of `factor` times as many models as a reliability `rho` was measured at."""
-    return factor * rho / (1.0 + (factor - 1.0) * rho)
+    """Reliability of `factor` times as many models as a reliability `rho` was measured at.
+    A negative split-half correlation (halves that disagree: no signal yet) projects below
+    itself; the result is kept a correlation, in [-1, 1]."""
+    den = 1.0 + (factor - 1.0) * rho
+    return max(-1.0, factor * rho / den) if den > 0 else -1.0
 
 
 def models_for(rho: float | None, models: int, target: float = RELIABILITY_TARGET) -> int | None:
@@ -58,20 +60,6 @@ def _key_for(target: float) -> str:
     return "models_for_" + f"{target:g}".replace(".", "_")  # 0.95 -> models_for_0_95
 
 
-def member_subset(trace: Trace, keep: np.ndarray) -> Trace:
-    """The trace of the members where `keep` (bool over its G members) is True. Every array
-    of a trace is per member (leading axis G) except sums over all its members (`*_sum`),
-    which no subset of them has: those are left out."""
-    changes = {}
-    for f in dataclasses.fields(trace):
-        v = getattr(trace, f.name)
-        if not isinstance(v, np.ndarray):
-            continue
-        changes[f.name] = None if f.name.endswith("_sum") else v[keep]
-    changes["meta"] = dict(trace.meta)
-    return dataclasses.replace(trace, **changes)
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     """Spearman's rank correlation (ties get mean ranks); None when either side is constant."""
     from scipy.stats import rankdata
@@ -80,6 +68,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     den = math.sqrt(float((ra * ra).sum()) * float((rb * rb).sum()))
     return float((ra * rb).sum() / den) if den > 0 else None
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson's correlation; None when either side is constant."""
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else None
 
 
 class SplitHalf:
@@ -98,7 +93,7 @@ class SplitHalf:
         for p, half in enumerate(self.halves):
             keep = parity == p
             if keep.any():
-                half.add(member_subset(trace, keep))
+                half.add(trace.select(keep))
 
     def report(self, metrics=RELIABILITY_METRICS, target: float = RELIABILITY_TARGET) -> dict:
         """Per metric: `split_half_spearman` (r), `spearman_brown` (ρ at all models),
@@ -115,11 +110,18 @@ class SplitHalf:
                 continue
             both = np.isfinite(a) & np.isfinite(b)
             examples = int(both.sum())
-            r = spearman(a[both], b[both]) if ready and examples >= MIN_EXAMPLES else None
+            enough = ready and examples >= MIN_EXAMPLES
+            r = spearman(a[both], b[both]) if enough else None
             rho = spearman_brown(r) if r is not None else None
+            rp = pearson(a[both], b[both]) if enough else None
             out[metric] = {
                 "split_half_spearman": r,
                 "spearman_brown": rho,
+                # Pearson's r: the reliability of the values themselves. On long-tailed data,
+                # where most true scores are about 0, Spearman's r mostly measures how the noise
+                # around 0 is ranked and understates it (docs/validation.md §6).
+                "split_half_pearson": rp,
+                "spearman_brown_pearson": spearman_brown(rp) if rp is not None else None,
                 _key_for(target): models_for(rho, self.models, target),
                 "models": self.models,
                 "examples": examples,
@@ -166,14 +168,14 @@ def next_growth(spec: ScoringSpec, report: dict) -> Growth:
     rho = report.get(spec.reliability_metric, {}).get("spearman_brown")
     if not target:
         return Growth(0, "fixed", rho, "done")
-    shown = "unknown" if rho is None else f"{rho:.3f}"
+    below = "no reliability estimate" if rho is None else f"reliability {rho:.3f} < {target:g}"
     if rho is not None and rho >= target:
-        return Growth(0, "reliability_reached", rho, f"done: reliability {shown} >= {target:g} at {k} models")
+        return Growth(0, "reliability_reached", rho, f"done: reliability {rho:.3f} >= {target:g} at {k} models")
     cap = spec.max_models or k
     if k >= cap:
-        return Growth(0, "max_models", rho, f"done: reliability {shown} < {target:g} at max_models {cap}")
+        return Growth(0, "max_models", rho, f"done: {below} at max_models {cap}")
     g = spec.effective_shard_size
     need = models_for(rho, k, target)
     want = need - k if need is not None else k
     add = min(max(1, math.ceil(want / g)) * g, cap - k)
-    return Growth(add, None, rho, f"reliability {shown} < {target:g} at {k} models: adding {add}")
+    return Growth(add, None, rho, f"{below} at {k} models: adding {add}")

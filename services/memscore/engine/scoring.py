@@ -20,11 +20,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .catalog import MEMORIZED_AT
+from .catalog import MEMORIZED_AT, SCORE_COLUMNS
 from .datasets import Dataset
 from .ensemble import Recipe, TrainOutput, make_recipe, resolve_arch, train_ensemble
 from .estimators import ScoreAccumulator
 from .influence import InfluenceAccumulator, InfluenceResult
+from .intervals import count_lower_ge
 from .reliability import SplitHalf, next_growth
 from .spec import ScoringSpec
 from .subsets import shard_model_ids, subset_size
@@ -113,34 +114,44 @@ class ScoringResult:
 
     def influence_table(self):
         """One row per (train, test) pair kept: each test example's top-k training examples
-        (`topk_rank` 1..k) and every pair at or above the threshold (`above_threshold`)."""
+        (`topk_rank` 1..k), every pair at or above the threshold (`above_threshold`, the paper's
+        raw cut, at most max_influence_pairs) and the pairs significant at the spec's false
+        discovery rate (`significant`; `influence_pvalue` is every row's p-value of H0: influence
+        ≤ threshold, see engine/significance.py)."""
         import pyarrow as pa
 
         inf = self.influence
         if inf is None:
             return pa.table({c: pa.array([], t) for c, t in _INFLUENCE_SCHEMA})
         m, k = inf.topk_train.shape
-        j = np.repeat(np.arange(m), k)
-        rank = np.tile(np.arange(1, k + 1), m)
-        i = inf.topk_train.ravel()
-        ok = i >= 0
-        rows: dict[tuple[int, int], list] = {}
-        for ii, jj, v, se, r in zip(i[ok], j[ok], inf.topk_value.ravel()[ok], inf.topk_stderr.ravel()[ok], rank[ok]):
-            rows[(int(ii), int(jj))] = [float(v), float(se), int(r), False]
-        for ii, jj, v, se in zip(inf.pairs_train, inf.pairs_test, inf.pairs_value, inf.pairs_stderr):
-            rows.setdefault((int(ii), int(jj)), [float(v), float(se), 0, False])[3] = True
-        keys = sorted(rows, key=lambda key: (key[1], -rows[key][0], key[0]))
-        tr = np.array([a for a, _ in keys], np.int64)
-        te = np.array([b for _, b in keys], np.int64)
-        vals = [rows[key] for key in keys]
+        ok = inf.topk_train.ravel() >= 0
+        parts = [  # (train, test, influence, stderr, p-value, topk rank, above threshold) per source
+            (inf.topk_train.ravel(), np.repeat(np.arange(m), k), inf.topk_value.ravel(), inf.topk_stderr.ravel(),
+             inf.topk_pvalue.ravel(), np.tile(np.arange(1, k + 1), m), np.zeros(m * k, bool)),
+            (inf.pairs_train, inf.pairs_test, inf.pairs_value, inf.pairs_stderr, inf.pairs_pvalue,
+             np.zeros(len(inf.pairs_train), np.int64), np.ones(len(inf.pairs_train), bool)),
+            (inf.sig_train, inf.sig_test, inf.sig_value, inf.sig_stderr, inf.sig_pvalue,
+             np.zeros(len(inf.sig_train), np.int64), np.zeros(len(inf.sig_train), bool)),
+        ]  # fmt: skip
+        parts[0] = tuple(v[ok] for v in parts[0])
+        tr, te, val, se, pv, rank, above = (np.concatenate([p[c] for p in parts]) for c in range(7))
+        keys, first, inverse = np.unique(tr.astype(np.int64) * m + te, return_index=True, return_inverse=True)
+        rank_of, above_of = np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+        np.maximum.at(rank_of, inverse, rank)
+        np.logical_or.at(above_of, inverse, above)
+        tr, te, val, se, pv = (v[first] for v in (tr, te, val, se, pv))
+        order = np.lexsort((tr, -val, te))  # by test example, most influential first
+        tr, te, pv = tr[order].astype(np.int64), te[order].astype(np.int64), pv[order].astype(np.float64)
         return pa.table(
             {
                 "train_index": tr,
                 "test_index": te,
-                "influence": np.array([v[0] for v in vals], np.float32),
-                "influence_stderr": np.array([v[1] for v in vals], np.float32),
-                "topk_rank": np.array([v[2] for v in vals], np.int32),
-                "above_threshold": np.array([v[3] for v in vals], bool),
+                "influence": val[order].astype(np.float32),
+                "influence_stderr": se[order].astype(np.float32),
+                "topk_rank": rank_of[order].astype(np.int32),
+                "above_threshold": above_of[order],
+                "significant": pv <= inf.pvalue_cutoff,
+                "influence_pvalue": pv,
                 "train_label": self.y_train[tr] if len(tr) else np.zeros(0, np.int64),
                 "test_label": self.y_test[te] if len(te) else np.zeros(0, np.int64),
             }
@@ -176,6 +187,8 @@ _INFLUENCE_SCHEMA = (
     ("influence_stderr", "float32"),
     ("topk_rank", "int32"),
     ("above_threshold", "bool"),
+    ("significant", "bool"),
+    ("influence_pvalue", "float64"),
     ("train_label", "int64"),
     ("test_label", "int64"),
 )
@@ -222,8 +235,8 @@ class Reducer:
     def result(self, with_influence: bool = True) -> ScoringResult:
         t0 = time.perf_counter()
         s = self.scores.scores(self.ds.y_train)
-        scores = {"index": np.arange(self.ds.n_train, dtype=np.int64), "label": self.ds.y_train.astype(np.int64)}
-        scores.update(s)
+        s.update(index=np.arange(self.ds.n_train, dtype=np.int64), label=self.ds.y_train.astype(np.int64))
+        scores = {c: s[c] for c in SCORE_COLUMNS}
         if len(self.flipped):
             flipped = np.zeros(self.ds.n_train, bool)
             flipped[self.flipped] = True
@@ -231,12 +244,12 @@ class Reducer:
         infl = None
         if with_influence and self.spec.influence_top_k + self.spec.max_influence_pairs > 0:
             infl = self.influence.compute(
-                self.spec.influence_top_k, self.spec.influence_threshold, self.spec.max_influence_pairs
+                self.spec.influence_top_k,
+                self.spec.influence_threshold,
+                self.spec.max_influence_pairs,
+                fdr=self.spec.influence_fdr,
             )
-        mem = s["memorization"]
-        finite = mem[np.isfinite(mem)]
         test_acc = np.array(list(self.scores.test_accuracy.values()))
-        hist, _ = np.histogram(finite, bins=HIST_EDGES)
         summary = {
             "spec": self.spec.to_dict(),
             "arch": self.plan.arch,
@@ -260,13 +273,11 @@ class Reducer:
             "std_test_accuracy": float(test_acc.std()) if len(test_acc) else None,
             "mean_in_sample_accuracy": _nanmean(s["in_sample_accuracy"]),
             "mean_heldout_accuracy": _nanmean(s["heldout_accuracy"]),
-            "mean_memorization": _nanmean(mem),
-            "fraction_memorization_ge": {
-                str(t): float((finite >= t).mean()) if len(finite) else None for t in MEM_THRESHOLDS
-            },
-            "examples_without_estimate": int((~np.isfinite(mem)).sum()),
-            "memorization_histogram": {"edges": HIST_EDGES.tolist(), "counts": hist.tolist()},
-            "influence_pairs_above_threshold": int(len(infl.pairs_value)) if infl is not None else 0,
+            **memorization_population(self.scores, s, self.spec.seed),
+            "influence_pairs_above_threshold": infl.num_above_threshold if infl is not None else 0,
+            "influence_pairs_significant": infl.num_significant if infl is not None else 0,
+            "influence_fdr": self.spec.influence_fdr,
+            "influence_test": infl.test if infl is not None else None,
             "timings": {"train_seconds": self.train_seconds, "reduce_seconds": time.perf_counter() - t0},
             "environment": {
                 "devices": sorted(self.devices),
@@ -276,6 +287,40 @@ class Reducer:
         }
         summary["reliability"] = self.split_half.report()
         return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test, self.scores.heldout_probs())
+
+
+def memorization_population(acc: ScoreAccumulator, s: dict[str, np.ndarray], seed: int = 0) -> dict:
+    """The summary's population figures, each beside its honest version: the raw fraction with
+    mem >= t (inflated by sampling noise at small K), the noise-corrected fraction with its 95%
+    interval (NPMLE deconvolution, engine/intervals.py), and the count whose interval's lower
+    end clears 0.25."""
+    mem = s["memorization"]
+    finite = mem[np.isfinite(mem)]
+    hist, _ = np.histogram(finite, bins=HIST_EDGES)
+    corrected = acc.corrected_fractions(MEM_THRESHOLDS, seed=seed) if len(finite) else None
+    return {
+        "mean_memorization": _nanmean(mem),
+        "fraction_memorization_ge": {
+            str(t): float((finite >= t).mean()) if len(finite) else None for t in MEM_THRESHOLDS
+        },
+        "fraction_memorization_ge_corrected": {
+            str(t): (
+                {k: _finite_or_none(corrected["fractions"][t][k]) for k in ("estimate", "lower", "upper")}
+                if corrected
+                else None
+            )
+            for t in MEM_THRESHOLDS
+        },
+        "fraction_memorization_ge_corrected_method": corrected["method"] if corrected else None,
+        "count_memorization_lower_ge_0_25": count_lower_ge(s["memorization_lower"], MEMORIZED_AT),
+        "examples_without_estimate": int((~np.isfinite(mem)).sum()),
+        "memorization_histogram": {"edges": HIST_EDGES.tolist(), "counts": hist.tolist()},
+    }
+
+
+def _finite_or_none(v) -> float | None:
+    v = float(v)
+    return v if np.isfinite(v) else None
 
 
 def _nanmean(a: np.ndarray):

@@ -94,6 +94,15 @@ class ScoringSpec:
             problems.append(("until_reliability", f"must be 0 (off) or in (0, 1), got {self.until_reliability}"))
         if self.max_models and not self.models <= self.max_models <= max_models:
             problems.append(("max_models", f"must be 0 or between models ({self.models}) and {max_models}"))
+        elif self.until_reliability and self.max_models > self.models and self.models % self.effective_shard_size:
+            # a job grows by whole shards; a partial last shard would change when the job grows
+            problems.append(
+                (
+                    "models",
+                    f"a self-stopping job grows by whole shards: models ({self.models}) must be a multiple of "
+                    f"the shard size ({self.effective_shard_size}); set models or shard_size accordingly",
+                )
+            )
         if self.reliability_metric not in RELIABILITY_METRICS:
             problems.append(
                 (

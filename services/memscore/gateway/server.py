@@ -66,7 +66,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         )
 
     def ExtendJob(self, request, context):
-        return pb.ExtendJobResponse(job=job_to_pb(self.plane.extend(request.job_id, request.additional_models)))
+        rec = self.plane.extend(request.job_id, request.additional_models, request.request_id)
+        return pb.ExtendJobResponse(job=job_to_pb(rec))
 
 
 def serve(rt: Runtime, address: str, plane: ScoringPlane | None = None):

@@ -34,6 +34,9 @@ def _pair(row: dict) -> pb.InfluencePair:
         influence=row["influence"],
         train_label=row["train_label"],
         test_label=row["test_label"],
+        influence_stderr=row.get("influence_stderr", math.nan),
+        significant=bool(row.get("significant", False)),
+        influence_pvalue=row.get("influence_pvalue", math.nan),
     )
 
 
@@ -70,7 +73,7 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
 
     def StreamInfluence(self, request, context):
         test_index = request.test_index if request.HasField("test_index") else None
-        rows = self.plane.influence(request.job_id, test_index, request.limit or 100)
+        rows = self.plane.influence(request.job_id, test_index, request.limit or 100, request.significant_only)
         for a in range(0, max(len(rows), 1), BATCH):
             yield pb.StreamInfluenceResponse(pairs=[_pair(r) for r in rows[a : a + BATCH]])
 

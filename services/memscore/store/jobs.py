@@ -8,7 +8,10 @@ Rules every backend keeps:
   created first, `created=False`, even when many callers race.
 - Terminal states (SUCCEEDED, FAILED, CANCELLED) stick: `update` on a terminal job changes
   nothing and returns the record. Only `reopen` moves a SUCCEEDED job back to QUEUED, on
-  purpose (ExtendJob).
+  purpose (ExtendJob); `reopen_once` does it once per ExtendJob request id, which the record
+  keeps (`extend_requests`).
+- `grow` changes a running job only while it still has the model count the caller saw, so a
+  self-stopping job that a redelivered reduce grows again grows once.
 - `mark_shard_done` counts each shard once, however often a redelivered task reports it.
 - Cancellation waits for the shards in flight: workers bracket each shard with `shard_started`
   / `shard_stopped` (a set, `shards_running`). `request_cancel` raises the flag and, with no
@@ -56,6 +59,7 @@ _STORE_FIELDS = frozenset(
         "shards_done",
         "models_done",
         "shards_running",
+        "extend_requests",
     }
 )
 CANCELLED_ERROR = "cancelled by request"
@@ -67,6 +71,10 @@ class JobNotFound(KeyError):
 
 class InvalidPageToken(ValueError):
     """The page token is malformed or belongs to a different query."""
+
+
+class RequestIdReused(ValueError):
+    """An ExtendJob request id this job has already seen, sent with a different model count."""
 
 
 @dataclass
@@ -89,6 +97,7 @@ class JobRecord:
     message: str = ""  # latest human-readable progress note
     cancel_requested: bool = False
     shards_running: list[int] = field(default_factory=list)  # shards in flight (shard_started), sorted
+    extend_requests: dict = field(default_factory=dict)  # ExtendJob request id -> its additional_models
     version: int = 0  # +1 on every change
 
     @property
@@ -179,6 +188,16 @@ def _shard_stopped(rec: JobRecord, shard: int) -> JobRecord | None:
     if rec.cancel_requested and not running:
         return _cancelled(dataclasses.replace(rec, shards_running=running))
     return None if running == rec.shards_running else dataclasses.replace(rec, shards_running=running)
+
+
+def _reopened(rec: JobRecord, fields: dict[str, Any]) -> JobRecord:
+    """`rec`, a SUCCEEDED job, QUEUED again with `fields` set; any other state raises ValueError."""
+    if rec.state != "SUCCEEDED":
+        raise ValueError(f"only a SUCCEEDED job can be reopened; job {rec.job_id} is {rec.state}")
+    new = _apply_update(dataclasses.replace(rec, state="QUEUED"), {**fields, "state": "QUEUED"})
+    assert new is not None
+    # Shards that reported no stop before the job SUCCEEDED are not in flight any more.
+    return dataclasses.replace(new, error="", eta_s=None, cancel_requested=False, shards_running=[])
 
 
 def _encode_token(created_at: float, job_id: str, state: str | None) -> str:
@@ -275,15 +294,46 @@ class JobStore(abc.ABC):
         """Move a SUCCEEDED job back to QUEUED (to train more models), setting `fields`.
         Any other state raises ValueError."""
 
-        def change(rec: JobRecord) -> JobRecord:
-            if rec.state != "SUCCEEDED":
-                raise ValueError(f"only a SUCCEEDED job can be reopened; job {job_id} is {rec.state}")
-            new = _apply_update(dataclasses.replace(rec, state="QUEUED"), {**fields, "state": "QUEUED"})
-            assert new is not None
-            # Shards that reported no stop before the job SUCCEEDED are not in flight any more.
-            return dataclasses.replace(new, error="", eta_s=None, cancel_requested=False, shards_running=[])
+        return self._mutate(job_id, lambda rec: _reopened(rec, fields))
 
-        return self._mutate(job_id, change)
+    def reopen_once(
+        self, job_id: str, request_id: str, additional_models: int, **fields: Any
+    ) -> tuple[JobRecord, bool]:
+        """`reopen` once per request id (AIP-155): the id and `additional_models` are stored with
+        the job. A request id the job has seen with the same count returns the job as it is now
+        and False; with another count raises RequestIdReused. An empty id is a plain reopen."""
+        reopened = [False]
+
+        def change(rec: JobRecord) -> JobRecord | None:
+            reopened[0] = False
+            if request_id and request_id in rec.extend_requests:
+                if rec.extend_requests[request_id] != additional_models:
+                    raise RequestIdReused(
+                        f"request id {request_id!r} already extended job {job_id} by "
+                        f"{rec.extend_requests[request_id]} models, not {additional_models}"
+                    )
+                return None
+            new = _reopened(rec, fields)
+            reopened[0] = True
+            if not request_id:
+                return new
+            return dataclasses.replace(new, extend_requests={**rec.extend_requests, request_id: additional_models})
+
+        rec = self._mutate(job_id, change)
+        return rec, reopened[0]
+
+    def grow(self, job_id: str, from_models: int, **fields: Any) -> tuple[JobRecord, bool]:
+        """Set `fields` (as `update` does) on a job that has not ended and still has
+        `models_total == from_models`: a self-stopping job adding shards. Returns (record, whether
+        this call changed it); a repeat finds the job grown already and changes nothing."""
+        grown = [False]
+
+        def change(rec: JobRecord) -> JobRecord | None:
+            grown[0] = not rec.terminal and rec.models_total == from_models
+            return _apply_update(rec, fields) if grown[0] else None
+
+        rec = self._mutate(job_id, change)
+        return rec, grown[0]
 
     @abc.abstractmethod
     def incr_attempts(self, job_id: str, shard: int) -> int:

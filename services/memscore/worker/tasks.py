@@ -8,6 +8,10 @@ Idempotency: a shard whose trace object exists is done (its key is deterministic
 in one put), so a redelivered or resubmitted shard trains nothing. A shard that keeps killing
 its worker is failed after MEMSCORE_MAX_ATTEMPTS deliveries instead of looping forever.
 
+Self-stopping jobs (`until_reliability`): reduce asks `engine.reliability.next_growth` whether
+to stop; if not, it stores the results so far, gives the job more shards (`JobStore.grow`, once
+per model count, so a redelivered reduce never grows it twice) and enqueues them.
+
 Cancellation: each shard runs inside `JobRun.in_flight` (the job store's set of shards in
 flight). CancelJob raises the job's flag; a shard sees it at its next check and stops, a queued
 one never starts, and the last one to stop turns the job CANCELLED.
@@ -16,6 +20,7 @@ one never starts, and the last one to stop turns the job CANCELLED.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -147,7 +152,7 @@ def reduce(self, job_id: str) -> str:
             return "cancelled"
         spec = ScoringSpec.from_dict(rec.spec)
         missing = [s for s in range(spec.num_shards) if not rt.objects.exists(layout.trace_key(job_id, s))]
-        if missing:  # cannot normally happen; heal rather than publish partial results as final
+        if missing:  # a redelivered reduce of a job that grew meanwhile (or lost traces): heal, never publish
             log.warning("reduce %s: shards %s have no trace; re-enqueuing them", job_id, missing)
             for s in missing:
                 _enqueue(TASK_TRAIN_SHARD, job_id, s)
@@ -159,7 +164,10 @@ def reduce(self, job_id: str) -> str:
 
 
 def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec) -> None:
-    """Merge every shard's trace, store the results and mark the job SUCCEEDED."""
+    """Merge every shard's trace and store the results. Then the job is SUCCEEDED, unless it is
+    self-stopping and `next_growth` adds models: the results so far stay stored (valid for the
+    models done) and the new shards are enqueued; their last one enqueues reduce again."""
+    from ..engine.reliability import anytime_fields, next_growth
     from ..engine.scoring import Reducer, make_plan, prepare_dataset
     from ..engine.traces import Trace
 
@@ -169,23 +177,60 @@ def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec) -> None:
     for s in range(spec.num_shards):
         reducer.add(Trace.from_bytes(rt.objects.get_bytes(layout.trace_key(job_id, s))))
     result = reducer.result()
+    growth = next_growth(spec, result.summary["reliability"])
+    grown = replace(spec, models=spec.models + growth.add_models)
+    result.summary.update(stopped_because=growth.stopped_because, final=not growth.add_models)
+    result.summary["models_total"] = grown.models
     keys = {}
     for name, data in result.to_files().items():
         keys[name] = layout.result_key(job_id, name)
         rt.objects.put_bytes(keys[name], data)
     s = result.summary
-    rt.jobs.update(
+    summary = {
+        **{k: s[k] for k in SUMMARY_KEYS},
+        "fraction_memorized": s["fraction_memorization_ge"][str(MEMORIZED_AT)],
+        **_corrected_fields(s),
+        **{k: s["dataset"][k] for k in ("n_train", "n_test")},  # bounds of GetExample / StreamInfluence
+        **anytime_fields(s["reliability"]),
+    }
+    if not growth.add_models:
+        rt.jobs.update(job_id, state="SUCCEEDED", results=keys, eta_s=0.0, message=growth.message, summary=summary)
+        return
+    _grow(rt, job_id, spec, grown, growth.message, results=keys, summary=summary)
+
+
+def _corrected_fields(s: dict) -> dict:
+    """The honest versions of the headline figures, for the job record (AnytimeSummary)."""
+    c = (s.get("fraction_memorization_ge_corrected") or {}).get(str(MEMORIZED_AT)) or {}
+    return {
+        "fraction_memorized_corrected": c.get("estimate"),
+        "fraction_memorized_lower": c.get("lower"),
+        "fraction_memorized_upper": c.get("upper"),
+        "count_memorization_lower_ge_0_25": s["count_memorization_lower_ge_0_25"],
+        "influence_pairs_above_threshold": s["influence_pairs_above_threshold"],
+        "influence_pairs_significant": s["influence_pairs_significant"],
+    }
+
+
+def _grow(rt: Runtime, job_id: str, spec: ScoringSpec, grown: ScoringSpec, message: str, **fields) -> None:
+    """Give the job `grown`'s models and enqueue the new shards, once: a redelivered reduce of
+    the same models finds the job grown already (the job store compares model counts)."""
+    rec, changed = rt.jobs.grow(
         job_id,
-        state="SUCCEEDED",
-        results=keys,
-        eta_s=0.0,
-        message="done",
-        summary={
-            **{k: s[k] for k in SUMMARY_KEYS},
-            "fraction_memorized": s["fraction_memorization_ge"][str(MEMORIZED_AT)],
-            **{k: s["dataset"][k] for k in ("n_train", "n_test")},  # bounds of GetExample / StreamInfluence
-        },
+        spec.models,
+        spec=grown.to_dict(),
+        shards_total=grown.num_shards,
+        models_total=grown.models,
+        eta_s=None,
+        message=message,
+        **fields,
     )
+    if not changed:
+        log.info("reduce %s: the job has grown already (%d models); nothing to add", job_id, rec.models_total)
+        return
+    log.info("%s", message)
+    for shard in range(spec.num_shards, grown.num_shards):
+        _enqueue(TASK_TRAIN_SHARD, job_id, shard)
 
 
 @app.task(name=TASK_EXPOSURE, base=JobTask, bind=True)

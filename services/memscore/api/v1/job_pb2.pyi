@@ -215,7 +215,7 @@ class ScoringSpec(_message.Message):
     """
     reliability_metric: _builtins.str
     """The score whose reliability stops the job: "memorization", "memorization_soft" or
-    "memorization_logit". Empty = "memorization".
+    "memorization_log_odds". Empty = "memorization".
     """
     def __init__(
         self,
@@ -388,6 +388,12 @@ class AnytimeSummary(_message.Message):
     MEMORIZATION_RELIABILITY_FIELD_NUMBER: _builtins.int
     MEMORIZATION_MODELS_FOR_0_95_FIELD_NUMBER: _builtins.int
     MEMORIZATION_SOFT_RELIABILITY_FIELD_NUMBER: _builtins.int
+    FRACTION_MEMORIZED_CORRECTED_FIELD_NUMBER: _builtins.int
+    FRACTION_MEMORIZED_LOWER_FIELD_NUMBER: _builtins.int
+    FRACTION_MEMORIZED_UPPER_FIELD_NUMBER: _builtins.int
+    COUNT_MEMORIZATION_LOWER_GE_0_25_FIELD_NUMBER: _builtins.int
+    INFLUENCE_PAIRS_ABOVE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    INFLUENCE_PAIRS_SIGNIFICANT_FIELD_NUMBER: _builtins.int
     models_done: _builtins.int
     """Models the estimates below are based on."""
     mean_memorization: _builtins.float
@@ -413,6 +419,25 @@ class AnytimeSummary(_message.Message):
     """
     memorization_soft_reliability: _builtins.float
     """The same projection for soft memorization."""
+    fraction_memorized_corrected: _builtins.float
+    """`fraction_memorized` corrected for the sampling noise of few models (a deconvolution of the
+    per-example binomial counts; docs/validation.md), with its 95% interval. Set once the job
+    has SUCCEEDED (or has results so far while it grows itself).
+    """
+    fraction_memorized_lower: _builtins.float
+    """Lower end of the 95% interval of `fraction_memorized_corrected`."""
+    fraction_memorized_upper: _builtins.float
+    """Upper end of the 95% interval of `fraction_memorized_corrected`."""
+    count_memorization_lower_ge_0_25: _builtins.int
+    """Training examples whose memorization interval lies wholly at or above 0.25: memorized beyond
+    reasonable doubt. Unset until some example has an estimate.
+    """
+    influence_pairs_above_threshold: _builtins.int
+    """Influence pairs at or above ScoringSpec.influence_threshold (the paper's raw cut; at small K
+    mostly sampling noise). Set with the results.
+    """
+    influence_pairs_significant: _builtins.int
+    """Influence pairs significant at false discovery rate ScoringSpec.influence_fdr."""
     def __init__(
         self,
         *,
@@ -424,13 +449,31 @@ class AnytimeSummary(_message.Message):
         memorization_reliability: _builtins.float | None = ...,
         memorization_models_for_0_95: _builtins.int | None = ...,
         memorization_soft_reliability: _builtins.float | None = ...,
+        fraction_memorized_corrected: _builtins.float | None = ...,
+        fraction_memorized_lower: _builtins.float | None = ...,
+        fraction_memorized_upper: _builtins.float | None = ...,
+        count_memorization_lower_ge_0_25: _builtins.int | None = ...,
+        influence_pairs_above_threshold: _builtins.int | None = ...,
+        influence_pairs_significant: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_count_memorization_lower_ge_0_25", b"_count_memorization_lower_ge_0_25", "_fraction_memorized", b"_fraction_memorized", "_fraction_memorized_corrected", b"_fraction_memorized_corrected", "_fraction_memorized_lower", b"_fraction_memorized_lower", "_fraction_memorized_upper", b"_fraction_memorized_upper", "_influence_pairs_above_threshold", b"_influence_pairs_above_threshold", "_influence_pairs_significant", b"_influence_pairs_significant", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "count_memorization_lower_ge_0_25", b"count_memorization_lower_ge_0_25", "fraction_memorized", b"fraction_memorized", "fraction_memorized_corrected", b"fraction_memorized_corrected", "fraction_memorized_lower", b"fraction_memorized_lower", "fraction_memorized_upper", b"fraction_memorized_upper", "influence_pairs_above_threshold", b"influence_pairs_above_threshold", "influence_pairs_significant", b"influence_pairs_significant", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "fraction_memorized", b"fraction_memorized", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half", "models_done", b"models_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count_memorization_lower_ge_0_25", b"_count_memorization_lower_ge_0_25", "_fraction_memorized", b"_fraction_memorized", "_fraction_memorized_corrected", b"_fraction_memorized_corrected", "_fraction_memorized_lower", b"_fraction_memorized_lower", "_fraction_memorized_upper", b"_fraction_memorized_upper", "_influence_pairs_above_threshold", b"_influence_pairs_above_threshold", "_influence_pairs_significant", b"_influence_pairs_significant", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "count_memorization_lower_ge_0_25", b"count_memorization_lower_ge_0_25", "fraction_memorized", b"fraction_memorized", "fraction_memorized_corrected", b"fraction_memorized_corrected", "fraction_memorized_lower", b"fraction_memorized_lower", "fraction_memorized_upper", b"fraction_memorized_upper", "influence_pairs_above_threshold", b"influence_pairs_above_threshold", "influence_pairs_significant", b"influence_pairs_significant", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half", "models_done", b"models_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__count_memorization_lower_ge_0_25: _TypeAlias = _typing.Literal["count_memorization_lower_ge_0_25"]  # noqa: Y015
+    _WhichOneofArgType__count_memorization_lower_ge_0_25: _TypeAlias = _typing.Literal["_count_memorization_lower_ge_0_25", b"_count_memorization_lower_ge_0_25"]  # noqa: Y015
     _WhichOneofReturnType__fraction_memorized: _TypeAlias = _typing.Literal["fraction_memorized"]  # noqa: Y015
     _WhichOneofArgType__fraction_memorized: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized"]  # noqa: Y015
+    _WhichOneofReturnType__fraction_memorized_corrected: _TypeAlias = _typing.Literal["fraction_memorized_corrected"]  # noqa: Y015
+    _WhichOneofArgType__fraction_memorized_corrected: _TypeAlias = _typing.Literal["_fraction_memorized_corrected", b"_fraction_memorized_corrected"]  # noqa: Y015
+    _WhichOneofReturnType__fraction_memorized_lower: _TypeAlias = _typing.Literal["fraction_memorized_lower"]  # noqa: Y015
+    _WhichOneofArgType__fraction_memorized_lower: _TypeAlias = _typing.Literal["_fraction_memorized_lower", b"_fraction_memorized_lower"]  # noqa: Y015
+    _WhichOneofReturnType__fraction_memorized_upper: _TypeAlias = _typing.Literal["fraction_memorized_upper"]  # noqa: Y015
+    _WhichOneofArgType__fraction_memorized_upper: _TypeAlias = _typing.Literal["_fraction_memorized_upper", b"_fraction_memorized_upper"]  # noqa: Y015
+    _WhichOneofReturnType__influence_pairs_above_threshold: _TypeAlias = _typing.Literal["influence_pairs_above_threshold"]  # noqa: Y015
+    _WhichOneofArgType__influence_pairs_above_threshold: _TypeAlias = _typing.Literal["_influence_pairs_above_threshold", b"_influence_pairs_above_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__influence_pairs_significant: _TypeAlias = _typing.Literal["influence_pairs_significant"]  # noqa: Y015
+    _WhichOneofArgType__influence_pairs_significant: _TypeAlias = _typing.Literal["_influence_pairs_significant", b"_influence_pairs_significant"]  # noqa: Y015
     _WhichOneofReturnType__mean_memorization: _TypeAlias = _typing.Literal["mean_memorization"]  # noqa: Y015
     _WhichOneofArgType__mean_memorization: _TypeAlias = _typing.Literal["_mean_memorization", b"_mean_memorization"]  # noqa: Y015
     _WhichOneofReturnType__mean_test_accuracy: _TypeAlias = _typing.Literal["mean_test_accuracy"]  # noqa: Y015
@@ -444,7 +487,19 @@ class AnytimeSummary(_message.Message):
     _WhichOneofReturnType__memorization_split_half: _TypeAlias = _typing.Literal["memorization_split_half"]  # noqa: Y015
     _WhichOneofArgType__memorization_split_half: _TypeAlias = _typing.Literal["_memorization_split_half", b"_memorization_split_half"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__count_memorization_lower_ge_0_25) -> _WhichOneofReturnType__count_memorization_lower_ge_0_25 | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fraction_memorized) -> _WhichOneofReturnType__fraction_memorized | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fraction_memorized_corrected) -> _WhichOneofReturnType__fraction_memorized_corrected | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fraction_memorized_lower) -> _WhichOneofReturnType__fraction_memorized_lower | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__fraction_memorized_upper) -> _WhichOneofReturnType__fraction_memorized_upper | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__influence_pairs_above_threshold) -> _WhichOneofReturnType__influence_pairs_above_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__influence_pairs_significant) -> _WhichOneofReturnType__influence_pairs_significant | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_memorization) -> _WhichOneofReturnType__mean_memorization | None: ...
     @_typing.overload

@@ -136,8 +136,8 @@ class RankedExample(_message.Message):
     MEMORIZATION_UPPER_FIELD_NUMBER: _builtins.int
     MEMORIZATION_SOFT_LOWER_FIELD_NUMBER: _builtins.int
     MEMORIZATION_SOFT_UPPER_FIELD_NUMBER: _builtins.int
-    MEMORIZATION_LOGIT_FIELD_NUMBER: _builtins.int
-    MEMORIZATION_LOGIT_STDERR_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_LOG_ODDS_FIELD_NUMBER: _builtins.int
+    MEMORIZATION_LOG_ODDS_STDERR_FIELD_NUMBER: _builtins.int
     LABEL_QUALITY_FIELD_NUMBER: _builtins.int
     PREDICTED_LABEL_HELDOUT_FIELD_NUMBER: _builtins.int
     index: _builtins.int
@@ -172,13 +172,14 @@ class RankedExample(_message.Message):
     """Lower end of the 95% interval of `memorization_soft`."""
     memorization_soft_upper: _builtins.float
     """Upper end of that interval."""
-    memorization_logit: _builtins.float
-    """Logit-scaled memorization: the difference of the in/out means of the true-class margin
-    phi = log p_y - log(1 - p_y), mapped back to the probability scale as
-    sigmoid(mean_in phi) - sigmoid(mean_out phi), in [-1, 1].
+    memorization_log_odds: _builtins.float
+    """Log-odds memorization: the difference of the in/out means of the true-class margin
+    phi = log p_y - log(1 - p_y) (natural log; the label's odds are e^this times higher in
+    models trained on the example). Needs fewer models than `memorization` for the same
+    ranking quality (docs/validation.md). NaN without an estimate.
     """
-    memorization_logit_stderr: _builtins.float
-    """Standard error of `memorization_logit` (delta method)."""
+    memorization_log_odds_stderr: _builtins.float
+    """Standard error of `memorization_log_odds`."""
     label_quality: _builtins.float
     """Label quality (cleanlab's self-confidence on out-of-sample probabilities): the mean, over
     the models that held the example out, of the probability they give its label. Low = likely
@@ -204,14 +205,14 @@ class RankedExample(_message.Message):
         memorization_upper: _builtins.float = ...,
         memorization_soft_lower: _builtins.float = ...,
         memorization_soft_upper: _builtins.float = ...,
-        memorization_logit: _builtins.float = ...,
-        memorization_logit_stderr: _builtins.float = ...,
+        memorization_log_odds: _builtins.float = ...,
+        memorization_log_odds_stderr: _builtins.float = ...,
         label_quality: _builtins.float = ...,
         predicted_label_heldout: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_accuracy", b"heldout_accuracy", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_logit", b"memorization_logit", "memorization_logit_stderr", b"memorization_logit_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_accuracy", b"heldout_accuracy", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

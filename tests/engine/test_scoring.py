@@ -1,0 +1,48 @@
+"""`run_scoring` on small real data: every job reports its split-half reliability, and a
+self-stopping job grows by whole shards until its target or max_models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memscore.engine.catalog import RELIABILITY_METRICS
+from memscore.engine.datasets import load_dataset
+from memscore.engine.scoring import run_scoring
+from memscore.engine.spec import ScoringSpec
+
+# mnist1d, 3 epochs of the MLP: memorization's reliability is 0.11 at 4 models, 0.08 at 8,
+# 0.19 at 16 (seed 1), so a target of 0.14 needs two rounds of growth.
+SPEC = dict(dataset="mnist1d", model="mlp", epochs=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def mnist1d(torch_one_thread):
+    return load_dataset("mnist1d")
+
+
+def test_a_self_stopping_job_grows_until_its_reliability_reaches_the_target(mnist1d):
+    totals = []
+    spec = ScoringSpec(**SPEC, models=4, shard_size=4, until_reliability=0.14, max_models=64)
+    result = run_scoring(mnist1d, spec, device="cpu", progress=lambda done, total: totals.append(total))
+    s = result.summary
+    assert s["stopped_because"] == "reliability_reached"
+    assert s["models_done"] == s["spec"]["models"] == 16 and s["shards_done"] == s["shards_total"] == 4
+    assert sorted(set(totals)) == [4, 8, 16]  # 4 -> +4 (projected 6) -> +8 (projected 15)
+    r = s["reliability"]["memorization"]
+    assert r["spearman_brown"] >= 0.14 and r["models"] == 16
+    assert r["spearman_brown"] == pytest.approx(2 * r["split_half_spearman"] / (1 + r["split_half_spearman"]))
+    assert set(s["reliability"]) == set(RELIABILITY_METRICS)
+    assert spec.models == 4  # the caller's spec is left as it was
+
+
+def test_a_self_stopping_job_stops_at_max_models_with_the_scores_of_a_fixed_job(mnist1d):
+    grown = run_scoring(
+        mnist1d, ScoringSpec(**SPEC, models=4, shard_size=2, until_reliability=0.9, max_models=8), device="cpu"
+    )
+    assert grown.summary["stopped_because"] == "max_models" and grown.summary["models_done"] == 8
+    fixed = run_scoring(mnist1d, ScoringSpec(**SPEC, models=8, shard_size=2), device="cpu")
+    assert fixed.summary["stopped_because"] == "fixed"
+    for col in ("memorization", "memorization_soft", "n_in"):
+        np.testing.assert_array_equal(grown.scores[col], fixed.scores[col], err_msg=col)
+    assert grown.summary["reliability"] == fixed.summary["reliability"]
