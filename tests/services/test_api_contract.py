@@ -354,3 +354,20 @@ def test_results_command_ranks_by_the_new_columns(deployment, monkeypatch, capsy
     if metric == "memorization_lower":
         assert all(float(r["memorization_lower"]) <= float(r["memorization"]) <= float(r["memorization_upper"])
                    for r in rows if r["memorization"] != "nan")  # fmt: skip
+
+
+def test_a_finished_jobs_summary_shows_each_raw_figure_beside_its_honest_version(deployment):
+    """GetJob of a SUCCEEDED job: the raw memorized fraction with the noise-corrected one and its
+    interval, the count memorized beyond doubt, raw and significant influence pairs, as in
+    summary.json."""
+    client, rt, job, _ = deployment
+    a = client.get(job.job_id).anytime
+    summary = json.loads(rt.objects.get_bytes(layout.result_key(job.job_id, "summary.json")))
+    c = summary["fraction_memorization_ge_corrected"]["0.25"]
+    assert a.fraction_memorized == pytest.approx(summary["fraction_memorization_ge"]["0.25"])
+    assert a.HasField("fraction_memorized_corrected") and a.fraction_memorized_corrected == pytest.approx(c["estimate"])
+    assert a.fraction_memorized_lower <= a.fraction_memorized_corrected <= a.fraction_memorized_upper
+    assert a.count_memorization_lower_ge_0_25 == summary["count_memorization_lower_ge_0_25"]
+    assert a.influence_pairs_above_threshold == summary["influence_pairs_above_threshold"] > 0
+    assert a.HasField("influence_pairs_significant")
+    assert a.influence_pairs_significant == summary["influence_pairs_significant"]

@@ -576,8 +576,9 @@ class Job(_message.Message):
 
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Names of the artifacts ResultsService.GetArtifact serves, e.g. "scores.parquet",
-        "influence.parquet", "summary.json". Empty until the job SUCCEEDED.
+        """Names of the artifacts ResultsService.GetArtifact serves: "scores.parquet",
+        "influence.parquet", "summary.json", "heldout_probs.npy". Empty until the job SUCCEEDED
+        (a self-stopping job that grows itself lists its results so far, summary.json "final": false).
         """
 
     def __init__(
