@@ -1,14 +1,21 @@
 """What a job spec's `dataset` and `corpus` names mean: a built-in, an uploaded object
-(`datasets/<sha256>.npz|.txt` in the object store) or a path on the server.
+(`datasets/<sha256>.npz|.txt` in the object store) or a path on the server under one of the
+directories an administrator allows (`MEMSCORE_DATA_ROOTS`; none by default).
 
 Below the gateway, the results server and the workers, which all resolve names here: the
 gateway checks a name cheaply before anything is queued, the worker and the results server
 load it. Loading uses the engine's numpy readers; nothing here imports torch.
+
+A server path is resolved (symlinks followed) and must lie inside a resolved data root, and so
+must every file of an ImageFolder directory: a link cannot lead out of a root. A path that does
+not exist and one that is not allowed get the same answer, so a client learns nothing about the
+server's files. `memscore run` (this machine, this user) reads any path: it does not come here.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 from .engine.catalog import BUILTINS
 from .engine.corpus import BUILTIN as BUILTIN_CORPUS
@@ -22,34 +29,77 @@ def _not_uploaded(ref: str, example: str) -> str:
     return f"{ref} is not in the object store; upload it first (memscore upload {example})"
 
 
-def load_job_dataset(ref: str, objects: ObjectStore) -> Dataset:
-    """A built-in name, `datasets/<sha256>.npz` in the object store, or a path on this machine."""
+def _not_a_dataset(ref: str) -> str:
+    return (
+        f"{_shown(ref)} is not a built-in dataset ({', '.join(BUILTINS)}), an uploaded datasets/<sha256>.npz, "
+        "nor a dataset under the server's data roots (MEMSCORE_DATA_ROOTS); upload it (memscore upload FILE.npz)"
+    )
+
+
+def _not_a_corpus(ref: str) -> str:
+    return (
+        f"{_shown(ref)} is not 'builtin', an uploaded datasets/<sha256>.txt, nor a file under the server's "
+        "data roots (MEMSCORE_DATA_ROOTS); upload it (memscore upload FILE.txt)"
+    )
+
+
+def _shown(ref: str, limit: int = 200) -> str:
+    """`ref` as an error message quotes it: bounded, so a huge field cannot bloat the answer."""
+    return repr(ref if len(ref) <= limit else ref[:limit] + "…")
+
+
+def _inside(path: str, root: str) -> bool:
+    return os.path.commonpath([path, root]) == root
+
+
+def allowed_path(ref: str, roots: Iterable[str], directory_ok: bool = True) -> str | None:
+    """The resolved path `ref` names if it exists inside a data root (after following every
+    link) and, for a directory, all the files under it do too; else None."""
+    if not ref or "\0" in ref:
+        return None
+    real_roots = [os.path.realpath(r) for r in roots]
+    path = os.path.realpath(ref)
+    root = next((r for r in real_roots if _inside(path, r)), None)
+    if root is None or not os.path.exists(path):
+        return None
+    if os.path.isdir(path):
+        if not directory_ok:
+            return None
+        for top, dirs, files in os.walk(path):
+            for name in dirs + files:
+                if not _inside(os.path.realpath(os.path.join(top, name)), root):
+                    return None
+    return path
+
+
+def load_job_dataset(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -> Dataset:
+    """A built-in name, `datasets/<sha256>.npz` in the object store, or a path under `roots`."""
+    if ref in BUILTINS:
+        return load_dataset(ref)
     if layout.is_dataset_key(ref):
         try:
             data = objects.get_bytes(ref)
         except ObjectNotFound:
             raise DatasetError(_not_uploaded(ref, "FILE.npz")) from None
         return dataset_from_npz_bytes(data)
-    return load_dataset(ref)
+    path = allowed_path(ref, roots)
+    if path is None:
+        raise DatasetError(_not_a_dataset(ref))
+    return load_dataset(path)
 
 
-def check_dataset_ref(ref: str, objects: ObjectStore) -> str | None:
+def check_dataset_ref(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -> str | None:
     """A cheap reachability check for the gateway: None if `ref` looks loadable, else why not.
     Uploaded datasets were validated in full when uploaded."""
     if ref in BUILTINS:
         return None
     if layout.is_dataset_key(ref):
         return None if objects.exists(ref) else _not_uploaded(ref, "FILE.npz")
-    if os.path.exists(ref):
-        return None
-    return (
-        f"{ref!r} is neither a built-in dataset ({', '.join(BUILTINS)}), an uploaded datasets/<sha256>.npz, "
-        "nor a path that exists on the server"
-    )
+    return None if allowed_path(ref, roots) else _not_a_dataset(ref)
 
 
-def load_job_corpus(ref: str, objects: ObjectStore) -> str:
-    """ "builtin" (or ""), `datasets/<sha256>.txt` in the object store, or a path on this machine."""
+def load_job_corpus(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -> str:
+    """ "builtin" (or ""), `datasets/<sha256>.txt` in the object store, or a file under `roots`."""
     if ref in ("", BUILTIN_CORPUS):
         return load_corpus(BUILTIN_CORPUS)
     if layout.is_dataset_key(ref):
@@ -58,15 +108,16 @@ def load_job_corpus(ref: str, objects: ObjectStore) -> str:
         except ObjectNotFound:
             raise CorpusError(_not_uploaded(ref, "FILE.txt")) from None
         return corpus_from_bytes(data, source=ref)
-    return load_corpus(ref)
+    path = allowed_path(ref, roots, directory_ok=False)
+    if path is None:
+        raise CorpusError(_not_a_corpus(ref))
+    return load_corpus(path)
 
 
-def check_corpus_ref(ref: str, objects: ObjectStore) -> str | None:
+def check_corpus_ref(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -> str | None:
     """As `check_dataset_ref`, for an exposure job's corpus."""
     if ref in ("", BUILTIN_CORPUS):
         return None
     if layout.is_dataset_key(ref):
         return None if objects.exists(ref) else _not_uploaded(ref, "FILE.txt")
-    if os.path.isfile(ref):
-        return None
-    return f"{ref!r} is neither 'builtin', an uploaded datasets/<sha256>.txt, nor a path on the server"
+    return None if allowed_path(ref, roots, directory_ok=False) else _not_a_corpus(ref)

@@ -33,13 +33,26 @@ _CODES = {
 }
 
 
+# Longest message and field description an error carries: a request's own bytes quoted back
+# (a 1 MB model name) must not turn the answer into RESOURCE_EXHAUSTED or a log flood.
+MAX_MESSAGE_CHARS = 2000
+MAX_DESCRIPTION_CHARS = 500
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _abort(context: grpc.ServicerContext, e: MemscoreError) -> None:
     code, rpc_code = _CODES.get(type(e), (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL))
-    status = status_pb2.Status(code=rpc_code, message=str(e))
+    status = status_pb2.Status(code=rpc_code, message=_bounded(str(e), MAX_MESSAGE_CHARS))
     if isinstance(e, InvalidArgument):
         br = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in e.violations
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=_bounded(f, MAX_DESCRIPTION_CHARS), description=_bounded(d, MAX_DESCRIPTION_CHARS)
+                )
+                for f, d in e.violations[:100]
             ]
         )
         status.details.add().Pack(br)

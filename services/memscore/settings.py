@@ -39,6 +39,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_MAX_TRAIN_EXAMPLES": ("2000000", "largest training set a job may use"),
     "MEMSCORE_MAX_MODELS": ("100000", "most models one job may train"),
     "MEMSCORE_MAX_UPLOAD_BYTES": ("4294967296", "largest dataset upload in bytes"),
+    "MEMSCORE_DATA_ROOTS": (
+        "",
+        "directories (separated by ':') whose files jobs may name as datasets or corpora by server path; "
+        "empty = none (only built-ins and uploads)",
+    ),
     "MEMSCORE_SHARD_TIMEOUT_S": ("21600", "longest a shard may run; Redis visibility timeout is set above it"),
     "MEMSCORE_VISIBILITY_TIMEOUT_S": (
         "",
@@ -81,6 +86,9 @@ class Settings:
     max_train_examples: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_TRAIN_EXAMPLES")))
     max_models: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_MODELS")))
     max_upload_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_UPLOAD_BYTES")))
+    data_roots: tuple[str, ...] = field(
+        default_factory=lambda: tuple(p for p in env("MEMSCORE_DATA_ROOTS").split(os.pathsep) if p)
+    )
     shard_timeout_s: int = field(default_factory=lambda: int(env("MEMSCORE_SHARD_TIMEOUT_S")))
     visibility_timeout_s: int = field(
         default_factory=lambda: int(env("MEMSCORE_VISIBILITY_TIMEOUT_S") or int(env("MEMSCORE_SHARD_TIMEOUT_S")) + 900)

@@ -124,6 +124,21 @@ def test_stream_ranked_refuses_a_token_of_another_query(deployment):
 # -- StreamInfluence, GetArtifact, GetExample ---------------------------------------------------
 
 
+def test_a_negative_influence_limit_is_invalid_not_everything(deployment):
+    client, _, job, _ = deployment
+    err = _rpc_error(lambda: client.influence(job.job_id, limit=-1))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violations(err)[0][0] == "limit"
+
+
+def test_an_error_quotes_a_huge_field_boundedly(deployment):
+    """A 1 MB model name is INVALID_ARGUMENT naming the field, not an answer too large to send."""
+    client, _, _, _ = deployment
+    err = _rpc_error(lambda: client.submit_scoring(dataset="digits", model="x" * 1_000_000))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, desc)] = [v for v in field_violations(err) if v[0] == "spec.scoring.model"]
+    assert len(desc) <= 500 and len(err.details()) <= 2000
+
+
 @pytest.mark.parametrize("test_index", [80, 10**6, -1])
 def test_stream_influence_names_a_test_index_out_of_range(deployment, test_index):
     client, _, job, _ = deployment  # 80 test examples: 0..79
@@ -289,7 +304,7 @@ def test_uploading_the_same_bytes_twice_returns_the_same_reference(deployment):
     assert first.dataset_ref == second.dataset_ref and first.sha256 == second.sha256
 
 
-def test_list_jobs_newest_first_page_size_0_is_50_at_most_1000(deployment):
+def test_list_jobs_newest_first_page_size_0_is_50_and_above_1000_is_clamped(deployment):
     client, rt, _, _ = deployment
     for i in range(55):
         rt.jobs.create(JobRecord(job_id=f"job-list-{i:03d}", created_at=1e9 + i, state="SUCCEEDED"))
@@ -297,8 +312,12 @@ def test_list_jobs_newest_first_page_size_0_is_50_at_most_1000(deployment):
     assert len(jobs) == 50 and token
     created = [j.create_time.ToNanoseconds() for j in jobs]
     assert created == sorted(created, reverse=True)
-    err = _rpc_error(lambda: client.list(page_size=1001))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for i in range(55, 1100):  # more than a page of the maximum size
+        rt.jobs.create(JobRecord(job_id=f"job-list-{i:04d}", created_at=1e9 + i, state="SUCCEEDED"))
+    jobs, token = client.list(page_size=5000)  # clamped to 1000, as the proto says
+    assert len(jobs) == 1000 and token
+    err = _rpc_error(lambda: client.list(page_size=-1))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violations(err)[0][0] == "page_size"
 
 
 # -- anytime summaries --------------------------------------------------------------------------
@@ -371,3 +390,52 @@ def test_a_finished_jobs_summary_shows_each_raw_figure_beside_its_honest_version
     assert a.influence_pairs_above_threshold == summary["influence_pairs_above_threshold"] > 0
     assert a.HasField("influence_pairs_significant")
     assert a.influence_pairs_significant == summary["influence_pairs_significant"]
+
+
+def test_server_files_are_not_reachable_and_absent_reads_like_forbidden(deployment, tmp_path):
+    """Without MEMSCORE_DATA_ROOTS no server path is a dataset or corpus: an existing file (the
+    deployment's own data), a missing one and a `datasets/..` escape all get INVALID_ARGUMENT
+    with the same message, and no job is created."""
+    client, rt, _, blobs = deployment
+    (tmp_path / "notes.txt").write_text("a server-side text file\n" * 100)
+    newest = client.list(page_size=1)[0][0].job_id
+
+    def refused(**spec) -> str:
+        err = _rpc_error(lambda: client.submit_scoring(models=4, epochs=1, **spec))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [(field, msg)] = [v for v in field_violations(err) if v[0] == "spec.scoring.dataset"]
+        return msg.replace(repr(spec["dataset"]), "REF")
+
+    messages = {
+        refused(dataset=str(blobs)),
+        refused(dataset=str(tmp_path / "missing.npz")),
+        refused(dataset="datasets/../x"),
+    }
+    assert len(messages) == 1 and "MEMSCORE_DATA_ROOTS" in messages.pop()
+    for corpus in (str(tmp_path / "notes.txt"), str(tmp_path / "missing.txt")):
+        err = _rpc_error(lambda: client.submit_exposure(corpus=corpus))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in field_violations(err)] == ["spec.exposure.corpus"]
+    assert client.list(page_size=1)[0][0].job_id == newest
+
+
+def test_exposure_submit_uploads_a_local_corpus_instead_of_naming_a_server_path(
+    deployment, monkeypatch, capsys, tmp_path
+):
+    import contextlib
+
+    from memscore.cli import main, service
+
+    client, _, _, _ = deployment
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some plain text to train a tiny language model on.\n" * 40)
+    monkeypatch.setattr(service, "connect", lambda args: contextlib.nullcontext(client))
+    args = ["exposure", "--submit", "--corpus", str(corpus), "--canary", "pin {dd}", "--insertions", "0,1"]
+    assert main(args + ["--epochs", "1"]) == 0
+    out = capsys.readouterr()
+    job_id = out.out.strip().splitlines()[-1]
+    assert "uploaded" in out.err
+    job = client.get(job_id)
+    assert layout.is_dataset_key(job.spec.exposure.corpus) and job.spec.exposure.corpus.endswith(".txt")
+    client.cancel(job_id)
+    assert client.wait(job_id, timeout=120).state in (job_pb2.JOB_STATE_CANCELLED, job_pb2.JOB_STATE_SUCCEEDED)

@@ -38,6 +38,7 @@ def _healthy(target: str) -> bool:
 def start_up(tmp_path, gw: int, res: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
     env["MEMSCORE_HOME"] = str(tmp_path / "home")
+    env["MEMSCORE_DATA_ROOTS"] = str(tmp_path)  # jobs may name files under tmp_path by server path
     env["OMP_NUM_THREADS"] = "1"
     log = open(tmp_path / "up.log", "a")
     proc = subprocess.Popen(
@@ -81,7 +82,7 @@ def test_embedded_up_serves_submit_watch_results(tmp_path):
         blobs = write_blobs_npz(tmp_path / "blobs.npz")
         spec = dict(model="mlp", models=6, epochs=3, seed=1, shard_size=3)
         with Client(f"127.0.0.1:{gw}", f"127.0.0.1:{res}") as c:
-            job = c.submit_scoring(dataset=str(blobs), **spec)  # a local path: the server is this machine
+            job = c.submit_scoring(dataset=str(blobs), **spec)  # a server path under MEMSCORE_DATA_ROOTS
             done = c.wait(job.job_id, timeout=120)
             assert done.state == job_pb2.JOB_STATE_SUCCEEDED, (tmp_path / "up.log").read_text()[-3000:]
             ranked = c.ranked(job.job_id, limit=0)

@@ -47,7 +47,7 @@ SPEC = dict(
 def up(tmp_path, monkeypatch):
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
-    e = embedded.start(Settings(home=tmp_path / "home", device="cpu"), 0, 0, "127.0.0.1")
+    e = embedded.start(Settings(home=tmp_path / "home", device="cpu", data_roots=(str(tmp_path),)), 0, 0, "127.0.0.1")
     try:
         yield f"127.0.0.1:{e.gateway_port}", f"127.0.0.1:{e.results_port}"
     finally:
@@ -68,7 +68,7 @@ def test_a_self_stopping_job_grows_to_its_target_and_extends_once_per_request_id
     svc = ["--gateway", gateway, "--results", results]
     blobs = write_blobs_npz(tmp_path / "blobs.npz")
     with Client(gateway, results, timeout=30) as c:
-        job = c.submit_scoring(dataset=str(blobs), **SPEC)  # a local path: the server is this machine
+        job = c.submit_scoring(dataset=str(blobs), **SPEC)  # a server path under MEMSCORE_DATA_ROOTS
         events = list(c.watch(job.job_id, timeout=300))
         final = events[-1]
         assert final.state == job_pb2.JOB_STATE_SUCCEEDED, final.message

@@ -122,7 +122,12 @@ def submit(args: argparse.Namespace) -> int:
 @_rpc_errors
 def submit_exposure(args: argparse.Namespace, spec) -> int:
     """`memscore exposure --submit [--wait]`, with the ExposureSpec its flags made."""
+    import os
+
     with connect(args) as c:
+        if spec.corpus not in ("", "builtin") and os.path.isfile(spec.corpus):
+            spec.corpus = c.upload(spec.corpus).dataset_ref  # the server may not see this path
+            print(f"uploaded {args.corpus} as {spec.corpus}", file=sys.stderr)
         job = c.submit_exposure(**spec.to_dict())
         print(job.job_id)
         if not args.wait:

@@ -47,7 +47,7 @@ class ScoringPlane:
         if kind == "scoring":
             spec, shards, models = check_scoring(spec, self.rt.settings, self.rt.objects)
         else:
-            spec, shards, models = check_exposure(spec, self.rt.objects)
+            spec, shards, models = check_exposure(spec, self.rt.objects, self.rt.settings.data_roots)
         record = JobRecord(
             job_id=_new_job_id(), kind=kind, spec=spec, shards_total=shards, models_total=models, message="queued"
         )
@@ -98,10 +98,12 @@ class ScoringPlane:
         return rec
 
     def list(self, state: str | None, page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
-        if page_size < 0 or page_size > MAX_PAGE:
-            raise InvalidArgument([("page_size", f"must be between 0 and {MAX_PAGE}")])
-        try:
-            return self.rt.jobs.list(state=state or None, page_size=page_size or 50, page_token=page_token)
+        if page_size < 0:
+            raise InvalidArgument([("page_size", f"must be >= 0 (0 = 50; above {MAX_PAGE} counts as {MAX_PAGE})")])
+        try:  # AIP-158: a page size above the maximum is clamped, not refused
+            return self.rt.jobs.list(
+                state=state or None, page_size=min(page_size or 50, MAX_PAGE), page_token=page_token
+            )
         except ValueError as e:
             raise InvalidArgument([("page_token" if "token" in str(e) else "state", str(e))]) from None
 

@@ -125,7 +125,7 @@ class ResultsPlane:
         spec = ScoringSpec.from_dict(rec.spec)
 
         def build():
-            ds = load_job_dataset(spec.dataset, self.rt.objects)
+            ds = load_job_dataset(spec.dataset, self.rt.objects, self.rt.settings.data_roots)
             if spec.label_noise > 0:
                 ds, _ = flip_labels(ds, spec.label_noise, spec.seed)
             return ds.y_train.astype(np.int64)
@@ -215,6 +215,8 @@ class ResultsPlane:
         """Global pairs above the threshold (or, significant_only, the significant pairs),
         strongest first; or test example `test_index`'s top-k training examples (significant_only:
         those of them that are significant)."""
+        if limit < 0:
+            raise InvalidArgument([("limit", f"must be >= 0 (0 = the default), got {limit}")])
         rec, cols = self._influence_table(job_id)
         if test_index is None:
             sel = np.nonzero(cols["significant"] if significant_only else cols["above_threshold"])[0]

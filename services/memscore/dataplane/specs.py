@@ -29,7 +29,7 @@ def check_scoring(spec: dict, settings: Settings, objects: ObjectStore) -> tuple
     problems = [(f"spec.scoring.{f}", m) for f, m in s.validate(max_models=limit)]
     if s.dataset:
         try:
-            why = check_dataset_ref(s.dataset, objects)
+            why = check_dataset_ref(s.dataset, objects, settings.data_roots)
             problems += [("spec.scoring.dataset", why)] if why else _dataset_fits(s, settings, objects)
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
@@ -39,7 +39,7 @@ def check_scoring(spec: dict, settings: Settings, objects: ObjectStore) -> tuple
     return s.to_dict(), s.num_shards, s.models
 
 
-def check_exposure(spec: dict, objects: ObjectStore) -> tuple[dict, int, int]:
+def check_exposure(spec: dict, objects: ObjectStore, roots: tuple[str, ...] = ()) -> tuple[dict, int, int]:
     """As `check_scoring`, for an exposure job (one task: one shard of one model)."""
     try:
         s = ExposureSpec.from_dict(spec)
@@ -47,7 +47,7 @@ def check_exposure(spec: dict, objects: ObjectStore) -> tuple[dict, int, int]:
         raise InvalidArgument([("spec.exposure", str(e))]) from None
     problems = [(f"spec.exposure.{f}", m) for f, m in s.validate()]
     try:
-        why = check_corpus_ref(s.corpus, objects)
+        why = check_corpus_ref(s.corpus, objects, roots)
     except StoreUnavailable as e:
         raise Unavailable(f"object store unavailable: {e}") from e
     if why:

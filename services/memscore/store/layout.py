@@ -5,6 +5,8 @@ a redelivered shard idempotent: it overwrites the same object with the same byte
 
 from __future__ import annotations
 
+import re
+
 DATASETS = "datasets/"
 
 
@@ -17,8 +19,13 @@ def dataset_meta_key(key: str) -> str:
     return key + ".meta.json"
 
 
+_DATASET_KEY = re.compile(r"datasets/[0-9a-f]{64}\.(npz|txt)")
+
+
 def is_dataset_key(ref: str) -> bool:
-    return ref.startswith(DATASETS)
+    """Exactly `datasets/<sha256 hex>.npz|.txt`, as `dataset_key` makes them (no other key, and
+    nothing like `datasets/../x`, passes as an uploaded dataset)."""
+    return _DATASET_KEY.fullmatch(ref) is not None
 
 
 def job_prefix(job_id: str) -> str:

@@ -90,7 +90,7 @@ def _run_shard(run: JobRun, rec: JobRecord) -> str:
     if rec.state == "QUEUED":  # as it was before this shard started: the job's first shard
         rt.jobs.update(job_id, message=f"shard {shard} started")
     try:
-        ds = load_job_dataset(spec.dataset, rt.objects)
+        ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots)
     except DatasetError as e:
         run.fail(f"dataset: {e}")
         return "bad dataset"
@@ -171,7 +171,7 @@ def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec) -> None:
     from ..engine.scoring import Reducer, make_plan, prepare_dataset
     from ..engine.traces import Trace
 
-    ds = load_job_dataset(spec.dataset, rt.objects)
+    ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots)
     ds, flipped = prepare_dataset(ds, spec)
     reducer = Reducer(ds, spec, make_plan(ds, spec), flipped)
     for s in range(spec.num_shards):
