@@ -39,6 +39,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_MAX_TRAIN_EXAMPLES": ("2000000", "largest training set a job may use"),
     "MEMSCORE_MAX_MODELS": ("100000", "most models one job may train"),
     "MEMSCORE_MAX_UPLOAD_BYTES": ("4294967296", "largest dataset upload in bytes"),
+    "MEMSCORE_MAX_DECOMPRESSED_BYTES": (
+        "17179869184",
+        "largest size an uploaded .npz may decompress to (its members' stated sizes, checked before inflating)",
+    ),
+    "MEMSCORE_MAX_COMPRESSION_RATIO": (
+        "100",
+        "refuse an upload that decompresses to over this many times its size (and over 256 MiB): a zip bomb",
+    ),
     "MEMSCORE_DATA_ROOTS": (
         "",
         "directories (separated by ':') whose files jobs may name as datasets or corpora by server path; "
@@ -86,6 +94,8 @@ class Settings:
     max_train_examples: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_TRAIN_EXAMPLES")))
     max_models: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_MODELS")))
     max_upload_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_UPLOAD_BYTES")))
+    max_decompressed_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_DECOMPRESSED_BYTES")))
+    max_compression_ratio: float = field(default_factory=lambda: float(env("MEMSCORE_MAX_COMPRESSION_RATIO")))
     data_roots: tuple[str, ...] = field(
         default_factory=lambda: tuple(p for p in env("MEMSCORE_DATA_ROOTS").split(os.pathsep) if p)
     )

@@ -23,6 +23,7 @@ from memscore.engine.datasets import (
     load_npz,
     validate,
 )
+from tests.services.conftest import write_zip_bomb
 
 
 def good_arrays(n: int = 30, m: int = 10, d: int = 5, c: int = 3) -> dict[str, np.ndarray]:
@@ -357,3 +358,39 @@ def test_builtin_shapes_known_to_the_gateway_match_the_loaders():
 
     for name, shape in BUILTIN_SHAPES.items():
         assert load_dataset(name).feature_shape == shape
+
+
+def test_a_compression_bomb_is_refused_before_it_is_inflated(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "bomb.npz"
+    write_zip_bomb(path, 512 << 20)
+    assert path.stat().st_size < 2 << 20  # 512 MiB of zeros in under 2 MiB
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match="MEMSCORE_MAX_COMPRESSION_RATIO"):
+            load_npz(path, max_compression_ratio=100)
+        with pytest.raises(DatasetError, match="MEMSCORE_MAX_DECOMPRESSED_BYTES"):
+            load_npz(path, max_decompressed_bytes=64 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak  # nothing was inflated
+
+
+def test_a_huge_label_is_refused_without_counting_that_many_classes(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "labels.npz"
+    y = np.zeros(20, np.int64)
+    y[3] = 10**8
+    np.savez(path, x_train=np.zeros((20, 4), np.float32), y_train=y, x_test=np.zeros((5, 4), np.float32), y_test=y[:5])
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError) as e:
+            load_npz(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ("num_classes", "100000001 classes (labels up to 100000000) exceeds the limit of 100000") in e.value.problems
+    assert peak < 16 << 20, peak

@@ -4,6 +4,7 @@ started and killed like containers."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -146,3 +147,24 @@ def wait_for(predicate, timeout: float, every: float = 0.2, what: str = "conditi
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def write_zip_bomb(path, inflated_bytes: int) -> None:
+    """An .npz whose x_train inflates to `inflated_bytes` of zeros from a few hundred KB,
+    written in 1 MiB pieces (the test itself never holds it)."""
+    import zipfile
+
+    rows = inflated_bytes // (4 * 16)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for key, arr in (("y_train", np.zeros(rows, np.int64)[:10]), ("x_test", np.zeros((4, 16), np.float32))):
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            z.writestr(f"{key}.npy", buf.getvalue())
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(4, np.int64))
+        z.writestr("y_test.npy", buf.getvalue())
+        with z.open("x_train.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (rows, 16)})
+            zeros = bytes(1 << 20)
+            for _ in range(inflated_bytes >> 20):
+                f.write(zeros)

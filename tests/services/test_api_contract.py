@@ -23,7 +23,7 @@ from memscore.settings import ENV_VARS, Settings
 from memscore.store import layout
 from memscore.store.jobs import JobRecord
 
-from .conftest import write_blobs_npz
+from .conftest import write_blobs_npz, write_zip_bomb
 
 pytestmark = pytest.mark.integration
 
@@ -439,3 +439,17 @@ def test_exposure_submit_uploads_a_local_corpus_instead_of_naming_a_server_path(
     assert layout.is_dataset_key(job.spec.exposure.corpus) and job.spec.exposure.corpus.endswith(".txt")
     client.cancel(job_id)
     assert client.wait(job_id, timeout=120).state in (job_pb2.JOB_STATE_CANCELLED, job_pb2.JOB_STATE_SUCCEEDED)
+
+
+def test_an_uploaded_compression_bomb_is_refused_before_it_is_inflated(deployment, tmp_path):
+    """512 MiB of zeros in a ~0.5 MB .npz: INVALID_ARGUMENT from the zip directory's sizes,
+    nothing stored (the same bytes are not an uploaded dataset afterwards)."""
+    import hashlib
+
+    client, rt, _, _ = deployment
+    bomb = tmp_path / "bomb.npz"
+    write_zip_bomb(bomb, 512 << 20)
+    err = _rpc_error(lambda: client.upload(bomb))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "MEMSCORE_MAX_COMPRESSION_RATIO" in err.details()
+    assert not rt.objects.exists(layout.dataset_key(hashlib.sha256(bomb.read_bytes()).hexdigest()))

@@ -9,9 +9,10 @@ import json
 import tempfile
 from typing import Iterable
 
-from ..engine.datasets import DatasetError, dataset_from_npz_bytes
+from ..engine.datasets import DatasetError, load_npz
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..runtime import Runtime
+from ..settings import Settings
 from ..store import layout
 from ..store.objects import StoreUnavailable
 
@@ -37,7 +38,7 @@ def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "") -> di
             _check_corpus(tmp.read())
             key = layout.dataset_key(sha, "txt")
         else:
-            meta.update(_dataset_facts(tmp.read(), rt.settings.max_train_examples))
+            meta.update(_dataset_facts(tmp.name, rt.settings))
             key = layout.dataset_key(sha)
         try:
             if not rt.objects.exists(key):
@@ -57,10 +58,17 @@ def _check_corpus(data: bytes) -> None:
         raise InvalidArgument([("chunk", "the corpus is empty")])
 
 
-def _dataset_facts(data: bytes, max_train_examples: int) -> dict:
-    """Validate an .npz dataset fully; what the gateway records of it."""
+def _dataset_facts(path: str, settings: Settings) -> dict:
+    """Validate an .npz dataset fully (read from the spool file, bounded by its members' stated
+    sizes before anything is inflated); what the gateway records of it."""
+    max_train_examples = settings.max_train_examples
     try:
-        ds = dataset_from_npz_bytes(data)  # any parse failure is a DatasetError
+        ds = load_npz(  # any parse failure is a DatasetError
+            path,
+            name="upload",
+            max_decompressed_bytes=settings.max_decompressed_bytes,
+            max_compression_ratio=settings.max_compression_ratio,
+        )
     except DatasetError as e:
         problems = getattr(e, "problems", None) or [("", str(e))]
         raise InvalidArgument(

@@ -27,6 +27,10 @@ KINDS = ("vector", "sequence", "image")
 # Beyond this many examples in either split a file is certainly a mistake (or an attack on the
 # gateway's memory), whatever the deployment's own limit (MEMSCORE_MAX_TRAIN_EXAMPLES) says.
 MAX_EXAMPLES = 100_000_000
+MAX_CLASSES = 100_000  # a label of 10**8 must not cost a 10**8-bin count before it is refused
+# An archive whose members decompress to more than this many times its compressed size, and to
+# more than BOMB_MIN_BYTES, is refused before anything is decompressed (a compression bomb).
+BOMB_MIN_BYTES = 256 << 20
 # Feature-shape ndim each kind allows: vectors (d,), sequences (L,) or (c, L), images (c, h, w).
 _KIND_FEATURE_NDIM = {"vector": (1,), "sequence": (1, 2), "image": (3,)}
 
@@ -135,6 +139,14 @@ def collect_problems(ds: Dataset, max_train_examples: int | None = None) -> list
     num_classes = ds.num_classes
     if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 2:
         problems.append(("num_classes", f"must be an integer of at least 2, got {num_classes!r}"))
+        num_classes = 0
+    elif num_classes > MAX_CLASSES:
+        problems.append(
+            (
+                "num_classes",
+                f"{num_classes} classes (labels up to {num_classes - 1}) exceeds the limit of {MAX_CLASSES}",
+            )
+        )
         num_classes = 0
     y_problems = _y_problems("y_train", ds.y_train, num_classes) + _y_problems("y_test", ds.y_test, num_classes)
     problems += y_problems
@@ -401,6 +413,8 @@ def load_npz(
     path_or_bytes: str | os.PathLike | bytes | BinaryIO,
     max_train_examples: int | None = None,
     name: str | None = None,
+    max_decompressed_bytes: int | None = None,
+    max_compression_ratio: float | None = None,
 ) -> Dataset:
     """A dataset from an `.npz` with x_train, y_train, x_test, y_test and optionally class_names
     (strings) and kind ("vector" | "sequence" | "image"). Features may be float, integer or bool;
@@ -408,7 +422,10 @@ def load_npz(
     (n, c, h, w) images, NHWC when the last axis is 1 or 3 and the second is not; with
     kind="sequence", (n, L) or (n, c, L). Labels: integers, or floats that are whole numbers.
     num_classes is len(class_names) if given, else the largest label + 1. Any other array in the
-    file is kept in `extras`. Raises `DatasetError` listing every problem found."""
+    file is kept in `extras`. Raises `DatasetError` listing every problem found.
+    `max_decompressed_bytes` and `max_compression_ratio` bound the archive by its members' sizes
+    as the zip directory states them (zipfile never inflates a member past its stated size),
+    checked before any member is decompressed."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data = bytes(path_or_bytes)
         name = name or f"npz:{hashlib.sha256(data).hexdigest()[:12]}"
@@ -431,6 +448,7 @@ def load_npz(
 
     problems: list[tuple[str, str]] = []
     with npz:
+        _check_archive_size(npz, max_decompressed_bytes, max_compression_ratio)
 
         def get(key: str) -> np.ndarray | None:
             try:
@@ -515,6 +533,22 @@ def load_npz(
     problems += [(f, m) for f, m in collect_problems(ds, max_train_examples) if f not in failed]
     _raise_if(problems)
     return ds
+
+
+def _check_archive_size(npz, max_bytes: int | None, max_ratio: float | None) -> None:
+    members = npz.zip.infolist()
+    size = sum(m.file_size for m in members)
+    packed = max(1, sum(m.compress_size for m in members))
+    if max_bytes is not None and size > max_bytes:
+        raise DatasetError(
+            f"the arrays decompress to {size} bytes, over this server's limit of {max_bytes} "
+            "(MEMSCORE_MAX_DECOMPRESSED_BYTES)"
+        )
+    if max_ratio is not None and size > BOMB_MIN_BYTES and size > max_ratio * packed:
+        raise DatasetError(
+            f"the arrays decompress to {size} bytes from {packed} ({size / packed:.0f}:1, over the limit of "
+            f"{max_ratio:g}:1, MEMSCORE_MAX_COMPRESSION_RATIO); save them with np.savez (uncompressed) instead"
+        )
 
 
 def dataset_from_npz_bytes(data: bytes, max_train_examples: int | None = None) -> Dataset:
