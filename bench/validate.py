@@ -42,7 +42,7 @@ import numpy as np
 from memscore.engine.datasets import Dataset, flip_labels, load_longtail, load_mnist1d
 from memscore.engine.ensemble import make_recipe, train_ensemble
 from memscore.engine.estimators import ScoreAccumulator, _mean, _var_of_mean
-from memscore.engine.reliability import SplitHalf, models_for, spearman, spearman_brown
+from memscore.engine.reliability import SplitHalf, models_for, pearson, spearman, spearman_brown
 from memscore.engine.traces import Trace
 
 # -- shared helpers -------------------------------------------------------------------------------
@@ -210,9 +210,7 @@ def _split_half(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | Non
     both = np.isfinite(a) & np.isfinite(b)
     if both.sum() < 3:
         return None, None, int(both.sum())
-    x, y = a[both] - a[both].mean(), b[both] - b[both].mean()
-    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
-    return spearman(a[both], b[both]), (float((x * y).sum()) / den if den > 0 else None), int(both.sum())
+    return spearman(a[both], b[both]), pearson(a[both], b[both]), int(both.sum())
 
 
 def statistics_by_k(traces: list[Trace], ks: list[int], truth: np.ndarray, stats=score_statistics) -> list[dict]:

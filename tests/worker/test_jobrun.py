@@ -3,12 +3,10 @@ progress and cancel checks, failing, and the log context."""
 
 from __future__ import annotations
 
-import logging
 from types import SimpleNamespace
 
 import pytest
 
-from memscore.logs import TaskContextFilter
 from memscore.runtime import Runtime
 from memscore.store.jobs import JobRecord
 from memscore.worker import jobrun
@@ -100,18 +98,9 @@ def test_fail_marks_the_job_failed_and_ignores_a_deleted_job(rt):
     assert JobRun("j", 0, rt).fail("again") == "failed"
 
 
-def test_records_inside_the_run_carry_job_and_shard(rt):
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    handler.addFilter(TaskContextFilter())
-    logger = logging.getLogger("memscore.engine.test")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        with JobRun("j", 5, rt):
-            logger.info("training")
-        logger.info("idle")
-    finally:
-        logger.removeHandler(handler)
+def test_records_inside_the_run_carry_job_and_shard(rt, captured):
+    logger, records = captured
+    with JobRun("j", 5, rt):
+        logger.info("training")
+    logger.info("idle")
     assert [(r.job_id, r.shard) for r in records[:1]] == [("j", 5)] and not hasattr(records[1], "job_id")

@@ -9,21 +9,7 @@ import threading
 
 import pytest
 
-from memscore.logs import JsonFormatter, TaskContextFilter, TextFormatter, configure_logging, task_context
-
-
-@pytest.fixture
-def captured():
-    """Records of logger `memscore.test`, through a handler with the context filter."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append
-    handler.addFilter(TaskContextFilter())
-    logger = logging.getLogger("memscore.test")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield logger, records
-    logger.removeHandler(handler)
+from memscore.logs import JsonFormatter, TextFormatter, configure_logging, task_context
 
 
 def test_records_inside_a_task_context_carry_its_job_and_shard(captured):

@@ -1,8 +1,9 @@
 """Anytime estimates: the scores of a running job from the shards finished so far.
 
 One streaming accumulator per job (engine `ScoreAccumulator`, with a `SplitHalf` beside it for
-the reliability), to which each newly finished shard's trace is added once, so asking again
-costs only the new shards' traces.
+the reliability), to which each newly finished shard's trace is added once, and the snapshot of
+the scores it gives, kept until a new shard arrives: asking again costs only the new shards'
+traces, and nothing when there are none.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..engine.catalog import MEMORIZED_AT
 from ..engine.estimators import ScoreAccumulator
+from ..engine.intervals import count_lower_ge
 from ..engine.reliability import SplitHalf, anytime_fields
 from ..engine.traces import Trace
 from ..runtime import Runtime
@@ -38,7 +40,7 @@ class AnytimeEstimates:
     def __init__(self, rt: Runtime, max_jobs: int = 16):
         self.rt = rt
         self.max_jobs = max_jobs
-        self._jobs: OrderedDict = OrderedDict()  # job_id -> (ScoreAccumulator, SplitHalf, set of shards)
+        self._jobs: OrderedDict = OrderedDict()  # job_id -> (ScoreAccumulator, SplitHalf, shards, Snapshot)
         self._lock = threading.Lock()
 
     def shards_available(self, rec: JobRecord) -> list[int]:
@@ -50,7 +52,7 @@ class AnytimeEstimates:
         """The scores over every stored trace of the job, or None before the first shard."""
         shards = self.shards_available(rec)
         with self._lock:  # one reader per process folds in new shards; the others wait for it
-            acc, halves, seen = self._jobs.pop(rec.job_id, (None, None, set()))
+            acc, halves, seen, snap = self._jobs.pop(rec.job_id, (None, None, set(), None))
             try:
                 for s in shards:
                     if s in seen:
@@ -62,17 +64,17 @@ class AnytimeEstimates:
                     acc.add(t)
                     halves.add(t)
                     seen.add(s)
+                if acc is not None and (snap is None or snap.shards != seen):
+                    test_acc = float(np.mean(list(acc.test_accuracy.values())))
+                    snap = Snapshot(
+                        acc.scores(), test_acc, frozenset(seen), acc.num_models, acc.heldout_probs(), halves.report()
+                    )
             finally:
                 if acc is not None:
-                    self._jobs[rec.job_id] = (acc, halves, seen)
+                    self._jobs[rec.job_id] = (acc, halves, seen, snap)
                     while len(self._jobs) > self.max_jobs:
                         self._jobs.popitem(last=False)
-            if acc is None:
-                return None
-            test_acc = float(np.mean(list(acc.test_accuracy.values())))
-            return Snapshot(
-                acc.scores(), test_acc, frozenset(seen), acc.num_models, acc.heldout_probs(), halves.report()
-            )
+            return snap
 
     def summary(self, rec: JobRecord) -> dict:
         """The job's anytime summary: models so far, mean member test accuracy and, once some
@@ -88,7 +90,6 @@ class AnytimeEstimates:
         if len(finite):
             out["mean_memorization"] = float(finite.mean())
             out["fraction_memorized"] = float((finite >= MEMORIZED_AT).mean())
-            lower = snap.scores["memorization_lower"]
-            out["count_memorization_lower_ge_0_25"] = int((lower[np.isfinite(lower)] >= MEMORIZED_AT).sum())
+            out["count_memorization_lower_ge_0_25"] = count_lower_ge(snap.scores["memorization_lower"], MEMORIZED_AT)
         out.update(anytime_fields(snap.reliability))
         return out
