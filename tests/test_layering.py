@@ -25,11 +25,12 @@ FORBIDDEN = {
     "broker": {"worker", "gateway", "results", "dataplane", "cli", "embedded"},
     "gateway": {"worker", "results", "cli", "embedded"},
     "results": {"worker", "gateway", "cli", "embedded"},
+    "auth": {"worker", "gateway", "results", "dataplane", "cli", "embedded", "rpc"},
     "rpc": {"worker", "gateway", "results", "dataplane", "cli", "embedded"},
     "client": {"worker", "gateway", "results", "dataplane", "store", "engine", "cli", "embedded"},
     "worker": {"gateway", "results", "dataplane", "cli", "embedded"},
 }
-NO_TORCH = ("dataplane", "store", "gateway", "results", "rpc", "client", "datarefs", "broker")
+NO_TORCH = ("dataplane", "store", "gateway", "results", "rpc", "client", "datarefs", "broker", "auth")
 
 
 def _modules() -> list[tuple[str, Path]]:

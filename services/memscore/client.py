@@ -8,6 +8,12 @@
 
 gRPC errors surface as `grpc.RpcError` with the server's status code and message; for
 INVALID_ARGUMENT, `field_violations(err)` lists every bad field.
+
+Credentials: `token` (sent as `authorization: Bearer ...` on every call), `tls_ca` (verify the
+servers with this CA: TLS on), `tls_client_cert`/`tls_client_key` (mTLS) and `tls_server_name`
+(the name the server certificate carries when it differs from the address). Each defaults to
+its environment variable: MEMSCORE_TOKEN, MEMSCORE_TLS_CA, MEMSCORE_TLS_CLIENT_CERT,
+MEMSCORE_TLS_CLIENT_KEY, MEMSCORE_TLS_SERVER_NAME.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from .api.v1 import results_service_pb2 as rpb
 from .api.v1 import results_service_pb2_grpc as rpb_grpc
 from .api.v1 import scoring_service_pb2 as spb
 from .api.v1 import scoring_service_pb2_grpc as spb_grpc
+from .settings import env
+from .tls import channel_credentials
 
 UPLOAD_CHUNK = 1 << 20
 TERMINAL = {job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED}
@@ -48,14 +56,82 @@ def state_name(state: int) -> str:
     return job_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call's metadata."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, d):
+        return d._replace(metadata=[*(d.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+def open_channel(
+    target: str,
+    token: str | None = None,
+    tls_ca: str | None = None,
+    tls_client_cert: str | None = None,
+    tls_client_key: str | None = None,
+    tls_server_name: str | None = None,
+    options: list | None = None,
+) -> grpc.Channel:
+    """A channel to `target` with the given credentials (None = the environment variable)."""
+    token = env("MEMSCORE_TOKEN") if token is None else token
+    creds = channel_credentials(
+        env("MEMSCORE_TLS_CA") if tls_ca is None else tls_ca,
+        env("MEMSCORE_TLS_CLIENT_CERT") if tls_client_cert is None else tls_client_cert,
+        env("MEMSCORE_TLS_CLIENT_KEY") if tls_client_key is None else tls_client_key,
+    )
+    name = env("MEMSCORE_TLS_SERVER_NAME") if tls_server_name is None else tls_server_name
+    opts = list(options or [])
+    if name:
+        opts.append(("grpc.ssl_target_name_override", name))
+    channel = grpc.secure_channel(target, creds, options=opts) if creds else grpc.insecure_channel(target, options=opts)
+    return grpc.intercept_channel(channel, _Bearer(token)) if token else channel
+
+
 class Client:
-    def __init__(self, gateway: str = "localhost:50051", results: str = "localhost:50052", timeout: float = 30.0):
+    def __init__(
+        self,
+        gateway: str = "localhost:50051",
+        results: str = "localhost:50052",
+        timeout: float = 30.0,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        tls_client_cert: str | None = None,
+        tls_client_key: str | None = None,
+        tls_server_name: str | None = None,
+    ):
         opts = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._gw_channel = grpc.insecure_channel(gateway, options=opts)
-        self._res_channel = grpc.insecure_channel(results, options=opts)
+        creds = dict(
+            token=token,
+            tls_ca=tls_ca,
+            tls_client_cert=tls_client_cert,
+            tls_client_key=tls_client_key,
+            tls_server_name=tls_server_name,
+        )
+        self._gw_channel = open_channel(gateway, options=opts, **creds)
+        self._res_channel = open_channel(results, options=opts, **creds)
         self.scoring = spb_grpc.ScoringServiceStub(self._gw_channel)
         self.results = rpb_grpc.ResultsServiceStub(self._res_channel)
         self.timeout = timeout

@@ -88,13 +88,23 @@ def load_job_dataset(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) 
     return load_dataset(path)
 
 
-def check_dataset_ref(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -> str | None:
+def _uploaded(ref: str, objects: ObjectStore, tenant: str | None) -> bool:
+    """The object exists and, with `tenant`, that tenant uploaded it (holds its receipt): a
+    tenant cannot use another's upload, and is told the same as for one that does not exist."""
+    if tenant is not None:
+        return objects.exists(layout.upload_receipt_key(tenant, ref)) and objects.exists(ref)
+    return objects.exists(ref)
+
+
+def check_dataset_ref(
+    ref: str, objects: ObjectStore, roots: Iterable[str] = (), tenant: str | None = None
+) -> str | None:
     """A cheap reachability check for the gateway: None if `ref` looks loadable, else why not.
-    Uploaded datasets were validated in full when uploaded."""
+    Uploaded datasets were validated in full when uploaded; with `tenant`, only the tenant's own."""
     if ref in BUILTINS:
         return None
     if layout.is_dataset_key(ref):
-        return None if objects.exists(ref) else _not_uploaded(ref, "FILE.npz")
+        return None if _uploaded(ref, objects, tenant) else _not_uploaded(ref, "FILE.npz")
     return None if allowed_path(ref, roots) else _not_a_dataset(ref)
 
 
@@ -114,10 +124,12 @@ def load_job_corpus(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -
     return load_corpus(path)
 
 
-def check_corpus_ref(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -> str | None:
+def check_corpus_ref(
+    ref: str, objects: ObjectStore, roots: Iterable[str] = (), tenant: str | None = None
+) -> str | None:
     """As `check_dataset_ref`, for an exposure job's corpus."""
     if ref in ("", BUILTIN_CORPUS):
         return None
     if layout.is_dataset_key(ref):
-        return None if objects.exists(ref) else _not_uploaded(ref, "FILE.txt")
+        return None if _uploaded(ref, objects, tenant) else _not_uploaded(ref, "FILE.txt")
     return None if allowed_path(ref, roots, directory_ok=False) else _not_a_corpus(ref)

@@ -46,16 +46,20 @@ def start(
     bind: str | None = None,
     with_worker: bool = True,
 ) -> Embedded:
+    from .auth import authenticator_from_settings
     from .dataplane import ScoringPlane
     from .gateway.server import serve as serve_gateway
     from .results.server import serve as serve_results
+    from .tls import server_credentials
     from .worker.app import app
 
     s = settings or Settings()
+    host = bind or s.bind
+    authenticator_from_settings(s, host)  # refuse (RuntimeError) before anything starts: no tokens on
+    server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca)  # a public address, TLS files that do not load
     rt = Runtime.from_settings(s)
     set_runtime(rt)
     rt._celery = app
-    host = bind or s.bind
     worker = app.WorkController(
         pool_cls="solo",
         concurrency=1,

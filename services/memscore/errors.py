@@ -32,3 +32,7 @@ class FailedPrecondition(MemscoreError):
 
 class Unavailable(MemscoreError):
     """A backing service (store, broker) cannot be reached; the client may retry."""
+
+
+class Unauthenticated(MemscoreError):
+    """The call carries no valid credentials (token or client certificate)."""

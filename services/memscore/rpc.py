@@ -18,7 +18,19 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from .api.v1 import job_pb2
-from .errors import FailedPrecondition, InvalidArgument, MemscoreError, NotFound, ResourceExhausted, Unavailable
+from .auth import Authenticator, authenticator_from_settings
+from .errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MemscoreError,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from .limits import StreamBudget
+from .store.objects import StoreUnavailable
+from .tls import server_credentials
 
 log = logging.getLogger("memscore.rpc")
 
@@ -30,6 +42,7 @@ _CODES = {
     ResourceExhausted: (grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
     FailedPrecondition: (grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
     Unavailable: (grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+    Unauthenticated: (grpc.StatusCode.UNAUTHENTICATED, code_pb2.UNAUTHENTICATED),
 }
 
 
@@ -59,11 +72,45 @@ def _abort(context: grpc.ServicerContext, e: MemscoreError) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
+def outage(e: BaseException) -> str | None:
+    """Which backing store an exception says is unreachable ("job store", "object store",
+    "broker"), or None when it is not an outage."""
+    if isinstance(e, StoreUnavailable):
+        return "object store"
+    try:
+        import redis.exceptions as rx
+
+        if isinstance(e, (rx.ConnectionError, rx.TimeoutError)):
+            return "job store"
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    try:
+        from kombu.exceptions import OperationalError
+
+        if isinstance(e, OperationalError):
+            return "broker"
+    except ImportError:  # pragma: no cover - kombu comes with celery
+        pass
+    return None
+
+
+def _unavailable(context: grpc.ServicerContext, method: str, what: str, e: Exception) -> None:
+    """A backing store is unreachable: UNAVAILABLE (retry with backoff), its details logged here."""
+    log.warning("%s: the %s is unreachable: %s: %s", method, what, type(e).__name__, e)
+    status = status_pb2.Status(
+        code=code_pb2.UNAVAILABLE, message=f"the {what} is unreachable ({type(e).__name__}); retry with backoff"
+    )
+    context.abort_with_status(rpc_status.to_status(status))
+
+
 def _internal(context: grpc.ServicerContext, method: str, e: Exception) -> None:
     """An unexpected exception: logged with its traceback under an incident id, answered
     INTERNAL with that id (and nothing of the server's internals)."""
     if getattr(context, "code", lambda: None)() is not None:  # the handler aborted the call itself
         raise e
+    what = outage(e)
+    if what:
+        _unavailable(context, method, what, e)
     incident = uuid.uuid4().hex[:12]
     log.exception("%s failed unexpectedly (incident %s)", method, incident)
     status = status_pb2.Status(
@@ -116,17 +163,139 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
         return handler
 
 
+# Methods any caller may use without credentials: the health protocol (probes, load balancers).
+PUBLIC_METHODS = ("/grpc.health.v1.Health/",)
+
+
+class CallerContext:
+    """A servicer's `context` with the caller's tenant beside it (`context.tenant`); everything
+    else is gRPC's own context. Servicers read the tenant only from here."""
+
+    def __init__(self, context: grpc.ServicerContext, tenant: str):
+        self._context = context
+        self.tenant = tenant
+
+    def __getattr__(self, name):
+        return getattr(self._context, name)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Every call but `PUBLIC_METHODS` is authenticated before its handler runs (UNAUTHENTICATED
+    otherwise) and the handler gets a `CallerContext` naming the tenant."""
+
+    def __init__(self, auth: Authenticator):
+        self.auth = auth
+
+    def _caller(self, context) -> CallerContext:
+        return CallerContext(context, self.auth.tenant(context.invocation_metadata(), context.auth_context()))
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(PUBLIC_METHODS):
+            return handler
+
+        def wrap_unary(fn):
+            return lambda request, context: fn(request, self._caller(context))
+
+        def wrap_stream(fn):
+            def inner(request, context):
+                caller = self._caller(context)  # before the first message: a refusal sends none
+                yield from fn(request, caller)
+
+            return inner
+
+        if handler.unary_unary:
+            return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
+        return handler
+
+
+class StreamLimitInterceptor(grpc.ServerInterceptor):
+    """Streaming calls take a slot of the server's `StreamBudget` for the caller's tenant before
+    they run (RESOURCE_EXHAUSTED when none is left) and give it back when the call ends, however
+    it ends. Runs inside `AuthInterceptor`, so the tenant is known; Health is not counted."""
+
+    def __init__(self, budget: StreamBudget):
+        self.budget = budget
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(PUBLIC_METHODS):
+            return handler
+
+        def slot(context):
+            taken = self.budget.acquire(context.tenant)
+            context.add_callback(taken.release)  # the call ended (done, cancelled, timed out)
+            return taken
+
+        def streaming(fn):
+            def inner(request, context):
+                taken = slot(context)
+                try:
+                    yield from fn(request, context)
+                finally:
+                    taken.release()
+
+            return inner
+
+        def uploading(fn):  # a client stream: one reply at the end
+            def inner(request_iterator, context):
+                taken = slot(context)
+                try:
+                    return fn(request_iterator, context)
+                finally:
+                    taken.release()
+
+            return inner
+
+        if handler.unary_stream:
+            return handler._replace(unary_stream=streaming(handler.unary_stream))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=uploading(handler.stream_unary))
+        if handler.stream_stream:
+            return handler._replace(stream_stream=streaming(handler.stream_stream))
+        return handler
+
+
+def bind_host(address: str) -> str:
+    """The host part of HOST:PORT (brackets of an IPv6 host kept off)."""
+    return address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+
+
+MIN_UNARY_THREADS = 4  # threads no stream may take: unary calls and Health always find one
+
+
 def build_server(
     add_servicers: list[Callable[[grpc.Server], None]],
     service_names: list[str],
     address: str,
-    max_workers: int = 16,
+    settings=None,
 ) -> tuple[grpc.Server, int, health.HealthServicer]:
-    """A server with our services, gRPC health (each service and "" SERVING) and reflection.
+    """A server with our services, gRPC health (each service and "" SERVING) and reflection,
+    authenticating every other call (`AuthInterceptor`), holding streams to a budget below its
+    thread count (`StreamLimitInterceptor`) and serving TLS when `settings` name a certificate.
     Returns (server, bound port, health servicer)."""
+    from .settings import Settings
+
+    settings = settings or Settings()
+    auth = authenticator_from_settings(settings, bind_host(address))
+    credentials = server_credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+    threads, streams = settings.rpc_threads, settings.max_streams
+    if streams > threads - MIN_UNARY_THREADS:
+        raise RuntimeError(
+            f"MEMSCORE_MAX_STREAMS={streams} must leave at least {MIN_UNARY_THREADS} of the "
+            f"MEMSCORE_RPC_THREADS={threads} threads to unary calls and Health"
+        )
+    budget = StreamBudget(streams, settings.tenant_max_streams)
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers),
-        interceptors=[DomainErrorInterceptor()],
+        futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="memscore-rpc"),
+        interceptors=[DomainErrorInterceptor(), AuthInterceptor(auth), StreamLimitInterceptor(budget)],
+        maximum_concurrent_rpcs=max(settings.max_concurrent_rpcs, threads),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -139,10 +308,66 @@ def build_server(
     for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise RuntimeError(f"could not bind {address}")
     return server, port, health_servicer
+
+
+def monitor_backends(
+    health_servicer: health.HealthServicer,
+    service_names: list[str],
+    checks: dict[str, Callable[[], None]],
+    interval_s: float,
+) -> threading.Event:
+    """Every `interval_s`, run each check (a store's `ping`); while one fails, Health reports
+    NOT_SERVING for the server and its services, and SERVING again once all pass. Transitions
+    are logged. Set the returned event to stop."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        serving = True
+        while not stop.is_set():
+            down = []
+            for name, check in checks.items():
+                try:
+                    check()
+                except Exception as e:  # any failure to reach it counts
+                    down.append(f"{name} ({type(e).__name__}: {_bounded(str(e), 300)})")
+            if bool(down) == serving:
+                serving = not down
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for name in ["", *service_names]:
+                    health_servicer.set(name, status)
+                if serving:
+                    log.info("backing stores reachable again: SERVING")
+                else:
+                    log.warning("NOT_SERVING: unreachable %s", "; ".join(down))
+            stop.wait(interval_s)
+
+    threading.Thread(target=loop, name="memscore-health", daemon=True).start()
+    return stop
+
+
+def start_server(server: grpc.Server, health_servicer, service_names: list[str], rt) -> grpc.Server:
+    """Start `server` with a backing-store monitor (`monitor_backends`) that stops with it."""
+    stop = monitor_backends(
+        health_servicer,
+        service_names,
+        {"job store": rt.jobs.ping, "object store": rt.objects.ping},
+        rt.settings.health_interval_s,
+    )
+    server_stop = server.stop
+
+    def stop_all(grace):
+        stop.set()
+        return server_stop(grace)
+
+    server.stop = stop_all
+    server.start()
+    return server
 
 
 def run_until_signalled(servers) -> None:

@@ -52,6 +52,52 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "directories (separated by ':') whose files jobs may name as datasets or corpora by server path; "
         "empty = none (only built-ins and uploads)",
     ),
+    "MEMSCORE_AUTH_TOKENS": (
+        "",
+        "token file: one line per token, 'TENANT SHA256_HEX_OF_TOKEN' (# comments); re-read when it changes; "
+        "empty = no authentication, refused unless the servers bind loopback (or MEMSCORE_ALLOW_UNAUTHENTICATED)",
+    ),
+    "MEMSCORE_ALLOW_UNAUTHENTICATED": (
+        "false",
+        "serve without tokens on a non-loopback address (only behind a proxy or mesh that authenticates); "
+        "every caller is then the one tenant 'default'",
+    ),
+    "MEMSCORE_TLS_CERT": (
+        "",
+        "PEM certificate (chain) both gRPC servers present; re-read when it changes; empty = no TLS",
+    ),
+    "MEMSCORE_TLS_KEY": ("", "PEM private key of MEMSCORE_TLS_CERT"),
+    "MEMSCORE_TLS_CLIENT_CA": (
+        "",
+        "PEM CA bundle: when set, clients must present a certificate it signed (mTLS), and a caller without a "
+        "token is the tenant named by its certificate's common name",
+    ),
+    "MEMSCORE_TENANT_MAX_ACTIVE_JOBS": ("16", "most QUEUED or RUNNING jobs one tenant may have"),
+    "MEMSCORE_TENANT_MAX_STORED_BYTES": ("68719476736", "most bytes of uploads one tenant may store"),
+    "MEMSCORE_RPC_THREADS": ("64", "threads of each gRPC server: at most this many calls run at once"),
+    "MEMSCORE_MAX_STREAMS": (
+        "48",
+        "streaming calls (WatchJob, StreamRanked, uploads, ...) one server holds at once, below MEMSCORE_RPC_THREADS "
+        "so unary calls and Health always find a thread; more are RESOURCE_EXHAUSTED",
+    ),
+    "MEMSCORE_TENANT_MAX_STREAMS": ("16", "streaming calls one tenant may hold open on one server"),
+    "MEMSCORE_MAX_CONCURRENT_RPCS": (
+        "256",
+        "calls one server accepts at once, running or waiting for a thread; more are RESOURCE_EXHAUSTED",
+    ),
+    "MEMSCORE_HEALTH_INTERVAL_S": (
+        "5",
+        "seconds between a server's checks of its job store and object store; Health is NOT_SERVING while one "
+        "is unreachable",
+    ),
+    "MEMSCORE_TOKEN": ("", "client side (CLI, Client): the bearer token sent as 'authorization: Bearer ...'"),
+    "MEMSCORE_TLS_CA": ("", "client side: PEM CA to verify the servers with; set = connect with TLS"),
+    "MEMSCORE_TLS_CLIENT_CERT": ("", "client side: PEM certificate to present for mTLS"),
+    "MEMSCORE_TLS_CLIENT_KEY": ("", "client side: PEM private key of MEMSCORE_TLS_CLIENT_CERT"),
+    "MEMSCORE_TLS_SERVER_NAME": (
+        "",
+        "client side: the name the server certificate must carry when it differs from the address (e.g. 127.0.0.1)",
+    ),
     "MEMSCORE_SHARD_TIMEOUT_S": ("21600", "longest a shard may run; Redis visibility timeout is set above it"),
     "MEMSCORE_VISIBILITY_TIMEOUT_S": (
         "",
@@ -99,6 +145,20 @@ class Settings:
     data_roots: tuple[str, ...] = field(
         default_factory=lambda: tuple(p for p in env("MEMSCORE_DATA_ROOTS").split(os.pathsep) if p)
     )
+    auth_tokens: str = field(default_factory=lambda: env("MEMSCORE_AUTH_TOKENS"))
+    allow_unauthenticated: bool = field(
+        default_factory=lambda: env("MEMSCORE_ALLOW_UNAUTHENTICATED").lower() in ("1", "true", "yes")
+    )
+    tls_cert: str = field(default_factory=lambda: env("MEMSCORE_TLS_CERT"))
+    tls_key: str = field(default_factory=lambda: env("MEMSCORE_TLS_KEY"))
+    tls_client_ca: str = field(default_factory=lambda: env("MEMSCORE_TLS_CLIENT_CA"))
+    tenant_max_active_jobs: int = field(default_factory=lambda: int(env("MEMSCORE_TENANT_MAX_ACTIVE_JOBS")))
+    tenant_max_stored_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_TENANT_MAX_STORED_BYTES")))
+    rpc_threads: int = field(default_factory=lambda: int(env("MEMSCORE_RPC_THREADS")))
+    max_streams: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_STREAMS")))
+    tenant_max_streams: int = field(default_factory=lambda: int(env("MEMSCORE_TENANT_MAX_STREAMS")))
+    max_concurrent_rpcs: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_CONCURRENT_RPCS")))
+    health_interval_s: float = field(default_factory=lambda: float(env("MEMSCORE_HEALTH_INTERVAL_S")))
     shard_timeout_s: int = field(default_factory=lambda: int(env("MEMSCORE_SHARD_TIMEOUT_S")))
     visibility_timeout_s: int = field(
         default_factory=lambda: int(env("MEMSCORE_VISIBILITY_TIMEOUT_S") or int(env("MEMSCORE_SHARD_TIMEOUT_S")) + 900)

@@ -168,3 +168,130 @@ def write_zip_bomb(path, inflated_bytes: int) -> None:
             zeros = bytes(1 << 20)
             for _ in range(inflated_bytes >> 20):
                 f.write(zeros)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def write_pki(directory: Path, clients: tuple[str, ...] = (), ca_name: str = "memscore-test-ca") -> dict[str, Path]:
+    """A test CA (openssl), a server certificate for localhost and 127.0.0.1 signed by it, and a
+    client certificate per common name in `clients` (for mTLS). Returns the PEM paths by name:
+    ca, server_cert, server_key, and <cn>_cert / <cn>_key per client."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", f"/CN={ca_name}",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=directory,
+    )  # fmt: skip
+    out = {"ca": directory / "ca.pem"}
+    for name, cn, ext in [("server", "localhost", "subjectAltName=DNS:localhost,IP:127.0.0.1")] + [
+        (c, c, "extendedKeyUsage=clientAuth") for c in clients
+    ]:
+        (directory / f"{name}.ext").write_text(ext + "\n")
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=directory)
+        _openssl(
+            "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext",
+            cwd=directory,
+        )  # fmt: skip
+        out[f"{name}_cert"], out[f"{name}_key"] = directory / f"{name}.pem", directory / f"{name}.key"
+    return out
+
+
+def write_tokens(path: Path, tokens: dict[str, str]) -> Path:
+    """A MEMSCORE_AUTH_TOKENS file: token -> tenant, stored as 'TENANT SHA256_HEX'."""
+    from memscore.auth import token_digest
+
+    path.write_text("# test tokens\n" + "".join(f"{t} {token_digest(k)}\n" for k, t in tokens.items()))
+    return path
+
+
+class TcpProxy:
+    """A loopback TCP proxy to `upstream` (host, port) that a test can cut (`down`: the listener
+    and every connection close, so clients see refused and reset connections) and restore
+    (`up`: listening again on the same port), as a network outage of a backing store would."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        import socket
+
+        self.upstream = upstream
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self._conns: list = []
+        self._listener = None
+        self._lock = __import__("threading").Lock()
+        self.up()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        import socket
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def down(self) -> None:
+        import socket
+
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it (Linux)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.down()

@@ -62,3 +62,19 @@ def test_the_anytime_summary_of_a_running_job_carries_its_split_half_reliability
     assert pb.memorization_soft_reliability == later["memorization_soft_reliability"]
     rec.summary = {"models_done": 2}  # too few models: the reliability fields stay unset
     assert not anytime_to_pb(rec).HasField("memorization_split_half")
+
+
+def test_upload_spool_files_left_by_a_crash_are_swept_at_start(make_settings):
+    import os
+    import time
+
+    from memscore.dataplane.uploads import SPOOL_PREFIX
+
+    settings = make_settings()
+    settings.home.mkdir(parents=True)
+    stale, live = settings.home / (SPOOL_PREFIX + "dead"), settings.home / (SPOOL_PREFIX + "live")
+    for p in (stale, live):
+        p.write_bytes(b"x" * 10)
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    ScoringPlane(Runtime.from_settings(settings), enqueue=lambda name, args: None)
+    assert not stale.exists() and live.exists()

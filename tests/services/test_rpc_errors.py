@@ -31,7 +31,7 @@ def gateway(make_settings):
 def test_an_unexpected_exception_is_logged_and_answered_internal(gateway, monkeypatch, caplog):
     plane, stub = gateway
 
-    def broken(job_id):
+    def broken(job_id, tenant=None):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(plane, "get", broken)
@@ -61,7 +61,7 @@ def test_an_unexpected_exception_in_a_stream_is_internal_too(gateway, monkeypatc
 def test_a_domain_error_keeps_its_code(gateway, monkeypatch):
     plane, stub = gateway
 
-    def missing(job_id):
+    def missing(job_id, tenant=None):
         raise NotFound(f"no job {job_id!r}")
 
     monkeypatch.setattr(plane, "get", missing)

@@ -436,3 +436,59 @@ def test_grow_changes_a_running_job_once_for_the_model_count_it_saw(jobs):
     assert not grown and again == rec
     jobs.update("j", state="SUCCEEDED")
     assert not jobs.grow("j", 16, models_total=32)[1] and jobs.get("j").models_total == 16
+
+
+# -- tenants -----------------------------------------------------------------------------------
+
+
+def test_list_and_count_active_are_per_tenant(jobs):
+    for i, tenant in enumerate(["team-a", "team-b", "team-a"]):
+        jobs.create(job(f"t{i}", tenant=tenant, created_at=100.0 + i))
+    jobs.update("t2", state="SUCCEEDED")
+    assert [r.job_id for r in jobs.list(tenant="team-a")[0]] == ["t2", "t0"]
+    assert [r.job_id for r in jobs.list(tenant="team-b")[0]] == ["t1"]
+    assert [r.job_id for r in jobs.list(state="SUCCEEDED", tenant="team-a")[0]] == ["t2"]
+    assert jobs.list(state="SUCCEEDED", tenant="team-b")[0] == []
+    assert {r.job_id for r in jobs.list()[0]} == {"t0", "t1", "t2"}  # None: every tenant's
+    assert (jobs.count_active("team-a"), jobs.count_active("team-b"), jobs.count_active("nobody")) == (1, 1, 0)
+    jobs.delete("t1")
+    assert jobs.list(tenant="team-b")[0] == [] and jobs.count_active("team-b") == 0
+
+
+def test_request_ids_are_per_tenant_and_found_per_tenant(jobs):
+    a, created_a = jobs.create(job("ra", tenant="team-a"), "nightly")
+    b, created_b = jobs.create(job("rb", tenant="team-b"), "nightly")
+    again, created_again = jobs.create(job("rc", tenant="team-a"), "nightly")
+    assert created_a and created_b and not created_again and again.job_id == "ra"
+    assert jobs.find_request("team-b", "nightly").job_id == "rb"
+    assert jobs.find_request("team-c", "nightly") is None
+    d, _ = jobs.create(job("rd"), "nightly")  # the default tenant's ids are their own too
+    assert d.tenant == "default" and d.job_id == "rd"
+    jobs.delete("rb")
+    assert jobs.find_request("team-b", "nightly") is None and jobs.find_request("team-a", "nightly").job_id == "ra"
+
+
+def test_a_tenant_name_that_could_break_keys_is_refused(jobs):
+    for bad in ("", "a:b", "../x", "a b", "x" * 65):
+        with pytest.raises(ValueError, match="tenant"):
+            jobs.create(job("bad", tenant=bad))
+
+
+def test_an_sqlite_file_from_before_tenants_is_migrated_its_jobs_the_default_tenants(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, request_id TEXT UNIQUE, state TEXT NOT NULL, "
+        "created_at REAL NOT NULL, record TEXT NOT NULL);"
+    )
+    rec = {"job_id": "old-1", "kind": "scoring", "state": "QUEUED", "request_id": "r1", "created_at": 5.0, "version": 1}
+    old.execute("INSERT INTO jobs VALUES ('old-1', 'r1', 'QUEUED', 5.0, ?)", (json.dumps(rec),))
+    old.commit()
+    old.close()
+    store = SqliteJobStore(path)
+    assert store.get("old-1").tenant == "default"
+    assert [r.job_id for r in store.list(tenant="default")[0]] == ["old-1"]
+    assert store.find_request("default", "r1").job_id == "old-1" and store.count_active("default") == 1
+    assert store.create(job("new", tenant="team-a"), "r1")[1]  # another tenant's "r1" is a new job

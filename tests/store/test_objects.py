@@ -204,3 +204,16 @@ def test_server_errors_raise_store_unavailable(s3_credentials):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_temp_files_left_by_a_crash_are_swept_and_live_ones_kept(tmp_path):
+    import os
+    import time
+
+    (tmp_path / "root" / "jobs" / "j").mkdir(parents=True)
+    stale, live = tmp_path / "root" / "jobs" / "j" / ".tmp-dead", tmp_path / "root" / "jobs" / "j" / ".tmp-live"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"being written")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    LocalObjectStore(tmp_path / "root")
+    assert not stale.exists() and live.exists()

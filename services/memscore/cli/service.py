@@ -19,15 +19,41 @@ INFLUENCE_COLUMNS = (
 )  # fmt: skip
 
 
+def add_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tls-ca", default=None, help="PEM CA to verify the servers with: connect with TLS (MEMSCORE_TLS_CA)"
+    )
+    p.add_argument(
+        "--tls-server-name",
+        default=None,
+        help="name the server certificate carries, when it differs from the address (MEMSCORE_TLS_SERVER_NAME)",
+    )
+    p.add_argument("--tls-client-cert", default=None, help="PEM client certificate for mTLS (MEMSCORE_TLS_CLIENT_CERT)")
+    p.add_argument("--tls-client-key", default=None, help="PEM key of --tls-client-cert (MEMSCORE_TLS_CLIENT_KEY)")
+
+
 def add_service_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gateway", default="localhost:50051", help="Scoring service HOST:PORT")
     p.add_argument("--results", default="localhost:50052", help="Results service HOST:PORT")
+    p.add_argument(
+        "--token", default=None, help="bearer token (default MEMSCORE_TOKEN; prefer the variable: flags show in ps)"
+    )
+    add_tls_flags(p)
+
+
+def _tls(args: argparse.Namespace) -> dict:
+    return dict(
+        tls_ca=args.tls_ca,
+        tls_client_cert=args.tls_client_cert,
+        tls_client_key=args.tls_client_key,
+        tls_server_name=args.tls_server_name,
+    )
 
 
 def connect(args: argparse.Namespace):
     from ..client import Client
 
-    return Client(args.gateway, args.results)
+    return Client(args.gateway, args.results, token=args.token, **_tls(args))
 
 
 def _rpc_errors(fn):
@@ -332,6 +358,7 @@ def add_health(sub: argparse._SubParsersAction) -> None:
     p.add_argument("target", help="HOST:PORT of a gateway or results server")
     p.add_argument("--service", default="", help="service name to check; empty = whole server")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    add_tls_flags(p)
     p.set_defaults(func=health)
 
 
@@ -339,8 +366,10 @@ def health(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from ..client import open_channel
+
     try:
-        with grpc.insecure_channel(args.target) as ch:
+        with open_channel(args.target, token="", **_tls(args)) as ch:
             resp = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )

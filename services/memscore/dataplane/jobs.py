@@ -15,11 +15,11 @@ from ..engine.spec import ScoringSpec
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ..runtime import Runtime
 from ..store import layout
-from ..store.jobs import JobNotFound, JobRecord, RequestIdReused
+from ..store.jobs import DEFAULT_TENANT, JobNotFound, JobRecord, RequestIdReused
 from ..store.objects import ObjectNotFound, StoreUnavailable
 from .anytime import AnytimeEstimates
 from .specs import check_exposure, check_scoring
-from .uploads import store_upload
+from .uploads import store_upload, sweep_spool
 
 log = logging.getLogger("memscore.dataplane")
 
@@ -31,26 +31,53 @@ def _new_job_id() -> str:
     return "job-" + uuid.uuid4().hex[:16]
 
 
+def check_request_id(request_id: str) -> None:
+    """At most 128 printable characters (no control characters: they separate tenants' ids in
+    the job store)."""
+    if len(request_id) > 128:
+        raise InvalidArgument([("request_id", "at most 128 characters")])
+    if any(ord(c) < 32 or ord(c) == 127 for c in request_id):
+        raise InvalidArgument([("request_id", "must not contain control characters")])
+
+
 class ScoringPlane:
     def __init__(self, rt: Runtime, enqueue: Callable[[str, list], None] | None = None):
         self.rt = rt
         self.anytime = AnytimeEstimates(rt)
+        removed = sweep_spool(rt.settings.home)
+        if removed:
+            log.info("removed %d upload spool file(s) left by an earlier crash", removed)
         self._enqueue = enqueue or (lambda name, args: rt.celery.send_task(name, args=args, queue=rt.settings.queue))
 
-    def submit(self, kind: str, spec: dict, request_id: str = "") -> tuple[JobRecord, bool]:
-        """Validate everything, store the job QUEUED, enqueue its tasks. Returns (job, created);
-        the same request_id returns the same job."""
+    def submit(
+        self, kind: str, spec: dict, request_id: str = "", tenant: str = DEFAULT_TENANT
+    ) -> tuple[JobRecord, bool]:
+        """Validate everything, store the job QUEUED for `tenant`, enqueue its tasks. Returns
+        (job, created); the same request_id from the same tenant returns the same job. A tenant
+        at its MEMSCORE_TENANT_MAX_ACTIVE_JOBS gets RESOURCE_EXHAUSTED."""
         if kind not in KINDS:
             raise InvalidArgument([("spec", f"must set one of: {', '.join(KINDS)}")])
-        if len(request_id) > 128:
-            raise InvalidArgument([("request_id", "at most 128 characters")])
+        check_request_id(request_id)
         if kind == "scoring":
-            spec, shards, models = check_scoring(spec, self.rt.settings, self.rt.objects)
+            spec, shards, models = check_scoring(spec, self.rt.settings, self.rt.objects, tenant)
         else:
-            spec, shards, models = check_exposure(spec, self.rt.objects, self.rt.settings.data_roots)
+            spec, shards, models = check_exposure(spec, self.rt.objects, self.rt.settings.data_roots, tenant)
         record = JobRecord(
-            job_id=_new_job_id(), kind=kind, spec=spec, shards_total=shards, models_total=models, message="queued"
+            job_id=_new_job_id(),
+            kind=kind,
+            spec=spec,
+            shards_total=shards,
+            models_total=models,
+            message="queued",
+            tenant=tenant,
         )
+        limit = self.rt.settings.tenant_max_active_jobs
+        retry = bool(request_id) and self.rt.jobs.find_request(tenant, request_id) is not None
+        if not retry and self.rt.jobs.count_active(tenant) >= limit:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} already has {limit} jobs queued or running (MEMSCORE_TENANT_MAX_ACTIVE_JOBS); "
+                "wait for one to finish or cancel one"
+            )
         record, created = self.rt.jobs.create(record, request_id or None)
         if not created:
             if record.kind != kind or record.spec != spec:
@@ -78,13 +105,19 @@ class ScoringPlane:
         for s in range(record.shards_total) if shards is None else shards:
             self._enqueue(TASK_TRAIN_SHARD, [record.job_id, s])
 
-    def get(self, job_id: str) -> JobRecord:
-        """The job; a running scoring job carries its anytime summary from the shards so far."""
+    def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """The job; a running scoring job carries its anytime summary from the shards so far.
+        With `tenant`, another tenant's job is NOT_FOUND exactly as a job that does not exist."""
+        return self._with_anytime(self._record(job_id, tenant))
+
+    def _record(self, job_id: str, tenant: str | None) -> JobRecord:
         try:
             rec = self.rt.jobs.get(job_id)
         except JobNotFound:
-            raise NotFound(f"no job {job_id!r}") from None
-        return self._with_anytime(rec)
+            rec = None
+        if rec is None or (tenant is not None and rec.tenant != tenant):
+            raise NotFound(f"no job {job_id[:200]!r}")
+        return rec
 
     def _with_anytime(self, rec: JobRecord) -> JobRecord:
         if rec.kind == "scoring" and not rec.terminal and rec.shards_done > 0:
@@ -97,27 +130,34 @@ class ScoringPlane:
                 log.warning("job %s: no anytime estimate (%s: %s)", rec.job_id, type(e).__name__, e)
         return rec
 
-    def list(self, state: str | None, page_size: int, page_token: str) -> tuple[list[JobRecord], str]:
+    def list(
+        self, state: str | None, page_size: int, page_token: str, tenant: str | None = None
+    ) -> tuple[list[JobRecord], str]:
+        """One page of the tenant's jobs (every tenant's with None), newest first."""
         if page_size < 0:
             raise InvalidArgument([("page_size", f"must be >= 0 (0 = 50; above {MAX_PAGE} counts as {MAX_PAGE})")])
         try:  # AIP-158: a page size above the maximum is clamped, not refused
             return self.rt.jobs.list(
-                state=state or None, page_size=min(page_size or 50, MAX_PAGE), page_token=page_token
+                state=state or None, page_size=min(page_size or 50, MAX_PAGE), page_token=page_token, tenant=tenant
             )
         except ValueError as e:
             raise InvalidArgument([("page_token" if "token" in str(e) else "state", str(e))]) from None
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """CANCELLED at once with no shard in flight; else RUNNING with cancel_requested until the
         workers stop (the job store's shard_stopped turns it CANCELLED). Terminal: unchanged."""
-        self.get(job_id)
+        self._record(job_id, tenant)
         return self.rt.jobs.request_cancel(job_id)
 
     def watch(
-        self, job_id: str, poll_timeout_s: float = 5.0, is_active: Callable[[], bool] = lambda: True
+        self,
+        job_id: str,
+        poll_timeout_s: float = 5.0,
+        is_active: Callable[[], bool] = lambda: True,
+        tenant: str | None = None,
     ) -> Iterator[JobRecord]:
         """Yield the job now, then on every change, until it reaches a terminal state."""
-        rec = self.get(job_id)
+        rec = self.get(job_id, tenant)
         yield rec
         while not rec.terminal and is_active():
             nxt = self.rt.jobs.wait_for_change(job_id, rec.version, poll_timeout_s)
@@ -129,13 +169,12 @@ class ScoringPlane:
                 rec = nxt
                 yield rec
 
-    def extend(self, job_id: str, additional_models: int, request_id: str = "") -> JobRecord:
+    def extend(self, job_id: str, additional_models: int, request_id: str = "", tenant: str | None = None) -> JobRecord:
         """Add models to a finished scoring job: new shards only, the old ones stay valid because
         masks are rebuilt from (seed, k). The same request id (AIP-155) on the same job returns
         the job without extending it again; reused with another count, INVALID_ARGUMENT."""
-        if len(request_id) > 128:
-            raise InvalidArgument([("request_id", "at most 128 characters")])
-        rec = self.get(job_id)
+        check_request_id(request_id)
+        rec = self.get(job_id, tenant)
         seen = rec.extend_requests.get(request_id) if request_id else None
         if seen is not None:
             if seen != additional_models:
@@ -188,6 +227,6 @@ class ScoringPlane:
             if not token:
                 return resumed
 
-    def upload(self, chunks: Iterable[bytes], filename: str = "") -> dict:
-        """Store an uploaded dataset .npz or .txt corpus (see `uploads.store_upload`)."""
-        return store_upload(self.rt, chunks, filename)
+    def upload(self, chunks: Iterable[bytes], filename: str = "", tenant: str = DEFAULT_TENANT) -> dict:
+        """Store an uploaded dataset .npz or .txt corpus for `tenant` (see `uploads.store_upload`)."""
+        return store_upload(self.rt, chunks, filename, tenant)

@@ -77,11 +77,15 @@ class ResultsPlane:
         self._lock = threading.Lock()
         self.cache_size = cache_size
 
-    def _job(self, job_id: str) -> JobRecord:
+    def _job(self, job_id: str, tenant: str | None = None) -> JobRecord:
+        """The job; with `tenant`, another tenant's job is NOT_FOUND as one that does not exist."""
         try:
-            return self.rt.jobs.get(job_id)
+            rec = self.rt.jobs.get(job_id)
         except JobNotFound:
-            raise NotFound(f"no job {job_id!r}") from None
+            rec = None
+        if rec is None or (tenant is not None and rec.tenant != tenant):
+            raise NotFound(f"no job {job_id[:200]!r}")
+        return rec
 
     def _cached(self, key, build):
         with self._lock:
@@ -95,9 +99,9 @@ class ResultsPlane:
                 self._cache.popitem(last=False)
         return value
 
-    def scores(self, job_id: str) -> Scores:
+    def scores(self, job_id: str, tenant: str | None = None) -> Scores:
         """The per-example score columns: final, or an anytime snapshot of the shards so far."""
-        rec = self._job(job_id)
+        rec = self._job(job_id, tenant)
         if rec.kind != "scoring":
             raise FailedPrecondition(f"job {job_id} is an {rec.kind} job; use its exposure results")
         if rec.state == "SUCCEEDED":
@@ -143,6 +147,7 @@ class ResultsPlane:
         limit: int = 0,
         page_size: int = DEFAULT_PAGE,
         page_token: str = "",
+        tenant: str | None = None,
     ) -> Iterator[RankedPage]:
         """Pages of `page_size` examples ranked by `metric`, from one snapshot of the scores,
         until `limit` examples or the end; NaN scores (no estimate) rank last. Arguments are
@@ -164,7 +169,7 @@ class ResultsPlane:
             "limit": limit,
         }
         offset = _decode_token(page_token, query) if page_token else 0
-        snap = self.scores(job_id)
+        snap = self.scores(job_id, tenant)
         cols = snap.columns
         order = self._cached(
             ("order", job_id, id(cols), json.dumps(query)),
@@ -182,15 +187,15 @@ class ResultsPlane:
                 return
             offset += size
 
-    def example(self, job_id: str, index: int) -> tuple[dict, bool]:
-        snap = self.scores(job_id)
+    def example(self, job_id: str, index: int, tenant: str | None = None) -> tuple[dict, bool]:
+        snap = self.scores(job_id, tenant)
         n = len(snap.columns["index"])
         if not 0 <= index < n:
             raise InvalidArgument([("index", f"must be in 0..{n - 1}, got {index}")])
         return _row(snap.columns, index, 0), snap.final
 
-    def _influence_table(self, job_id: str) -> tuple[JobRecord, dict[str, np.ndarray]]:
-        rec = self._job(job_id)
+    def _influence_table(self, job_id: str, tenant: str | None) -> tuple[JobRecord, dict[str, np.ndarray]]:
+        rec = self._job(job_id, tenant)
         if rec.state != "SUCCEEDED":
             raise FailedPrecondition(f"job {job_id} is {rec.state}; influence is computed when the job SUCCEEDED")
         key = layout.result_key(job_id, "influence.parquet")
@@ -202,22 +207,27 @@ class ResultsPlane:
         key = layout.result_key(rec.job_id, "summary.json")
         return self._cached(("summary", rec.job_id, rec.version), lambda: json.loads(self.rt.objects.get_bytes(key)))
 
-    def influence_of_train(self, job_id: str, index: int, limit: int = 10) -> list[dict]:
+    def influence_of_train(self, job_id: str, index: int, limit: int = 10, tenant: str | None = None) -> list[dict]:
         """The stored pairs in which training example `index` is the influencer, strongest first."""
-        _, cols = self._influence_table(job_id)
+        _, cols = self._influence_table(job_id, tenant)
         sel = np.nonzero(cols["train_index"] == index)[0]
         sel = sel[np.argsort(-cols["influence"][sel], kind="stable")][:limit]
         return [{c: cols[c][i].item() for c in cols} for i in sel]
 
     def influence(
-        self, job_id: str, test_index: int | None = None, limit: int = 100, significant_only: bool = False
+        self,
+        job_id: str,
+        test_index: int | None = None,
+        limit: int = 100,
+        significant_only: bool = False,
+        tenant: str | None = None,
     ) -> list[dict]:
         """Global pairs above the threshold (or, significant_only, the significant pairs),
         strongest first; or test example `test_index`'s top-k training examples (significant_only:
         those of them that are significant)."""
         if limit < 0:
             raise InvalidArgument([("limit", f"must be >= 0 (0 = the default), got {limit}")])
-        rec, cols = self._influence_table(job_id)
+        rec, cols = self._influence_table(job_id, tenant)
         if test_index is None:
             sel = np.nonzero(cols["significant"] if significant_only else cols["above_threshold"])[0]
             sel = sel[np.argsort(-cols["influence"][sel], kind="stable")]
@@ -232,11 +242,13 @@ class ResultsPlane:
             sel = sel[:limit]
         return [{c: cols[c][i].item() for c in cols} for i in sel]
 
-    def query_influence(self, job_id: str, examples_npz: bytes, top_k: int = 10) -> list[dict]:
+    def query_influence(
+        self, job_id: str, examples_npz: bytes, top_k: int = 10, tenant: str | None = None
+    ) -> list[dict]:
         """Most influential training examples of new points `x` (labels `y`) in an .npz, from
         the job's stored checkpoints (jobs run with keep_checkpoints). Loads the engine's model
         code (torch) on first use: the only call of this server that needs it."""
-        rec = self._job(job_id)
+        rec = self._job(job_id, tenant)
         if rec.kind != "scoring" or rec.state != "SUCCEEDED":
             raise FailedPrecondition(
                 f"job {job_id} is a {rec.state} {rec.kind} job; influence queries need a SUCCEEDED scoring job"
@@ -265,22 +277,22 @@ class ResultsPlane:
             if i >= 0
         ]  # fmt: skip
 
-    def artifact(self, job_id: str, name: str) -> tuple[str, Iterator[bytes], int]:
-        rec = self._job(job_id)
+    def artifact(self, job_id: str, name: str, tenant: str | None = None) -> tuple[str, Iterator[bytes], int]:
+        rec = self._job(job_id, tenant)
         key = rec.results.get(name)
         if key is None:
             if rec.state != "SUCCEEDED":
                 raise FailedPrecondition(f"job {job_id} is {rec.state}; artifacts exist once it SUCCEEDED")
             raise NotFound(f"job {job_id} has no artifact {name!r}; it has: {', '.join(sorted(rec.results))}")
         try:
-            url = self.rt.objects.presigned_get_url(key)
+            url = self.rt.objects.presigned_get_url(key) if self.rt.objects.presigns_for_clients else ""
         except StoreUnavailable as e:  # the bytes still stream; only the shortcut is missing
             log.warning("job %s: no presigned URL for %s: %s", job_id, name, e)
             url = ""
         return url, self.rt.objects.iter_chunks(key), self.rt.objects.size(key)
 
-    def exposure(self, job_id: str) -> tuple[list[dict], dict]:
-        rec = self._job(job_id)
+    def exposure(self, job_id: str, tenant: str | None = None) -> tuple[list[dict], dict]:
+        rec = self._job(job_id, tenant)
         if rec.kind != "exposure":
             raise FailedPrecondition(f"job {job_id} is a {rec.kind} job")
         if rec.state != "SUCCEEDED":

@@ -15,7 +15,9 @@ from ..store import layout
 from ..store.objects import ObjectNotFound, ObjectStore, StoreUnavailable
 
 
-def check_scoring(spec: dict, settings: Settings, objects: ObjectStore) -> tuple[dict, int, int]:
+def check_scoring(
+    spec: dict, settings: Settings, objects: ObjectStore, tenant: str | None = None
+) -> tuple[dict, int, int]:
     """(spec as it will run, shards, models) of a valid scoring spec; raises otherwise."""
     try:
         s = ScoringSpec.from_dict(spec)
@@ -29,7 +31,7 @@ def check_scoring(spec: dict, settings: Settings, objects: ObjectStore) -> tuple
     problems = [(f"spec.scoring.{f}", m) for f, m in s.validate(max_models=limit)]
     if s.dataset:
         try:
-            why = check_dataset_ref(s.dataset, objects, settings.data_roots)
+            why = check_dataset_ref(s.dataset, objects, settings.data_roots, tenant)
             problems += [("spec.scoring.dataset", why)] if why else _dataset_fits(s, settings, objects)
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
@@ -39,7 +41,9 @@ def check_scoring(spec: dict, settings: Settings, objects: ObjectStore) -> tuple
     return s.to_dict(), s.num_shards, s.models
 
 
-def check_exposure(spec: dict, objects: ObjectStore, roots: tuple[str, ...] = ()) -> tuple[dict, int, int]:
+def check_exposure(
+    spec: dict, objects: ObjectStore, roots: tuple[str, ...] = (), tenant: str | None = None
+) -> tuple[dict, int, int]:
     """As `check_scoring`, for an exposure job (one task: one shard of one model)."""
     try:
         s = ExposureSpec.from_dict(spec)
@@ -47,7 +51,7 @@ def check_exposure(spec: dict, objects: ObjectStore, roots: tuple[str, ...] = ()
         raise InvalidArgument([("spec.exposure", str(e))]) from None
     problems = [(f"spec.exposure.{f}", m) for f, m in s.validate()]
     try:
-        why = check_corpus_ref(s.corpus, objects, roots)
+        why = check_corpus_ref(s.corpus, objects, roots, tenant)
     except StoreUnavailable as e:
         raise Unavailable(f"object store unavailable: {e}") from e
     if why:

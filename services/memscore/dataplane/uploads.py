@@ -1,12 +1,17 @@
 """Uploaded datasets and corpora: spooled to disk as they stream in (never more than
 MEMSCORE_MAX_UPLOAD_BYTES), validated in full, stored by content address
-`datasets/<sha256>.npz|.txt` with what the gateway needs later (sizes, shape) beside them."""
+`datasets/<sha256>.npz|.txt` with what the gateway needs later (sizes, shape) beside them, and
+a receipt for the uploading tenant (`layout.upload_receipt_key`): only tenants holding one may
+name the dataset, and the receipts' sizes count against MEMSCORE_TENANT_MAX_STORED_BYTES."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
+import time
+from pathlib import Path
 from typing import Iterable
 
 from ..engine.datasets import DatasetError, load_npz
@@ -14,14 +19,50 @@ from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..runtime import Runtime
 from ..settings import Settings
 from ..store import layout
-from ..store.objects import StoreUnavailable
+from ..store.jobs import DEFAULT_TENANT
+from ..store.objects import ObjectNotFound, StoreUnavailable
 
 
-def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "") -> dict:
-    """Store one upload; returns {dataset_ref, sha256, size_bytes, filename, ...facts}."""
+def stored_bytes(rt: Runtime, tenant: str) -> tuple[int, set[str]]:
+    """(bytes the tenant's receipts count, their receipt keys)."""
+    total, keys = 0, set()
+    for key in rt.objects.list(layout.tenant_uploads_prefix(tenant)):
+        try:
+            total += int(json.loads(rt.objects.get_bytes(key)).get("size_bytes", 0))
+            keys.add(key)
+        except (ObjectNotFound, ValueError, TypeError, AttributeError):
+            continue
+    return total, keys
+
+
+SPOOL_PREFIX = "memscore-upload-"
+STALE_SPOOL_S = 3600
+
+
+def sweep_spool(home: str | os.PathLike, older_than_s: float = STALE_SPOOL_S) -> int:
+    """Remove upload spool files older than `older_than_s` from `home`: what a gateway killed
+    mid-upload leaves (a live upload's spool file is written to as it streams). Returns how many."""
+    cutoff, removed = time.time() - older_than_s, 0
+    for path in Path(home).glob(SPOOL_PREFIX + "*"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "", tenant: str = DEFAULT_TENANT) -> dict:
+    """Store one upload for `tenant`; returns {dataset_ref, sha256, size_bytes, filename, ...facts}."""
+    try:
+        used, receipts = stored_bytes(rt, tenant)
+    except StoreUnavailable as e:
+        raise Unavailable(f"object store unavailable: {e}") from e
+    quota = rt.settings.tenant_max_stored_bytes
     limit = rt.settings.max_upload_bytes
     h, size = hashlib.sha256(), 0
-    with tempfile.NamedTemporaryFile(prefix="memscore-upload-", dir=rt.settings.home) as tmp:
+    with tempfile.NamedTemporaryFile(prefix=SPOOL_PREFIX, dir=rt.settings.home) as tmp:
         for chunk in chunks:
             size += len(chunk)
             if size > limit:
@@ -33,17 +74,23 @@ def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "") -> di
             raise InvalidArgument([("chunk", "the upload is empty")])
         sha = h.hexdigest()
         meta: dict = {"filename": filename, "size_bytes": size, "sha256": sha}
+        key = layout.dataset_key(sha, "txt" if filename.endswith(".txt") else "npz")
+        receipt = layout.upload_receipt_key(tenant, key)
+        if receipt not in receipts and used + size > quota:
+            raise ResourceExhausted(
+                f"tenant {tenant!r} stores {used} bytes of uploads; {size} more exceeds its quota of {quota} "
+                "(MEMSCORE_TENANT_MAX_STORED_BYTES)"
+            )
         tmp.seek(0)
         if filename.endswith(".txt"):
             _check_corpus(tmp.read())
-            key = layout.dataset_key(sha, "txt")
         else:
             meta.update(_dataset_facts(tmp.name, rt.settings))
-            key = layout.dataset_key(sha)
         try:
             if not rt.objects.exists(key):
                 rt.objects.put_file(key, tmp.name)
             rt.objects.put_bytes(layout.dataset_meta_key(key), json.dumps(meta).encode())
+            rt.objects.put_bytes(receipt, json.dumps({"size_bytes": size, "filename": filename}).encode())
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
     return {"dataset_ref": key, **meta}

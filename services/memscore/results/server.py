@@ -13,7 +13,7 @@ from ..api.v1 import results_service_pb2_grpc as pb_grpc
 from ..dataplane import ResultsPlane
 from ..engine.catalog import SCORE_COLUMNS
 from ..errors import InvalidArgument
-from ..rpc import build_server, run_until_signalled
+from ..rpc import build_server, run_until_signalled, start_server
 from ..runtime import Runtime, runtime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ResultsService"].full_name
@@ -55,6 +55,7 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
             limit=request.limit,
             page_size=request.page_size,
             page_token=request.page_token,
+            tenant=context.tenant,
         )
         for page in pages:  # one message per page (at most MAX_PAGE examples, ~0.1 MB), one snapshot
             if not context.is_active():
@@ -67,30 +68,34 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
             )
 
     def GetExample(self, request, context):
-        row, final = self.plane.example(request.job_id, request.index)
-        pairs = self.plane.influence_of_train(request.job_id, request.index) if final else []
+        row, final = self.plane.example(request.job_id, request.index, tenant=context.tenant)
+        pairs = self.plane.influence_of_train(request.job_id, request.index, tenant=context.tenant) if final else []
         return pb.GetExampleResponse(example=_example(row), final=final, influence=[_pair(r) for r in pairs])
 
     def StreamInfluence(self, request, context):
         test_index = request.test_index if request.HasField("test_index") else None
-        rows = self.plane.influence(request.job_id, test_index, request.limit or 100, request.significant_only)
+        rows = self.plane.influence(
+            request.job_id, test_index, request.limit or 100, request.significant_only, tenant=context.tenant
+        )
         for a in range(0, max(len(rows), 1), BATCH):
             yield pb.StreamInfluenceResponse(pairs=[_pair(r) for r in rows[a : a + BATCH]])
 
     def GetArtifact(self, request, context):
         if not request.name:
             raise InvalidArgument([("name", "is required, e.g. scores.parquet")])
-        url, chunks, size = self.plane.artifact(request.job_id, request.name)
+        url, chunks, size = self.plane.artifact(request.job_id, request.name, tenant=context.tenant)
         yield pb.GetArtifactResponse(presigned_url=url, size_bytes=size)
         for chunk in chunks:
             yield pb.GetArtifactResponse(chunk=chunk)
 
     def QueryInfluence(self, request, context):
-        rows = self.plane.query_influence(request.job_id, request.examples_npz, request.top_k or 10)
+        rows = self.plane.query_influence(
+            request.job_id, request.examples_npz, request.top_k or 10, tenant=context.tenant
+        )
         return pb.QueryInfluenceResponse(pairs=[_pair(r) for r in rows])
 
     def GetExposure(self, request, context):
-        rows, summary = self.plane.exposure(request.job_id)
+        rows, summary = self.plane.exposure(request.job_id, tenant=context.tenant)
         return pb.GetExposureResponse(
             canaries=[
                 pb.CanaryExposure(
@@ -112,10 +117,13 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
 
 def serve(rt: Runtime, address: str, plane: ResultsPlane | None = None):
     servicer = ResultsServicer(plane or ResultsPlane(rt))
-    server, port, _ = build_server(
-        [lambda s: pb_grpc.add_ResultsServiceServicer_to_server(servicer, s)], [SERVICE_NAME], address
+    server, port, health_servicer = build_server(
+        [lambda s: pb_grpc.add_ResultsServiceServicer_to_server(servicer, s)],
+        [SERVICE_NAME],
+        address,
+        settings=rt.settings,
     )
-    server.start()
+    start_server(server, health_servicer, [SERVICE_NAME], rt)
     return server, port
 
 
@@ -125,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rt = runtime()
     configure_logging(rt.settings)
-    server, port = serve(rt, f"{rt.settings.bind}:{rt.settings.results_port}")
+    try:
+        server, port = serve(rt, f"{rt.settings.bind}:{rt.settings.results_port}")
+    except RuntimeError as e:  # no tokens on a public address, TLS files that do not load
+        logging.getLogger("memscore.rpc").error("%s", e)
+        return 2
     logging.getLogger("memscore.results").info("ResultsService on port %d", port)
     run_until_signalled([server])
     return 0

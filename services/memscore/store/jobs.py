@@ -12,6 +12,9 @@ Rules every backend keeps:
   keeps (`extend_requests`).
 - `grow` changes a running job only while it still has the model count the caller saw, so a
   self-stopping job that a redelivered reduce grows again grows once.
+- Every job belongs to a tenant (`JobRecord.tenant`, set at create, never changed). Request
+  ids are per tenant (two tenants may both send "retry-1"), `list(tenant=...)` shows one
+  tenant's jobs and `count_active(tenant)` counts its QUEUED and RUNNING ones (for quotas).
 - `mark_shard_done` counts each shard once, however often a redelivered task reports it.
 - Cancellation waits for the shards in flight: workers bracket each shard with `shard_started`
   / `shard_stopped` (a set, `shards_running`). `request_cancel` raises the flag and, with no
@@ -60,8 +63,12 @@ _STORE_FIELDS = frozenset(
         "models_done",
         "shards_running",
         "extend_requests",
+        "tenant",
     }
 )
+DEFAULT_TENANT = "default"  # what records written before tenants existed belong to
+TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # a tenant name: safe in keys and paths
+ACTIVE_STATES = ("QUEUED", "RUNNING")
 CANCELLED_ERROR = "cancelled by request"
 
 
@@ -99,6 +106,7 @@ class JobRecord:
     shards_running: list[int] = field(default_factory=list)  # shards in flight (shard_started), sorted
     extend_requests: dict = field(default_factory=dict)  # ExtendJob request id -> its additional_models
     version: int = 0  # +1 on every change
+    tenant: str = DEFAULT_TENANT  # who created the job; nothing of it is visible to another tenant
 
     @property
     def terminal(self) -> bool:
@@ -127,6 +135,8 @@ def _check_new_record(record: JobRecord) -> None:
         raise ValueError(f"kind {record.kind!r} must be one of {', '.join(KINDS)}")
     if record.state not in STATES:
         raise ValueError(f"state {record.state!r} must be one of {', '.join(STATES)}")
+    if not isinstance(record.tenant, str) or not TENANT.fullmatch(record.tenant):
+        raise ValueError(f"tenant {record.tenant!r} must match {TENANT.pattern}")
 
 
 def _new_record(record: JobRecord, request_id: str | None) -> JobRecord:
@@ -260,9 +270,24 @@ class JobStore(abc.ABC):
         repeat or a terminal job): exactly one caller sees the count reach shards_total."""
 
     @abc.abstractmethod
-    def list(self, state: str | None = None, page_size: int = 50, page_token: str = "") -> tuple[list[JobRecord], str]:
-        """Jobs newest first (by created_at, then job id), optionally in one state. Returns the
-        page and the token of the next page ("" at the end). page_size 0 = 50, at most 1000."""
+    def list(
+        self, state: str | None = None, page_size: int = 50, page_token: str = "", tenant: str | None = None
+    ) -> tuple[list[JobRecord], str]:
+        """Jobs newest first (by created_at, then job id), optionally in one state and of one
+        tenant (None = every tenant's). Returns the page and the token of the next page ("" at
+        the end). page_size 0 = 50, at most 1000."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise if the store cannot be reached (for Health); return quickly otherwise."""
+
+    @abc.abstractmethod
+    def count_active(self, tenant: str) -> int:
+        """How many of the tenant's jobs are QUEUED or RUNNING."""
+
+    @abc.abstractmethod
+    def find_request(self, tenant: str, request_id: str) -> JobRecord | None:
+        """The job the tenant's `request_id` created, or None."""
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Raise the cancel flag. A job with no shard in flight is CANCELLED at once (error
@@ -366,18 +391,29 @@ class JobStore(abc.ABC):
 class RedisJobStore(JobStore):
     """Records as JSON strings; optimistic transactions (WATCH/MULTI) for every change.
 
-    Keys (P = prefix): P:job:<id> record, P:req:<request id> job id, P:jobs and P:jobs:<STATE>
-    sorted sets scored by created_at, P:job:<id>:shards set, P:job:<id>:attempts hash."""
+    Keys (P = prefix): P:job:<id> record; P:req:<request id> (the default tenant's, as before
+    tenants) and P:treq:<tenant>:<request id> job id; P:jobs and P:jobs:<STATE>, and per tenant
+    P:tenant:<tenant>:jobs[:<STATE>], sorted sets scored by created_at; P:job:<id>:shards set,
+    P:job:<id>:attempts hash. Tenant names hold no ':' (auth.TENANT), so no two keys collide."""
 
     def __init__(self, url: str, prefix: str = "memscore"):
         import redis
 
         self.url = url
         self.prefix = prefix
-        self._r = redis.Redis.from_url(url, decode_responses=True)
+        # Bounded waits: an unreachable Redis is an error in seconds, not a call hung for minutes.
+        self._r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30)
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+    def _req(self, tenant: str, request_id: str) -> str:
+        return self._k("req", request_id) if tenant == DEFAULT_TENANT else self._k("treq", tenant, request_id)
+
+    def _zsets(self, rec: JobRecord, state: str | None = None) -> list[str]:
+        """The sorted sets that list `rec` (in `state`, default its own)."""
+        state = state or rec.state
+        return [self._k("jobs", state), self._k("tenant", rec.tenant, "jobs", state)]
 
     def describe(self) -> str:
         kw = self._r.connection_pool.connection_kwargs  # no password in the description
@@ -390,7 +426,7 @@ class RedisJobStore(JobStore):
         new = _new_record(record, request_id)
         request_id = new.request_id
         job_key = self._k("job", new.job_id)
-        req_key = self._k("req", request_id) if request_id else None
+        req_key = self._req(new.tenant, request_id) if request_id else None
         out: list[tuple[JobRecord, bool]] = []
 
         def tx(pipe) -> None:
@@ -408,8 +444,8 @@ class RedisJobStore(JobStore):
             if req_key:
                 pipe.set(req_key, new.job_id)
             pipe.set(job_key, new.to_json())
-            pipe.zadd(self._k("jobs"), {new.job_id: new.created_at})
-            pipe.zadd(self._k("jobs", new.state), {new.job_id: new.created_at})
+            for z in (self._k("jobs"), self._k("tenant", new.tenant, "jobs"), *self._zsets(new)):
+                pipe.zadd(z, {new.job_id: new.created_at})
             out.append((new, True))
 
         watches = [job_key] + ([req_key] if req_key else [])
@@ -426,8 +462,10 @@ class RedisJobStore(JobStore):
         new = dataclasses.replace(new, version=old.version + 1, updated_at=time.time())
         pipe.set(self._k("job", new.job_id), new.to_json())
         if new.state != old.state:
-            pipe.zrem(self._k("jobs", old.state), new.job_id)
-            pipe.zadd(self._k("jobs", new.state), {new.job_id: new.created_at})
+            for z in self._zsets(old):
+                pipe.zrem(z, new.job_id)
+            for z in self._zsets(new):
+                pipe.zadd(z, {new.job_id: new.created_at})
         return new
 
     def _mutate(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
@@ -471,10 +509,13 @@ class RedisJobStore(JobStore):
         self._r.transaction(tx, job_key, shards_key)
         return out[0]
 
-    def list(self, state: str | None = None, page_size: int = 50, page_token: str = "") -> tuple[list[JobRecord], str]:
+    def list(
+        self, state: str | None = None, page_size: int = 50, page_token: str = "", tenant: str | None = None
+    ) -> tuple[list[JobRecord], str]:
         page_size = _check_list_args(state, page_size)
         after = _decode_token(page_token, state)
-        zkey = self._k("jobs", state) if state else self._k("jobs")
+        base = ("jobs",) if tenant is None else ("tenant", tenant, "jobs")
+        zkey = self._k(*base, state) if state else self._k(*base)
         ids: list[tuple[str, float]] = []
         offset, batch = 0, page_size + 1
         top: float | str = after[0] if after else "+inf"
@@ -495,6 +536,20 @@ class RedisJobStore(JobStore):
         token = _encode_token(page[-1][1], page[-1][0], state) if more else ""
         return records, token
 
+    def ping(self) -> None:
+        self._r.ping()
+
+    def find_request(self, tenant: str, request_id: str) -> JobRecord | None:
+        job_id = self._r.get(self._req(tenant, request_id))
+        raw = self._r.get(self._k("job", job_id)) if job_id else None
+        return JobRecord.from_json(raw) if raw is not None else None
+
+    def count_active(self, tenant: str) -> int:
+        pipe = self._r.pipeline(transaction=False)
+        for state in ACTIVE_STATES:
+            pipe.zcard(self._k("tenant", tenant, "jobs", state))
+        return int(sum(pipe.execute()))
+
     def incr_attempts(self, job_id: str, shard: int) -> int:
         if not self._r.exists(self._k("job", job_id)):
             raise JobNotFound(job_id)
@@ -507,11 +562,13 @@ class RedisJobStore(JobStore):
         rec = JobRecord.from_json(raw)
         pipe = self._r.pipeline(transaction=True)
         if rec.request_id:
-            pipe.delete(self._k("req", rec.request_id))
+            pipe.delete(self._req(rec.tenant, rec.request_id))
         pipe.delete(self._k("job", job_id), self._k("job", job_id, "shards"), self._k("job", job_id, "attempts"))
         pipe.zrem(self._k("jobs"), job_id)
+        pipe.zrem(self._k("tenant", rec.tenant, "jobs"), job_id)
         for s in STATES:
-            pipe.zrem(self._k("jobs", s), job_id)
+            for z in self._zsets(rec, s):
+                pipe.zrem(z, job_id)
         pipe.execute()
 
 
@@ -520,7 +577,7 @@ class RedisJobStore(JobStore):
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
-    request_id TEXT UNIQUE,            -- NULL when the client sent none
+    request_id TEXT UNIQUE,            -- NULL when the client sent none; see _request_key
     state TEXT NOT NULL,
     created_at REAL NOT NULL,
     record TEXT NOT NULL               -- JobRecord as JSON
@@ -532,6 +589,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     job_id TEXT NOT NULL, shard INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (job_id, shard)
 );
 """
+
+
+def _request_key(tenant: str, request_id: str) -> str:
+    """The `request_id` column: the id itself for the default tenant (as before tenants),
+    else NUL tenant NUL id. Request ids hold no control characters (the gateway refuses them),
+    so no two tenants' ids meet."""
+    return request_id if tenant == DEFAULT_TENANT else f"\0{tenant}\0{request_id}"
 
 
 class SqliteJobStore(JobStore):
@@ -553,6 +617,14 @@ class SqliteJobStore(JobStore):
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "tenant" not in columns:  # a file from before tenants: its jobs are the default tenant's
+            try:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN tenant TEXT NOT NULL DEFAULT '{DEFAULT_TENANT}'")
+            except sqlite3.OperationalError as e:  # another process added it first
+                if "duplicate column" not in str(e):
+                    raise
+        conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_tenant_time ON jobs (tenant, created_at, job_id)")
         self._conn = conn
 
     def _db(self) -> sqlite3.Connection:
@@ -599,15 +671,16 @@ class SqliteJobStore(JobStore):
         request_id = new.request_id
 
         def body(db: sqlite3.Connection) -> tuple[JobRecord, bool]:
-            if request_id:
-                row = db.execute("SELECT record FROM jobs WHERE request_id = ?", (request_id,)).fetchone()
+            req = _request_key(new.tenant, request_id) if request_id else None
+            if req:
+                row = db.execute("SELECT record FROM jobs WHERE request_id = ?", (req,)).fetchone()
                 if row is not None:
                     return JobRecord.from_json(row[0]), False
             if db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (new.job_id,)).fetchone():
                 raise ValueError(f"job id {new.job_id} already exists")
             db.execute(
-                "INSERT INTO jobs (job_id, request_id, state, created_at, record) VALUES (?, ?, ?, ?, ?)",
-                (new.job_id, request_id or None, new.state, new.created_at, new.to_json()),
+                "INSERT INTO jobs (job_id, request_id, state, created_at, record, tenant) VALUES (?, ?, ?, ?, ?, ?)",
+                (new.job_id, req, new.state, new.created_at, new.to_json(), new.tenant),
             )
             return new, True
 
@@ -638,10 +711,15 @@ class SqliteJobStore(JobStore):
 
         return self._transaction(body)
 
-    def list(self, state: str | None = None, page_size: int = 50, page_token: str = "") -> tuple[list[JobRecord], str]:
+    def list(
+        self, state: str | None = None, page_size: int = 50, page_token: str = "", tenant: str | None = None
+    ) -> tuple[list[JobRecord], str]:
         page_size = _check_list_args(state, page_size)
         after = _decode_token(page_token, state)
         where, args = [], []
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
         if state:
             where.append("state = ?")
             args.append(state)
@@ -659,6 +737,25 @@ class SqliteJobStore(JobStore):
         if len(rows) > page_size:
             token = _encode_token(records[-1].created_at, records[-1].job_id, state)
         return records, token
+
+    def ping(self) -> None:
+        with self._lock:
+            self._db().execute("SELECT 1").fetchone()
+
+    def find_request(self, tenant: str, request_id: str) -> JobRecord | None:
+        with self._lock:
+            row = (
+                self._db()
+                .execute("SELECT record FROM jobs WHERE request_id = ?", (_request_key(tenant, request_id),))
+                .fetchone()
+            )
+        return JobRecord.from_json(row[0]) if row else None
+
+    def count_active(self, tenant: str) -> int:
+        marks = ", ".join("?" * len(ACTIVE_STATES))
+        sql = f"SELECT COUNT(*) FROM jobs WHERE tenant = ? AND state IN ({marks})"
+        with self._lock:
+            return int(self._db().execute(sql, (tenant, *ACTIVE_STATES)).fetchone()[0])
 
     def incr_attempts(self, job_id: str, shard: int) -> int:
         def body(db: sqlite3.Connection) -> int:

@@ -28,6 +28,18 @@ def is_dataset_key(ref: str) -> bool:
     return _DATASET_KEY.fullmatch(ref) is not None
 
 
+def tenant_uploads_prefix(tenant: str) -> str:
+    """Where a tenant's upload receipts live: one per dataset it uploaded. The bytes under
+    datasets/ are shared by content (the same bytes are stored once); a tenant may name a
+    dataset only if it holds a receipt for it."""
+    return f"tenants/{tenant}/uploads/"
+
+
+def upload_receipt_key(tenant: str, key: str) -> str:
+    """The receipt of uploaded dataset `key` (datasets/<sha256>.<ext>) for `tenant`."""
+    return tenant_uploads_prefix(tenant) + key.removeprefix(DATASETS) + ".json"
+
+
 def job_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
 

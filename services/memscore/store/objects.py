@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Iterator
@@ -99,6 +100,10 @@ class ObjectStore(abc.ABC):
         an explicit prefix so a bug cannot empty the store)."""
 
     @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot be reached (for Health)."""
+
+    @abc.abstractmethod
     def presigned_get_url(self, key: str, expires_s: int = 3600) -> str:
         """A URL a client can GET the object from without credentials (file:// for local)."""
 
@@ -114,9 +119,29 @@ class LocalObjectStore(ObjectStore):
     """Objects as files under `root`. Safe across threads and processes on one machine:
     each write goes to a temp file in the target directory, then `os.replace`."""
 
+    STALE_TEMP_S = 3600  # a temp file this old was left by a process that died mid-write
+
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep_temp()
+
+    def sweep_temp(self, older_than_s: float | None = None) -> int:
+        """Remove temp files (`.tmp-*`) older than `older_than_s` (default an hour): what a
+        process killed mid-write leaves. Returns how many."""
+        cutoff = time.time() - (self.STALE_TEMP_S if older_than_s is None else older_than_s)
+        removed = 0
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                if name.startswith(_TMP_PREFIX):
+                    path = os.path.join(dirpath, name)
+                    try:
+                        if os.stat(path).st_mtime < cutoff:
+                            os.unlink(path)
+                            removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed
 
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*check_key(key).split("/"))
@@ -225,6 +250,14 @@ class LocalObjectStore(ObjectStore):
         for key in keys:
             self.delete(key)
         return len(keys)
+
+    # A file:// URL names this machine's path: useless to a remote client, and it reveals where
+    # the server keeps its store. The Results service sends none (the bytes still stream).
+    presigns_for_clients = False
+
+    def ping(self) -> None:
+        if not self.root.is_dir():
+            raise StoreUnavailable(f"{self.describe()}: the store directory is gone")
 
     def presigned_get_url(self, key: str, expires_s: int = 3600) -> str:
         return self._path(key).as_uri()
@@ -484,6 +517,12 @@ class S3ObjectStore(ObjectStore):
         if keys:
             self._call(remove)
         return len(keys)
+
+    presigns_for_clients = True
+
+    def ping(self) -> None:
+        if not self._call(self._client.bucket_exists, self.bucket):
+            raise StoreUnavailable(f"{self.describe()}: bucket {self.bucket!r} is gone")
 
     def presigned_get_url(self, key: str, expires_s: int = 3600) -> str:
         check_key(key)

@@ -30,6 +30,10 @@ class ResultsServiceStub:
     StreamRanked and GetExample answer from the shards finished so far ("anytime" estimates,
     `final` = false); everything else needs a SUCCEEDED job (FAILED_PRECONDITION otherwise).
     Errors as in ScoringService.
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, channel):
@@ -75,6 +79,10 @@ class ResultsServiceServicer:
     StreamRanked and GetExample answer from the shards finished so far ("anytime" estimates,
     `final` = false); everything else needs a SUCCEEDED job (FAILED_PRECONDITION otherwise).
     Errors as in ScoringService.
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     def StreamRanked(self, request, context):
@@ -171,6 +179,10 @@ class ResultsService:
     StreamRanked and GetExample answer from the shards finished so far ("anytime" estimates,
     `final` = false); everything else needs a SUCCEEDED job (FAILED_PRECONDITION otherwise).
     Errors as in ScoringService.
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     @staticmethod

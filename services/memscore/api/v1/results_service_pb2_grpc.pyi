@@ -31,6 +31,10 @@ class ResultsServiceStub:
     StreamRanked and GetExample answer from the shards finished so far ("anytime" estimates,
     `final` = false); everything else needs a SUCCEEDED job (FAILED_PRECONDITION otherwise).
     Errors as in ScoringService.
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     @_typing.overload
@@ -66,6 +70,10 @@ class ResultsServiceAsyncStub(ResultsServiceStub):
     StreamRanked and GetExample answer from the shards finished so far ("anytime" estimates,
     `final` = false); everything else needs a SUCCEEDED job (FAILED_PRECONDITION otherwise).
     Errors as in ScoringService.
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -97,6 +105,10 @@ class ResultsServiceServicer(metaclass=_abc_1.ABCMeta):
     StreamRanked and GetExample answer from the shards finished so far ("anytime" estimates,
     `final` = false); everything else needs a SUCCEEDED job (FAILED_PRECONDITION otherwise).
     Errors as in ScoringService.
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     @_abc_1.abstractmethod

@@ -30,6 +30,10 @@ class ScoringServiceStub:
     every bad field (google.rpc.BadRequest details); NOT_FOUND for an unknown job id;
     FAILED_PRECONDITION when the job's state does not allow the call; RESOURCE_EXHAUSTED when a
     server limit is exceeded; UNAVAILABLE when a backing store cannot be reached (retry).
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, channel):
@@ -80,6 +84,10 @@ class ScoringServiceServicer:
     every bad field (google.rpc.BadRequest details); NOT_FOUND for an unknown job id;
     FAILED_PRECONDITION when the job's state does not allow the call; RESOURCE_EXHAUSTED when a
     server limit is exceeded; UNAVAILABLE when a backing store cannot be reached (retry).
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     def SubmitJob(self, request, context):
@@ -190,6 +198,10 @@ class ScoringService:
     every bad field (google.rpc.BadRequest details); NOT_FOUND for an unknown job id;
     FAILED_PRECONDITION when the job's state does not allow the call; RESOURCE_EXHAUSTED when a
     server limit is exceeded; UNAVAILABLE when a backing store cannot be reached (retry).
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     @staticmethod

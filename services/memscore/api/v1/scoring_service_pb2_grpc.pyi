@@ -31,6 +31,10 @@ class ScoringServiceStub:
     every bad field (google.rpc.BadRequest details); NOT_FOUND for an unknown job id;
     FAILED_PRECONDITION when the job's state does not allow the call; RESOURCE_EXHAUSTED when a
     server limit is exceeded; UNAVAILABLE when a backing store cannot be reached (retry).
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     @_typing.overload
@@ -71,6 +75,10 @@ class ScoringServiceAsyncStub(ScoringServiceStub):
     every bad field (google.rpc.BadRequest details); NOT_FOUND for an unknown job id;
     FAILED_PRECONDITION when the job's state does not allow the call; RESOURCE_EXHAUSTED when a
     server limit is exceeded; UNAVAILABLE when a backing store cannot be reached (retry).
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -107,6 +115,10 @@ class ScoringServiceServicer(metaclass=_abc_1.ABCMeta):
     every bad field (google.rpc.BadRequest details); NOT_FOUND for an unknown job id;
     FAILED_PRECONDITION when the job's state does not allow the call; RESOURCE_EXHAUSTED when a
     server limit is exceeded; UNAVAILABLE when a backing store cannot be reached (retry).
+    Authentication: with tokens configured, every call carries the metadata
+    "authorization: Bearer <token>" (or an mTLS client certificate); without valid credentials,
+    UNAUTHENTICATED. Jobs belong to the tenant that submitted them: another tenant's job id is
+    NOT_FOUND exactly as an unknown one. A tenant over its quota gets RESOURCE_EXHAUSTED.
     """
 
     @_abc_1.abstractmethod
