@@ -119,6 +119,23 @@ def _internal(context: grpc.ServicerContext, method: str, e: Exception) -> None:
     context.abort_with_status(rpc_status.to_status(status))
 
 
+def rewrap(handler, wrap_unary, wrap_stream, wrap_client_stream=None):
+    """`handler` with its behaviour wrapped: `wrap_unary` for calls that answer once (unary, and
+    client streams unless `wrap_client_stream` is given), `wrap_stream` for calls that stream
+    answers. A wrapper of None leaves that kind as it is."""
+    wrap_client_stream = wrap_client_stream or wrap_unary
+    for kind, wrap in (
+        ("unary_unary", wrap_unary),
+        ("unary_stream", wrap_stream),
+        ("stream_unary", wrap_client_stream),
+        ("stream_stream", wrap_stream),
+    ):
+        fn = getattr(handler, kind)
+        if fn:
+            return handler._replace(**{kind: wrap(fn)}) if wrap else handler
+    return handler
+
+
 class DomainErrorInterceptor(grpc.ServerInterceptor):
     """Turns memscore.errors into status codes (INVALID_ARGUMENT carries a BadRequest with
     every field violation), for unary and streaming handlers alike; any other exception is
@@ -152,15 +169,7 @@ class DomainErrorInterceptor(grpc.ServerInterceptor):
 
             return inner
 
-        if handler.unary_unary:
-            return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
-        return handler
+        return rewrap(handler, wrap_unary, wrap_stream)
 
 
 # Methods any caller may use without credentials: the health protocol (probes, load balancers).
@@ -204,15 +213,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
             return inner
 
-        if handler.unary_unary:
-            return handler._replace(unary_unary=wrap_unary(handler.unary_unary))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=wrap_stream(handler.unary_stream))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=wrap_unary(handler.stream_unary))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=wrap_stream(handler.stream_stream))
-        return handler
+        return rewrap(handler, wrap_unary, wrap_stream)
 
 
 class StreamLimitInterceptor(grpc.ServerInterceptor):
@@ -253,13 +254,7 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):
 
             return inner
 
-        if handler.unary_stream:
-            return handler._replace(unary_stream=streaming(handler.unary_stream))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=uploading(handler.stream_unary))
-        if handler.stream_stream:
-            return handler._replace(stream_stream=streaming(handler.stream_stream))
-        return handler
+        return rewrap(handler, None, streaming, uploading)
 
 
 def bind_host(address: str) -> str:
@@ -349,6 +344,14 @@ def monitor_backends(
 
     threading.Thread(target=loop, name="memscore-health", daemon=True).start()
     return stop
+
+
+def start_service(add_servicer: Callable[[grpc.Server], None], service_name: str, address: str, rt):
+    """Build (`build_server`) and start the server of one service for runtime `rt`, with a
+    backing-store monitor that stops with it. Returns (server, bound port)."""
+    server, port, health_servicer = build_server([add_servicer], [service_name], address, settings=rt.settings)
+    start_server(server, health_servicer, [service_name], rt)
+    return server, port
 
 
 def start_server(server: grpc.Server, health_servicer, service_names: list[str], rt) -> grpc.Server:

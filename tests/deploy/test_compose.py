@@ -58,7 +58,9 @@ def test_grpc_ports_are_published_and_health_checked(compose: dict, service: str
     s = compose["services"][service]
     port = s["environment"][port_var]
     assert f"{port}:{port}" in s["ports"]
-    assert s["healthcheck"]["test"] == ["CMD", "memscore", "health", f"127.0.0.1:{port}"]
+    # TLS is on: the check verifies the server's certificate with the development CA (its
+    # certificate names 127.0.0.1), and Health needs no token
+    assert s["healthcheck"]["test"] == ["CMD", "memscore", "health", f"127.0.0.1:{port}", "--tls-ca", "/secrets/ca.pem"]
 
 
 def test_gpu_worker_reserves_an_nvidia_gpu_in_the_gpu_profile(compose: dict) -> None:
@@ -79,4 +81,24 @@ def test_builds_use_the_repository_dockerfiles_and_named_volumes_exist(compose: 
         assert s.get("build", {}).get("context", ".") == "."
         for volume in s.get("volumes", []):
             name = volume.split(":")[0]
+            if name.startswith("./"):  # a bind mount of the repository's own files
+                assert name in ("./scripts", "./.memscore-dev"), f"unexpected bind mount {name}"
+                continue
             assert name in compose["volumes"], f"volume {name} is not declared"
+
+
+@pytest.mark.parametrize("service", ["gateway", "results"])
+def test_servers_require_tokens_and_serve_tls_from_the_secrets_service(compose: dict, service: str) -> None:
+    s = compose["services"][service]
+    env = s["environment"]
+    assert (env["MEMSCORE_AUTH_TOKENS"], env["MEMSCORE_TLS_CERT"], env["MEMSCORE_TLS_KEY"]) == (
+        "/secrets/tokens",
+        "/secrets/server.pem",
+        "/secrets/server.key",
+    )
+    assert "MEMSCORE_ALLOW_UNAUTHENTICATED" not in env
+    assert "./.memscore-dev:/secrets:ro" in s["volumes"]
+    assert s["depends_on"]["secrets"]["condition"] == "service_completed_successfully"
+    init = compose["services"]["secrets"]
+    assert "sh /scripts/dev-secrets.sh /secrets" in init["command"][0] and init["restart"] == "no"
+    assert "./.memscore-dev:/secrets" in init["volumes"]

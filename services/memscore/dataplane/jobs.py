@@ -160,7 +160,10 @@ class ScoringPlane:
         rec = self.get(job_id, tenant)
         yield rec
         while not rec.terminal and is_active():
-            nxt = self.rt.jobs.wait_for_change(job_id, rec.version, poll_timeout_s)
+            try:
+                nxt = self.rt.jobs.wait_for_change(job_id, rec.version, poll_timeout_s)
+            except JobNotFound:  # deleted while watched (a failed submit's cleanup, an operator)
+                raise NotFound(f"job {job_id[:200]!r} no longer exists") from None
             if nxt.version != rec.version:
                 if nxt.shards_done != rec.shards_done:
                     nxt = self._with_anytime(nxt)

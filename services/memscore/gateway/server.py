@@ -10,7 +10,7 @@ from ..api.v1 import scoring_service_pb2 as pb
 from ..api.v1 import scoring_service_pb2_grpc as pb_grpc
 from ..dataplane import ScoringPlane
 from ..errors import InvalidArgument
-from ..rpc import PB_TO_STATE, build_server, event_to_pb, job_to_pb, run_until_signalled, spec_from_pb, start_server
+from ..rpc import PB_TO_STATE, event_to_pb, job_to_pb, run_until_signalled, spec_from_pb, start_service
 from ..runtime import Runtime, runtime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
@@ -73,14 +73,7 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 def serve(rt: Runtime, address: str, plane: ScoringPlane | None = None):
     """Start (not block): returns (server, port)."""
     servicer = ScoringServicer(plane or ScoringPlane(rt))
-    server, port, health_servicer = build_server(
-        [lambda s: pb_grpc.add_ScoringServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME],
-        address,
-        settings=rt.settings,
-    )
-    start_server(server, health_servicer, [SERVICE_NAME], rt)
-    return server, port
+    return start_service(lambda s: pb_grpc.add_ScoringServiceServicer_to_server(servicer, s), SERVICE_NAME, address, rt)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from ..api.v1 import results_service_pb2_grpc as pb_grpc
 from ..dataplane import ResultsPlane
 from ..engine.catalog import SCORE_COLUMNS
 from ..errors import InvalidArgument
-from ..rpc import build_server, run_until_signalled, start_server
+from ..rpc import run_until_signalled, start_service
 from ..runtime import Runtime, runtime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ResultsService"].full_name
@@ -117,14 +117,7 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
 
 def serve(rt: Runtime, address: str, plane: ResultsPlane | None = None):
     servicer = ResultsServicer(plane or ResultsPlane(rt))
-    server, port, health_servicer = build_server(
-        [lambda s: pb_grpc.add_ResultsServiceServicer_to_server(servicer, s)],
-        [SERVICE_NAME],
-        address,
-        settings=rt.settings,
-    )
-    start_server(server, health_servicer, [SERVICE_NAME], rt)
-    return server, port
+    return start_service(lambda s: pb_grpc.add_ResultsServiceServicer_to_server(servicer, s), SERVICE_NAME, address, rt)
 
 
 def main(argv: list[str] | None = None) -> int:
