@@ -157,6 +157,18 @@ def final_stage(instructions: tuple) -> list:
     return list(instructions[starts[-1] :])
 
 
+def image_tools(instructions: tuple) -> dict[str, str]:
+    """Programs the final stage copies from the build context onto PATH (/usr/local/bin), by
+    name, with the repository file each one is: {"memscore-dev-secrets": "scripts/dev-secrets.sh"}."""
+    tools = {}
+    for ins in final_stage(instructions):
+        if ins.cmd.upper() == "COPY" and not any(f.startswith("--from") for f in ins.flags):
+            *sources, dest = ins.value
+            if dest.startswith("/usr/local/bin/") and len(sources) == 1:
+                tools[dest.removeprefix("/usr/local/bin/")] = sources[0]
+    return tools
+
+
 def shell_commands(script: str) -> list[list[str]]:
     """The simple commands of a shell script line, split at &&, ||, ;, | and without their
     redirections (`> /dev/null`, `2>&1`). Enough for the one-liners of deploy files."""

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from .conftest import DOCKERFILES, REPO, final_stage, pyproject, run_tool
+from .conftest import DOCKERFILES, REPO, final_stage, image_tools, pyproject, run_tool
 
 
 def pinned(package: str) -> str:
@@ -50,4 +50,18 @@ def test_gpu_image_checks_its_base_has_the_pinned_torch(dockerfiles: dict) -> No
 
 def test_dockerignore_sends_only_what_the_images_build_from() -> None:
     lines = set((REPO / ".dockerignore").read_text().split())
-    assert {"*", "!pyproject.toml", "!services/"} <= lines
+    assert {"*", "!pyproject.toml", "!services/", "!scripts/dev-secrets.sh"} <= lines
+    assert not any(line.startswith("!scripts/") and line != "!scripts/dev-secrets.sh" for line in lines)
+
+
+def test_cpu_image_installs_the_dev_secrets_script_and_checks_openssl(dockerfiles: dict) -> None:
+    """docker-compose.yml's `secrets` service runs scripts/dev-secrets.sh in this image: the
+    script must be on PATH, executable, and the openssl CLI it calls must be there (the build
+    runs `openssl version` in the final stage, so a base image without it fails the build)."""
+    final = final_stage(dockerfiles["cpu"])
+    assert image_tools(dockerfiles["cpu"]) == {"memscore-dev-secrets": "scripts/dev-secrets.sh"}
+    (copy,) = [i for i in final if i.cmd.upper() == "COPY" and "scripts/dev-secrets.sh" in i.value]
+    assert "--chmod=755" in copy.flags
+    assert (REPO / "scripts" / "dev-secrets.sh").is_file()
+    runs = [" ".join(i.value) for i in final if i.cmd.upper() == "RUN"]
+    assert any(re.search(r"(^|&&)\s*openssl version\b", run) for run in runs), runs

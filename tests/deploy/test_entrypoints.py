@@ -1,9 +1,11 @@
-"""Everything the deploy files run in a memscore image is a real entry point of the package,
-and every MEMSCORE_* variable they set is a setting the code reads (settings.ENV_VARS).
+"""Everything the deploy files run in a memscore image is a real entry point of the package
+(or a tool the image's Dockerfile installs), and every MEMSCORE_* variable they set is a
+setting the code reads (settings.ENV_VARS).
 
-The allowed commands are derived at test time: the console scripts in pyproject.toml and the
+The allowed commands are derived at test time: the console scripts in pyproject.toml, the
 subcommands of `memscore`'s own argument parser (each `memscore ...` line is parsed by it,
-flags included), so a command added or removed in the code is seen here at once.
+flags included) and the files the CPU Dockerfile copies onto PATH, so a command added or
+removed in the code is seen here at once.
 """
 
 from __future__ import annotations
@@ -21,18 +23,24 @@ from .conftest import (
     containers,
     expand_shell,
     final_stage,
+    image_tools,
     pyproject,
     shell_commands,
 )
 
 # The Celery app module that `celery -A` must name (the worker healthcheck).
 CELERY_APP = "memscore.worker.app"
+# What a one-shot init service (compose `secrets`) may run besides our tools: handing files to
+# the servers' user.
+INIT_COMMANDS = ("chown", "chmod")
 
 
 @dataclass
 class Invocation:
     where: str
-    role: str  # "main" (the container's process), "health" (a check) or "build" (RUN)
+    # "main" (a service's process), "init" (a one-shot service's), "health" (a check) or
+    # "build" (RUN)
+    role: str
     argv: list[str]
 
 
@@ -46,8 +54,9 @@ def compose_invocations(compose: dict) -> Iterator[Invocation]:
         if not is_memscore_image(s.get("image", "")):
             continue
         if "command" in s or "entrypoint" in s:
+            role = "init" if s.get("restart") == "no" else "main"
             yield Invocation(
-                f"compose {name} command", "main", list(s.get("entrypoint", [])) + list(s.get("command", []))
+                f"compose {name} command", role, list(s.get("entrypoint", [])) + list(s.get("command", []))
             )
         test = s.get("healthcheck", {}).get("test")
         if test:
@@ -113,12 +122,17 @@ def memscore_problem(argv: list[str]) -> str | None:
     return None
 
 
-def test_commands_run_in_memscore_images_are_package_entry_points(invocations: list[Invocation]) -> None:
+def test_commands_run_in_memscore_images_are_package_entry_points(
+    invocations: list[Invocation], dockerfiles: dict
+) -> None:
     scripts = set(pyproject()["project"]["scripts"])
+    tools = image_tools(dockerfiles["cpu"])
     problems = []
     for inv in invocations:
         for argv in expand_shell(inv.argv):
             program = argv[0]
+            if inv.role == "init" and (program in tools or program in INIT_COMMANDS):
+                continue
             if program == "memscore":
                 why = memscore_problem(argv)
                 if why:
@@ -146,12 +160,36 @@ def test_services_run_their_own_console_script(invocations: list[Invocation]) ->
     assert mains == {"memscore-gateway", "memscore-results", "memscore-worker"}
 
 
-def test_health_checks_target_the_services_ports(invocations: list[Invocation]) -> None:
+def test_compose_init_runs_the_dev_secrets_script_the_image_installs(
+    invocations: list[Invocation], dockerfiles: dict
+) -> None:
+    tools = image_tools(dockerfiles["cpu"])
+    assert tools.get("memscore-dev-secrets") == "scripts/dev-secrets.sh"
+    (init,) = [inv for inv in invocations if inv.role == "init"]
+    assert expand_shell(init.argv)[0] == ["memscore-dev-secrets", "/secrets"]
+
+
+def health_args(argv: list[str]):
+    from memscore.cli import build_parser
+
+    return build_parser().parse_args(argv[1:])
+
+
+def test_health_checks_target_the_services_ports_over_tls(invocations: list[Invocation]) -> None:
+    """Compose and k8s check the servers with TLS (they serve nothing else); only the image's
+    own default HEALTHCHECK, for a container run without credentials, is plaintext."""
     ports = {ENV_VARS["MEMSCORE_GATEWAY_PORT"][0], ENV_VARS["MEMSCORE_RESULTS_PORT"][0]}
-    health = [argv for inv in invocations for argv in expand_shell(inv.argv) if argv[:2] == ["memscore", "health"]]
-    assert health
-    for argv in health:
-        assert re.fullmatch(r"127\.0\.0\.1:(\d+)", argv[2]).group(1) in ports, argv
+    health = [
+        (inv.where, health_args(argv))
+        for inv in invocations
+        for argv in expand_shell(inv.argv)
+        if argv[:2] == ["memscore", "health"]
+    ]
+    assert len(health) >= 8, health  # compose 2, k8s 3 probes x 2 servers x overlays, Dockerfile 1
+    for where, args in health:
+        assert re.fullmatch(r"127\.0\.0\.1:(\d+)", args.target).group(1) in ports, (where, args)
+        if not where.startswith("Dockerfile"):
+            assert args.tls_ca, f"{where}: the servers speak TLS only; pass --tls-ca"
 
 
 # ---- environment variables ----------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from memscore.settings import ENV_VARS
 
-from .conftest import OVERLAYS, Render, containers, pod_spec, run_tool
+from .conftest import OVERLAYS, REPO, Render, containers, pod_spec, run_tool
 
 # Kinds without a schema in kubernetes-validate (CRDs); their fields are checked below.
 CRD_API_GROUPS = ("keda.sh/",)
@@ -93,19 +93,134 @@ def test_every_object_lands_in_the_memscore_namespace(renders: dict[str, Render]
     assert not stray, f"objects outside the namespace: {stray}"
 
 
+def mounts_of(render: Render, deployment: str) -> dict[str, tuple[dict, dict]]:
+    """Secret volumes of the deployment's first container, by Secret name: (volume, mount)."""
+    spec = pod_spec(render.get("Deployment", deployment))
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    found = {}
+    for m in spec["containers"][0].get("volumeMounts", []):
+        secret = volumes[m["name"]].get("secret")
+        if secret:
+            found[secret["secretName"]] = (secret, m)
+    return found
+
+
+def health_args(argv: list[str]):
+    from memscore.cli import build_parser
+
+    assert argv[:2] == ["memscore", "health"], argv
+    return build_parser().parse_args(argv[1:])
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_grpc_services_have_native_grpc_probes_on_numeric_ports(renders: dict[str, Render], overlay: str) -> None:
+def test_grpc_services_probe_health_over_tls_with_the_secrets_ca(renders: dict[str, Render], overlay: str) -> None:
+    """Kubernetes' grpc probe cannot speak TLS: each probe runs `memscore health` in the pod,
+    verifying the certificate with ca.crt of the mounted memscore-tls under the Service's DNS
+    name, on the port the ConfigMap sets."""
     render = renders[overlay]
     for service, setting_name in (("gateway", "MEMSCORE_GATEWAY_PORT"), ("results", "MEMSCORE_RESULTS_PORT")):
         port = int(setting(render, setting_name))
-        c = container(render, f"memscore-{service}")
-        assert c["command"] == [f"memscore-{service}"]
+        name = f"memscore-{service}"
+        c = container(render, name)
+        assert c["command"] == [name]
         assert [p["containerPort"] for p in c["ports"]] == [port]
+        _, tls_mount = mounts_of(render, name)["memscore-tls"]
+        svc = render.get("Service", name)
+        dns = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            grpc = c[probe]["grpc"]
-            assert type(grpc["port"]) is int and grpc["port"] == port, f"{service} {probe}: {grpc}"
-        svc = render.get("Service", f"memscore-{service}")["spec"]["ports"][0]
-        assert svc["port"] == port and svc["targetPort"] == port
+            assert "grpc" not in c[probe], f"{service} {probe}: a grpc probe fails against TLS"
+            args = health_args(c[probe]["exec"]["command"])
+            assert args.target == f"127.0.0.1:{port}", (service, probe, args)
+            assert args.tls_ca == f"{tls_mount['mountPath']}/ca.crt", (service, probe, args)
+            assert args.tls_server_name == dns, (service, probe, args)
+            # A Python process per probe: give it more than the 1 s default.
+            assert c[probe]["timeoutSeconds"] > args.timeout, (service, probe)
+        ports = svc["spec"]["ports"][0]
+        assert ports["port"] == port and ports["targetPort"] == port
+        assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", f"{overlay}: {name} must not be exposed itself"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_servers_mount_the_tls_and_auth_secrets_and_require_tokens(renders: dict[str, Render], overlay: str) -> None:
+    """memscore-tls (the kubernetes.io/tls shape plus ca.crt, as cert-manager writes it) and
+    memscore-auth (the token file) are mounted whole into gateway and results, and the servers'
+    variables name the mounted files; nothing lets them run without tokens."""
+    render = renders[overlay]
+    for name in ("memscore-gateway", "memscore-results"):
+        mounts = mounts_of(render, name)
+        assert {"memscore-tls", "memscore-auth"} <= set(mounts), f"{overlay} {name}: {sorted(mounts)}"
+        env = env_of(container(render, name), render)
+        expected = {
+            "memscore-tls": {"tls.crt": "MEMSCORE_TLS_CERT", "tls.key": "MEMSCORE_TLS_KEY", "ca.crt": None},
+            "memscore-auth": {"tokens": "MEMSCORE_AUTH_TOKENS"},
+        }
+        for secret_name, keys in expected.items():
+            secret, mount = mounts[secret_name]
+            # Explicit keys: a Secret without one fails the mount, naming the key.
+            assert {i["key"]: i["path"] for i in secret["items"]} == {k: k for k in keys}, secret
+            assert not secret.get("optional"), secret
+            # subPath mounts never see a renewed Secret; the servers re-read changed files.
+            assert mount.get("readOnly") is True and "subPath" not in mount, mount
+            # Readable by the pod's group only (fsGroup), not by everyone.
+            assert secret["defaultMode"] & 0o007 == 0 and secret["defaultMode"] & 0o040, oct(secret["defaultMode"])
+            for key, var in keys.items():
+                if var:
+                    assert env[var] == f"{mount['mountPath']}/{key}", (name, var, env.get(var))
+        assert env.get("MEMSCORE_ALLOW_UNAUTHENTICATED", "false") == "false", f"{overlay} {name}"
+        assert "MEMSCORE_TLS_CLIENT_CA" not in env, "clients authenticate with tokens"
+    # The workers serve nothing: they get neither Secret.
+    assert not {"memscore-tls", "memscore-auth"} & set(mounts_of(render, "memscore-worker"))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_overlay_renders_the_tls_or_token_secrets(renders: dict[str, Render], overlay: str) -> None:
+    """They are created out of band (docs/deploy.md, "TLS and tokens"): no private key or
+    token file in the repository, and `kubectl apply -k` never overwrites them."""
+    names = {o["metadata"]["name"] for o in renders[overlay].of_kind("Secret")}
+    assert not {"memscore-tls", "memscore-auth"} & names
+    assert "PRIVATE KEY" not in renders[overlay].path.read_text()
+
+
+def grpc_services() -> dict[str, str]:
+    """Full names of the API's gRPC services, from the protos: {"ScoringService": "memscore.v1.ScoringService"}."""
+    found = {}
+    for proto in sorted((REPO / "protos").rglob("*.proto")):
+        text = proto.read_text()
+        package = re.search(r"^package\s+([\w.]+);", text, re.M)
+        for service in re.findall(r"^service\s+(\w+)", text, re.M):
+            found[service] = f"{package.group(1)}.{service}"
+    return found
+
+
+def test_prod_exposes_one_tls_ingress_routing_each_service_by_its_path(renders: dict[str, Render]) -> None:
+    prod = renders["overlays/prod"]
+    exposed = [
+        s["metadata"]["name"] for s in prod.of_kind("Service") if s["spec"].get("type", "ClusterIP") != "ClusterIP"
+    ]
+    assert not exposed, f"only the Ingress is exposed, not {exposed}"
+    (ingress,) = prod.of_kind("Ingress")
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    notes = ingress["metadata"]["annotations"]
+    # TLS again to the pods: the servers serve nothing else.
+    assert notes["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
+    # nginx's 1 MiB default body limit would refuse uploads the gateway accepts.
+    assert notes["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
+    (rule,) = ingress["spec"]["rules"]
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["secretName"] == "memscore-tls" and tls["hosts"] == [rule["host"]]
+    routes = {}
+    for path in rule["http"]["paths"]:
+        backend = path["backend"]["service"]
+        svc = prod.get("Service", backend["name"])
+        assert backend["port"]["number"] == svc["spec"]["ports"][0]["port"], path
+        # ingress-nginx's strict validation refuses dots in Prefix paths.
+        assert path["pathType"] == "ImplementationSpecific" or "." not in path["path"], path
+        assert path["path"].startswith("/") and path["path"].endswith("/"), "a whole /SERVICE/ segment"
+        routes[path["path"].strip("/")] = backend["name"]
+    services = grpc_services()
+    assert routes[services["ScoringService"]] == "memscore-gateway"
+    assert routes[services["ResultsService"]] == "memscore-results"
+    assert set(routes) - {services["ScoringService"], services["ResultsService"]} <= {"grpc.health.v1.Health"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -202,8 +317,38 @@ def _selects(selector: dict, labels: dict) -> bool:
     return True
 
 
+# Who may connect to the servers: the ingress controller's namespace (any of its pods), and pods
+# of memscore's namespace labelled as clients.
+INGRESS_CONTROLLER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+CLIENT_LABELS = {"app.kubernetes.io/name": "memscore", "app.kubernetes.io/component": "client"}
+IN_NAMESPACE_CLIENTS = {"podSelector": {"matchLabels": CLIENT_LABELS}}
+
+
+def ingress_rules(render: Render, labels: dict) -> list[dict]:
+    """The ingress rules of every NetworkPolicy that selects pods with these labels."""
+    return [
+        rule
+        for p in render.of_kind("NetworkPolicy")
+        if "Ingress" in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], labels)
+        for rule in p["spec"].get("ingress", [])
+    ]
+
+
+def egress_rules(render: Render, labels: dict) -> list[dict]:
+    return [
+        rule
+        for p in render.of_kind("NetworkPolicy")
+        if "Egress" in p["spec"]["policyTypes"] and _selects(p["spec"]["podSelector"], labels)
+        for rule in p["spec"].get("egress", [])
+    ]
+
+
+def pod_labels(render: Render) -> dict[str, dict]:
+    return {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in render.workloads()}
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_deny_by_default_and_open_only_the_grpc_services(
+def test_network_policies_deny_by_default_and_admit_only_the_ingress_controller_and_clients(
     renders: dict[str, Render], overlay: str
 ) -> None:
     render = renders[overlay]
@@ -217,43 +362,54 @@ def test_network_policies_deny_by_default_and_open_only_the_grpc_services(
         and not p["spec"].get("egress")
     ]
     assert deny, "no default-deny policy"
-    pods = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in render.workloads()}
-    open_to_anyone = set()
     for p in policies:
         for rule in p["spec"].get("ingress", []):
-            if not rule.get("from"):
-                open_to_anyone |= {name for name, labels in pods.items() if _selects(p["spec"]["podSelector"], labels)}
-            else:
-                assert all("ipBlock" not in peer for peer in rule["from"]), p["metadata"]["name"]
-    assert open_to_anyone == {"memscore-gateway", "memscore-results"}
+            assert rule.get("from"), f"{p['metadata']['name']}: a rule without `from` admits anyone"
+            assert all("ipBlock" not in peer for peer in rule["from"]), p["metadata"]["name"]
+    pods = pod_labels(render)
+    for service, setting_name in (("gateway", "MEMSCORE_GATEWAY_PORT"), ("results", "MEMSCORE_RESULTS_PORT")):
+        port = int(setting(render, setting_name))
+        rules = ingress_rules(render, pods[f"memscore-{service}"])
+        peers = [peer for rule in rules for peer in rule["from"]]
+        assert sorted(peers, key=str) == sorted([INGRESS_CONTROLLER, IN_NAMESPACE_CLIENTS], key=str), peers
+        assert all(rule["ports"] == [{"protocol": "TCP", "port": port}] for rule in rules), rules
+    # None of memscore's own pods is a client: nothing in the namespace reaches the servers.
+    assert not [name for name, labels in pods.items() if CLIENT_LABELS.items() <= labels.items()]
+    # A client pod may reach both servers (the egress half), on their ports only.
+    reach = {
+        name
+        for rule in egress_rules(render, CLIENT_LABELS)
+        for peer in rule.get("to", [])
+        for name, labels in pods.items()
+        if "namespaceSelector" not in peer and _selects(peer["podSelector"], labels)
+    }
+    assert reach == {"memscore-gateway", "memscore-results"}, reach
     # Workers accept no connections at all; they only reach out to Redis and S3.
     worker = pods["memscore-worker"]
-    assert not [p for p in policies if p["spec"].get("ingress") and _selects(p["spec"]["podSelector"], worker)]
-    worker_ports = {
-        port["port"]
-        for p in policies
-        if _selects(p["spec"]["podSelector"], worker)
-        for rule in p["spec"].get("egress", [])
-        for port in rule.get("ports", [])
-    }
+    assert not ingress_rules(render, worker)
+    worker_ports = {port["port"] for rule in egress_rules(render, worker) for port in rule.get("ports", [])}
     assert {6379, 9000} <= worker_ports
+    # Only the servers and the dev datastores accept anything.
+    accepting = {name for name, labels in pods.items() if ingress_rules(render, labels)}
+    assert accepting <= {"memscore-gateway", "memscore-results", "redis", "minio"}, accepting
 
 
-def test_dev_datastores_accept_only_memscore_pods(renders: dict[str, Render]) -> None:
+def test_dev_datastores_accept_only_the_memscore_pods_that_use_them(renders: dict[str, Render]) -> None:
     dev = renders["overlays/dev"]
-    pods = {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in dev.workloads()}
-    for store in ("redis", "minio"):
+    pods = pod_labels(dev)
+    expected = {
+        "redis": ({"memscore-gateway", "memscore-results", "memscore-worker"}, 6379),
+        # minio-init makes the bucket
+        "minio": ({"memscore-gateway", "memscore-results", "memscore-worker", "minio-init"}, 9000),
+    }
+    for store, (users, port) in expected.items():
         allowed = set()
-        for p in dev.of_kind("NetworkPolicy"):
-            if _selects(p["spec"]["podSelector"], pods[store]):
-                for rule in p["spec"].get("ingress", []):
-                    for peer in rule["from"]:
-                        allowed |= {n for n, labels in pods.items() if _selects(peer["podSelector"], labels)}
-        assert (
-            {"memscore-gateway", "memscore-results", "memscore-worker"}
-            <= allowed
-            <= {"memscore-gateway", "memscore-results", "memscore-worker", "minio-init"}
-        ), (store, allowed)
+        for rule in ingress_rules(dev, pods[store]):
+            assert rule["ports"] == [{"protocol": "TCP", "port": port}], rule
+            for peer in rule["from"]:
+                assert "namespaceSelector" not in peer, f"{store}: from another namespace: {peer}"
+                allowed |= {n for n, labels in pods.items() if _selects(peer["podSelector"], labels)}
+        assert allowed == users, (store, allowed)
 
 
 def test_keda_scales_workers_on_the_celery_queue_and_never_to_zero(renders: dict[str, Render]) -> None:
