@@ -31,6 +31,18 @@ def _new_job_id() -> str:
     return "job-" + uuid.uuid4().hex[:16]
 
 
+def owned_job(rt: Runtime, job_id: str, tenant: str | None) -> JobRecord:
+    """The job; with `tenant`, another tenant's job is NOT_FOUND exactly as a job that does not
+    exist (both planes look jobs up here)."""
+    try:
+        rec = rt.jobs.get(job_id)
+    except JobNotFound:
+        rec = None
+    if rec is None or (tenant is not None and rec.tenant != tenant):
+        raise NotFound(f"no job {job_id[:200]!r}")
+    return rec
+
+
 def check_request_id(request_id: str) -> None:
     """At most 128 printable characters (no control characters: they separate tenants' ids in
     the job store)."""
@@ -108,16 +120,7 @@ class ScoringPlane:
     def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """The job; a running scoring job carries its anytime summary from the shards so far.
         With `tenant`, another tenant's job is NOT_FOUND exactly as a job that does not exist."""
-        return self._with_anytime(self._record(job_id, tenant))
-
-    def _record(self, job_id: str, tenant: str | None) -> JobRecord:
-        try:
-            rec = self.rt.jobs.get(job_id)
-        except JobNotFound:
-            rec = None
-        if rec is None or (tenant is not None and rec.tenant != tenant):
-            raise NotFound(f"no job {job_id[:200]!r}")
-        return rec
+        return self._with_anytime(owned_job(self.rt, job_id, tenant))
 
     def _with_anytime(self, rec: JobRecord) -> JobRecord:
         if rec.kind == "scoring" and not rec.terminal and rec.shards_done > 0:
@@ -146,7 +149,7 @@ class ScoringPlane:
     def cancel(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """CANCELLED at once with no shard in flight; else RUNNING with cancel_requested until the
         workers stop (the job store's shard_stopped turns it CANCELLED). Terminal: unchanged."""
-        self._record(job_id, tenant)
+        owned_job(self.rt, job_id, tenant)
         return self.rt.jobs.request_cancel(job_id)
 
     def watch(

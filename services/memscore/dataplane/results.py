@@ -23,10 +23,10 @@ from ..engine.spec import ScoringSpec
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..runtime import Runtime
 from ..store import layout
-from ..store.jobs import JobNotFound, JobRecord
+from ..store.jobs import JobRecord
 from ..store.objects import StoreUnavailable
 from .anytime import AnytimeEstimates
-from .jobs import MAX_PAGE
+from .jobs import MAX_PAGE, owned_job
 from .queries import query_points
 
 log = logging.getLogger("memscore.dataplane")
@@ -79,13 +79,7 @@ class ResultsPlane:
 
     def _job(self, job_id: str, tenant: str | None = None) -> JobRecord:
         """The job; with `tenant`, another tenant's job is NOT_FOUND as one that does not exist."""
-        try:
-            rec = self.rt.jobs.get(job_id)
-        except JobNotFound:
-            rec = None
-        if rec is None or (tenant is not None and rec.tenant != tenant):
-            raise NotFound(f"no job {job_id[:200]!r}")
-        return rec
+        return owned_job(self.rt, job_id, tenant)
 
     def _cached(self, key, build):
         with self._lock:
