@@ -29,8 +29,10 @@ FORBIDDEN = {
     "rpc": {"worker", "gateway", "results", "dataplane", "cli", "embedded"},
     "client": {"worker", "gateway", "results", "dataplane", "store", "engine", "cli", "embedded"},
     "worker": {"gateway", "results", "dataplane", "cli", "embedded"},
+    # generic: imports `rpc` (for `rewrap`) and nothing of jobs, stores or the engine
+    "metrics": {"engine", "store", "worker", "gateway", "results", "dataplane", "cli", "embedded", "broker"},
 }
-NO_TORCH = ("dataplane", "store", "gateway", "results", "rpc", "client", "datarefs", "broker", "auth")
+NO_TORCH = ("dataplane", "store", "gateway", "results", "rpc", "client", "datarefs", "broker", "auth", "metrics")
 
 
 def _modules() -> list[tuple[str, Path]]:

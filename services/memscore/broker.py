@@ -5,6 +5,11 @@ the tasks) share, as Celery's own `proj/celery.py` + `proj/tasks.py` layout.
 With MEMSCORE_BROKER_URL empty the broker is kombu's in-process `memory://` transport: the
 embedded mode of `memscore up`, where gateway, results and a worker thread share one process.
 Fan-in needs no result backend: the last shard to finish enqueues `reduce` (see worker/tasks.py).
+
+Two queues: shards and exposure jobs on MEMSCORE_QUEUE, reduce on its own (MEMSCORE_REDUCE_QUEUE,
+default `<queue>-reduce`). A worker consuming both takes from them in turn (kombu's Redis
+transport rotates the queues it polls after each message), so a finished job's reduce waits
+for at most the shard each worker is on, never for every shard queued by other jobs.
 """
 
 from __future__ import annotations
@@ -16,6 +21,26 @@ from .settings import Settings
 TASK_TRAIN_SHARD = "memscore.train_shard"
 TASK_REDUCE = "memscore.reduce"
 TASK_EXPOSURE = "memscore.exposure"
+
+
+def queue_for(settings: Settings, task_name: str) -> str:
+    """The queue a task (one of TASK_*) is sent to."""
+    return settings.reduce_queue if task_name == TASK_REDUCE else settings.queue
+
+
+def send(app: Celery, settings: Settings, task_name: str, args: list) -> None:
+    """Enqueue `task_name(*args)` on its queue (by name: the sender never imports the task)."""
+    app.send_task(task_name, args=list(args), queue=queue_for(settings, task_name))
+
+
+def queue_depth(app: Celery, queue: str) -> int:
+    """Messages waiting in `queue` (not those a worker has taken). Any kombu transport: the
+    Redis one counts the list (all priorities), the in-process one its deque. Raises kombu's
+    OperationalError when the broker cannot be reached."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1)
+        _, count, _ = conn.default_channel.queue_declare(queue=queue, passive=False, durable=True, auto_delete=False)
+        return int(count)
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -35,7 +60,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         result_backend=s.result_backend or None,
         task_default_queue=s.queue,
-        task_routes={"memscore.*": {"queue": s.queue}},
+        task_routes={TASK_REDUCE: {"queue": s.reduce_queue}, "memscore.*": {"queue": s.queue}},
         task_soft_time_limit=s.shard_timeout_s,
         task_time_limit=s.shard_timeout_s + 300,
         broker_transport_options={"visibility_timeout": visibility},

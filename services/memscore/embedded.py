@@ -63,7 +63,7 @@ def start(
     worker = app.WorkController(
         pool_cls="solo",
         concurrency=1,
-        queues=[s.queue],
+        queues=[s.queue, s.reduce_queue],
         hostname=f"embedded@{socket.gethostname()}",
         without_heartbeat=True,
         without_mingle=True,

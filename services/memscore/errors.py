@@ -36,3 +36,27 @@ class Unavailable(MemscoreError):
 
 class Unauthenticated(MemscoreError):
     """The call carries no valid credentials (token or client certificate)."""
+
+
+def outage(e: BaseException) -> str | None:
+    """Which backing store an exception says is unreachable ("job store", "object store",
+    "broker"), or None when it is not an outage."""
+    from .store.objects import StoreUnavailable
+
+    if isinstance(e, StoreUnavailable):
+        return "object store"
+    try:
+        import redis.exceptions as rx
+
+        if isinstance(e, (rx.ConnectionError, rx.TimeoutError)):
+            return "job store"
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    try:
+        from kombu.exceptions import OperationalError
+
+        if isinstance(e, OperationalError):
+            return "broker"
+    except ImportError:  # pragma: no cover - kombu comes with celery
+        pass
+    return None

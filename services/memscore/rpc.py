@@ -27,9 +27,10 @@ from .errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    outage,
 )
 from .limits import StreamBudget
-from .store.objects import StoreUnavailable
+from .metrics import RpcMetricsInterceptor
 from .tls import server_credentials
 
 log = logging.getLogger("memscore.rpc")
@@ -50,48 +51,62 @@ _CODES = {
 # (a 1 MB model name) must not turn the answer into RESOURCE_EXHAUSTED or a log flood.
 MAX_MESSAGE_CHARS = 2000
 MAX_DESCRIPTION_CHARS = 500
+# The status travels in the trailers, which clients refuse beyond 8 KiB (gRPC's default
+# max_metadata_size; the answer then turns into RESOURCE_EXHAUSTED): the message twice (in
+# grpc-message, percent-encoded: 3 bytes per UTF-8 byte outside printable ASCII, and in
+# grpc-status-details-bin, base64) and the violations once. So both are bounded in those bytes
+# too, about 5 KiB of trailers at most, whatever the characters quoted back.
+MAX_MESSAGE_WIRE_BYTES = 1500
+MAX_VIOLATIONS_BYTES = 1500
 
 
 def _bounded(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _percent_encoded_bytes(c: str) -> int:
+    return 1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode("utf-8", "replace"))
+
+
+def _utf8_bytes(c: str) -> int:
+    return len(c.encode("utf-8", "replace"))
+
+
+def _fit(text: str, budget: int, cost) -> str:
+    """`text` cut, with "…", to at most `budget` by `cost` per character."""
+    used = 0
+    for i, c in enumerate(text):
+        used += cost(c)
+        if used > budget:
+            cut, used = text[:i], used - cost(c) + cost("…")
+            while cut and used > budget:
+                used -= cost(cut[-1])
+                cut = cut[:-1]
+            return cut + "…"
+    return text
+
+
+def _violations(pairs: list[tuple[str, str]]) -> list:
+    """The first violations that fit MAX_VIOLATIONS_BYTES (the first one always, its description
+    cut to fit)."""
+    out, left = [], MAX_VIOLATIONS_BYTES
+    for f, d in pairs[:100]:
+        f = _bounded(f, MAX_DESCRIPTION_CHARS)
+        d = _fit(_bounded(d, MAX_DESCRIPTION_CHARS), max(left - len(f.encode("utf-8", "replace")), 40), _utf8_bytes)
+        left -= len(f.encode("utf-8", "replace")) + len(d.encode("utf-8", "replace"))
+        if out and left < 0:
+            break
+        out.append(error_details_pb2.BadRequest.FieldViolation(field=f, description=d))
+    return out
+
+
 def _abort(context: grpc.ServicerContext, e: MemscoreError) -> None:
     code, rpc_code = _CODES.get(type(e), (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL))
-    status = status_pb2.Status(code=rpc_code, message=_bounded(str(e), MAX_MESSAGE_CHARS))
+    message = _fit(_bounded(str(e), MAX_MESSAGE_CHARS), MAX_MESSAGE_WIRE_BYTES, _percent_encoded_bytes)
+    status = status_pb2.Status(code=rpc_code, message=message)
     if isinstance(e, InvalidArgument):
-        br = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=_bounded(f, MAX_DESCRIPTION_CHARS), description=_bounded(d, MAX_DESCRIPTION_CHARS)
-                )
-                for f, d in e.violations[:100]
-            ]
-        )
-        status.details.add().Pack(br)
+        status.details.add().Pack(error_details_pb2.BadRequest(field_violations=_violations(e.violations)))
     context.abort_with_status(rpc_status.to_status(status))
-
-
-def outage(e: BaseException) -> str | None:
-    """Which backing store an exception says is unreachable ("job store", "object store",
-    "broker"), or None when it is not an outage."""
-    if isinstance(e, StoreUnavailable):
-        return "object store"
-    try:
-        import redis.exceptions as rx
-
-        if isinstance(e, (rx.ConnectionError, rx.TimeoutError)):
-            return "job store"
-    except ImportError:  # pragma: no cover - redis is a dependency
-        pass
-    try:
-        from kombu.exceptions import OperationalError
-
-        if isinstance(e, OperationalError):
-            return "broker"
-    except ImportError:  # pragma: no cover - kombu comes with celery
-        pass
-    return None
 
 
 def _unavailable(context: grpc.ServicerContext, method: str, what: str, e: Exception) -> None:
@@ -289,7 +304,12 @@ def build_server(
     budget = StreamBudget(streams, settings.tenant_max_streams)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="memscore-rpc"),
-        interceptors=[DomainErrorInterceptor(), AuthInterceptor(auth), StreamLimitInterceptor(budget)],
+        interceptors=[
+            RpcMetricsInterceptor(),  # outermost: sees every call's final status code
+            DomainErrorInterceptor(),
+            AuthInterceptor(auth),
+            StreamLimitInterceptor(budget),
+        ],
         maximum_concurrent_rpcs=max(settings.max_concurrent_rpcs, threads),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -35,7 +35,22 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_RESULTS_PORT": ("50052", "gRPC port of the Results service"),
     "MEMSCORE_BIND": ("0.0.0.0", "address the gRPC servers listen on"),
     "MEMSCORE_DEVICE": ("auto", "torch device for workers: auto, cpu, cuda, cuda:N"),
-    "MEMSCORE_QUEUE": ("gpu", "Celery queue that train_shard/reduce/exposure tasks use"),
+    "MEMSCORE_QUEUE": ("gpu", "Celery queue of the train_shard and exposure tasks"),
+    "MEMSCORE_REDUCE_QUEUE": (
+        "",
+        "Celery queue of the reduce task, so a job's reduce never waits behind other jobs' queued shards; "
+        "empty = MEMSCORE_QUEUE + '-reduce'. Workers consume both unless told otherwise (--queues)",
+    ),
+    "MEMSCORE_HEARTBEAT_INTERVAL_S": ("10", "seconds between a running task's heartbeats in the job store"),
+    "MEMSCORE_HEARTBEAT_TIMEOUT_S": (
+        "120",
+        "a task in flight whose heartbeat is older than this is lost (its worker died or lost the broker) "
+        "and the watchdog queues it again; so is queued work missing from an empty queue for this long",
+    ),
+    "MEMSCORE_WATCHDOG_INTERVAL_S": (
+        "30",
+        "seconds between the gateway watchdog's sweeps of unfinished jobs for lost work; 0 = no watchdog",
+    ),
     "MEMSCORE_MAX_TRAIN_EXAMPLES": ("2000000", "largest training set a job may use"),
     "MEMSCORE_MAX_MODELS": ("100000", "most models one job may train"),
     "MEMSCORE_MAX_UPLOAD_BYTES": ("4294967296", "largest dataset upload in bytes"),
@@ -109,6 +124,14 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "text",
         "log line format of the services: text, or json (one JSON object a line, with job_id and shard in tasks)",
     ),
+    "MEMSCORE_METRICS_PORT": (
+        "0",
+        "port of the Prometheus endpoint (GET /metrics) of each gateway, results and worker process; 0 = none",
+    ),
+    "MEMSCORE_METRICS_BIND": (
+        "0.0.0.0",
+        "address the metrics endpoint listens on; it has no authentication, so keep it on a private network",
+    ),
 }
 
 
@@ -137,6 +160,10 @@ class Settings:
     bind: str = field(default_factory=lambda: env("MEMSCORE_BIND"))
     device: str = field(default_factory=lambda: env("MEMSCORE_DEVICE"))
     queue: str = field(default_factory=lambda: env("MEMSCORE_QUEUE"))
+    reduce_queue_setting: str = field(default_factory=lambda: env("MEMSCORE_REDUCE_QUEUE"))
+    heartbeat_interval_s: float = field(default_factory=lambda: float(env("MEMSCORE_HEARTBEAT_INTERVAL_S")))
+    heartbeat_timeout_s: float = field(default_factory=lambda: float(env("MEMSCORE_HEARTBEAT_TIMEOUT_S")))
+    watchdog_interval_s: float = field(default_factory=lambda: float(env("MEMSCORE_WATCHDOG_INTERVAL_S")))
     max_train_examples: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_TRAIN_EXAMPLES")))
     max_models: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_MODELS")))
     max_upload_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_UPLOAD_BYTES")))
@@ -166,3 +193,10 @@ class Settings:
     max_attempts: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_ATTEMPTS")))
     log_level: str = field(default_factory=lambda: env("MEMSCORE_LOG_LEVEL"))
     log_format: str = field(default_factory=lambda: env("MEMSCORE_LOG_FORMAT"))
+    metrics_port: int = field(default_factory=lambda: int(env("MEMSCORE_METRICS_PORT")))
+    metrics_bind: str = field(default_factory=lambda: env("MEMSCORE_METRICS_BIND"))
+
+    @property
+    def reduce_queue(self) -> str:
+        """The reduce task's queue: MEMSCORE_REDUCE_QUEUE, else the shard queue's name + '-reduce'."""
+        return self.reduce_queue_setting or f"{self.queue}-reduce"

@@ -27,9 +27,10 @@ REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILES = {"cpu": REPO / "deploy" / "Dockerfile", "gpu": REPO / "deploy" / "Dockerfile.gpu"}
-# What `kubectl apply -k` is pointed at, plus the HPA alternative to KEDA (rendered from a
-# throwaway kustomization: base + components/hpa).
-OVERLAYS = ("base", "overlays/dev", "overlays/prod", "base+components/hpa")
+# What `kubectl apply -k` is pointed at, plus the optional components that no overlay uses
+# (each rendered from a throwaway kustomization: base + component): the HPA alternative to
+# KEDA and the Prometheus Operator's ServiceMonitor.
+OVERLAYS = ("base", "overlays/dev", "overlays/prod", "base+components/hpa", "base+components/servicemonitor")
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 

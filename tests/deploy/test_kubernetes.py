@@ -10,10 +10,10 @@ import pytest
 
 from memscore.settings import ENV_VARS
 
-from .conftest import OVERLAYS, REPO, Render, containers, pod_spec, run_tool
+from .conftest import K8S, OVERLAYS, REPO, Render, containers, pod_spec, run_tool
 
 # Kinds without a schema in kubernetes-validate (CRDs); their fields are checked below.
-CRD_API_GROUPS = ("keda.sh/",)
+CRD_API_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 
 
 def setting(render: Render, name: str) -> str:
@@ -123,7 +123,7 @@ def test_grpc_services_probe_health_over_tls_with_the_secrets_ca(renders: dict[s
         name = f"memscore-{service}"
         c = container(render, name)
         assert c["command"] == [name]
-        assert [p["containerPort"] for p in c["ports"]] == [port]
+        assert [p["containerPort"] for p in c["ports"] if p["name"] == "grpc"] == [port]
         _, tls_mount = mounts_of(render, name)["memscore-tls"]
         svc = render.get("Service", name)
         dns = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc"
@@ -322,6 +322,8 @@ def _selects(selector: dict, labels: dict) -> bool:
 INGRESS_CONTROLLER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
 CLIENT_LABELS = {"app.kubernetes.io/name": "memscore", "app.kubernetes.io/component": "client"}
 IN_NAMESPACE_CLIENTS = {"podSelector": {"matchLabels": CLIENT_LABELS}}
+# Who may scrape the metrics port: Prometheus's namespace (docs/deploy.md, "Metrics").
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
 
 
 def ingress_rules(render: Render, labels: dict) -> list[dict]:
@@ -367,9 +369,14 @@ def test_network_policies_deny_by_default_and_admit_only_the_ingress_controller_
             assert rule.get("from"), f"{p['metadata']['name']}: a rule without `from` admits anyone"
             assert all("ipBlock" not in peer for peer in rule["from"]), p["metadata"]["name"]
     pods = pod_labels(render)
+    metrics_port = int(setting(render, "MEMSCORE_METRICS_PORT"))
+
+    def scrapes(rule: dict) -> bool:
+        return rule["ports"] == [{"protocol": "TCP", "port": metrics_port}]
+
     for service, setting_name in (("gateway", "MEMSCORE_GATEWAY_PORT"), ("results", "MEMSCORE_RESULTS_PORT")):
         port = int(setting(render, setting_name))
-        rules = ingress_rules(render, pods[f"memscore-{service}"])
+        rules = [r for r in ingress_rules(render, pods[f"memscore-{service}"]) if not scrapes(r)]
         peers = [peer for rule in rules for peer in rule["from"]]
         assert sorted(peers, key=str) == sorted([INGRESS_CONTROLLER, IN_NAMESPACE_CLIENTS], key=str), peers
         assert all(rule["ports"] == [{"protocol": "TCP", "port": port}] for rule in rules), rules
@@ -384,13 +391,17 @@ def test_network_policies_deny_by_default_and_admit_only_the_ingress_controller_
         if "namespaceSelector" not in peer and _selects(peer["podSelector"], labels)
     }
     assert reach == {"memscore-gateway", "memscore-results"}, reach
-    # Workers accept no connections at all; they only reach out to Redis and S3.
+    # Prometheus's namespace, and nothing else, may scrape the metrics port of every memscore pod.
+    for name in ("memscore-gateway", "memscore-results", "memscore-worker"):
+        peers = [peer for rule in ingress_rules(render, pods[name]) if scrapes(rule) for peer in rule["from"]]
+        assert peers == [MONITORING], (name, peers)
+    # Workers accept no other connection; they only reach out to Redis and S3.
     worker = pods["memscore-worker"]
-    assert not ingress_rules(render, worker)
+    assert all(scrapes(rule) for rule in ingress_rules(render, worker))
     worker_ports = {port["port"] for rule in egress_rules(render, worker) for port in rule.get("ports", [])}
     assert {6379, 9000} <= worker_ports
     # Only the servers and the dev datastores accept anything.
-    accepting = {name for name, labels in pods.items() if ingress_rules(render, labels)}
+    accepting = {name for name, labels in pods.items() if [r for r in ingress_rules(render, labels) if not scrapes(r)]}
     assert accepting <= {"memscore-gateway", "memscore-results", "redis", "minio"}, accepting
 
 
@@ -454,3 +465,62 @@ def test_referenced_secret_keys_exist_in_the_template(renders: dict[str, Render]
             for source in c.get("envFrom", []):
                 if "secretRef" in source:
                     assert source["secretRef"]["name"] == "memscore-credentials"
+
+
+def test_every_component_is_rendered_by_an_overlay_or_on_its_own() -> None:
+    """So each one renders and validates (test_overlay_renders_and_validates_strictly)."""
+    used = {name.split("+")[1] for name in OVERLAYS if "+" in name}
+    for overlay in ("overlays/dev", "overlays/prod"):
+        text = (K8S / overlay / "kustomization.yaml").read_text()
+        used |= {f"components/{c}" for c in re.findall(r"\.\./\.\./components/([\w-]+)", text)}
+    components = {f"components/{d.name}" for d in (K8S / "components").iterdir() if d.is_dir()}
+    assert components <= used, f"components rendered nowhere: {sorted(components - used)}"
+
+
+MEMSCORE_PROCESSES = ("memscore-gateway", "memscore-results", "memscore-worker")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_memscore_process_serves_metrics_where_its_annotations_and_service_say(
+    renders: dict[str, Render], overlay: str
+) -> None:
+    render = renders[overlay]
+    port = int(setting(render, "MEMSCORE_METRICS_PORT"))
+    assert port, f"{overlay}: MEMSCORE_METRICS_PORT is 0: no process serves /metrics"
+    for w in render.workloads():
+        for c in containers(w):
+            metrics = [p for p in c.get("ports", []) if p.get("name") == "metrics"]
+            if not metrics:
+                continue
+            where = f"{overlay} {w['metadata']['name']}/{c['name']}"
+            assert metrics[0]["containerPort"] == port == int(env_of(c, render)["MEMSCORE_METRICS_PORT"]), where
+            notes = w["spec"]["template"]["metadata"].get("annotations", {})
+            assert notes.get("prometheus.io/scrape") == "true", where
+            assert notes.get("prometheus.io/port") == str(port), where
+            assert notes.get("prometheus.io/path") == "/metrics", where
+    for name in MEMSCORE_PROCESSES:
+        c = container(render, name)
+        assert [p["containerPort"] for p in c["ports"] if p["name"] == "metrics"] == [port], name
+        svc = render.get("Service", name)
+        assert _selects({"matchLabels": svc["spec"]["selector"]}, pod_labels(render)[name]), name
+        (svc_port,) = [p for p in svc["spec"]["ports"] if p["name"] == "metrics"]
+        assert svc_port["targetPort"] in ("metrics", port) and svc_port["port"] == port, (name, svc_port)
+
+
+def test_servicemonitor_scrapes_the_metrics_port_of_each_memscore_service(renders: dict[str, Render]) -> None:
+    """kubernetes-validate has no schema for the Operator's CRD: its fields are checked here."""
+    render = renders["base+components/servicemonitor"]
+    (monitor,) = render.of_kind("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == "memscore"
+    spec = monitor["spec"]
+    selected = {
+        s["metadata"]["name"] for s in render.of_kind("Service") if _selects(spec["selector"], s["metadata"]["labels"])
+    }
+    assert selected == set(MEMSCORE_PROCESSES), selected
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint.get("path", "/metrics") == "/metrics"
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}, endpoint
+    for name in selected:
+        assert "metrics" in {p["name"] for p in render.get("Service", name)["spec"]["ports"]}, name
+    assert not renders["base"].of_kind("ServiceMonitor"), "the ServiceMonitor is optional (needs the CRDs)"

@@ -73,7 +73,9 @@ def test_a_model_is_the_same_whichever_shard_trains_it(request, name):
 
 @pytest.mark.parametrize("name", ["mlp", "resnet-augment", "resnet-augment-flip"])
 def test_traces_do_not_depend_on_group_size(request, name):
-    """All at once, two at a time, one at a time: the same models up to float rounding (1e-4)."""
+    """All at once, two at a time, one at a time: the same models up to float rounding (1e-3:
+    batched kernels order float32 sums by group size; after the recipe's steps that reached
+    2e-4 on an AMD EPYC, under 1e-4 on the Intel machines before)."""
     ds, arch, recipe = case(request, name)
     ids = [4, 0, 9]
     traces = [
@@ -81,8 +83,8 @@ def test_traces_do_not_depend_on_group_size(request, name):
     ]
     for t in traces[1:]:
         np.testing.assert_array_equal(t.masks, traces[0].masks)
-        np.testing.assert_allclose(t.train_prob, traces[0].train_prob, atol=1e-4)
-        np.testing.assert_allclose(t.test_prob, traces[0].test_prob, atol=1e-4)
+        np.testing.assert_allclose(t.train_prob, traces[0].train_prob, atol=1e-3)
+        np.testing.assert_allclose(t.test_prob, traces[0].test_prob, atol=1e-3)
 
 
 def test_resnet_recipe_on_16px_images_trains_with_augmentation(request):

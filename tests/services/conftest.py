@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -87,6 +89,26 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypatch):
+    with build_stack(tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypatch) as st:
+        yield st
+
+
+@contextmanager
+def build_stack(
+    tmp_path,
+    s3_endpoint,
+    s3_credentials,
+    s3_bucket,
+    redis_url,
+    monkeypatch,
+    redis_address: str | None = None,
+    broker_too: bool = True,
+    s3_address: str | None = None,
+    env_overrides: dict | None = None,
+) -> Iterator[Stack]:
+    """The stack: Redis and S3 reached at `redis_address` / `s3_address` (host:port, e.g. a
+    TcpProxy's) instead of directly, by the gateway, results server and workers alike; with
+    `broker_too=False` only the job store goes through `redis_address`."""
     import redis
 
     from memscore.broker import make_app
@@ -95,15 +117,16 @@ def stack(tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypat
     from memscore.runtime import Runtime, set_runtime
 
     base = redis_url.rsplit("/", 1)[0]
-    broker = f"{base}/{INTEGRATION_REDIS_DB}"
-    r = redis.Redis.from_url(broker)
+    r = redis.Redis.from_url(f"{base}/{INTEGRATION_REDIS_DB}")
     r.flushdb()
+    direct = f"{base}/{INTEGRATION_REDIS_DB}"
+    proxied = f"redis://{redis_address}/{INTEGRATION_REDIS_DB}" if redis_address else direct
     env_vars = {
         "MEMSCORE_HOME": str(tmp_path / "home"),
-        "MEMSCORE_BROKER_URL": broker,
-        "MEMSCORE_REDIS_URL": broker,
+        "MEMSCORE_BROKER_URL": proxied if broker_too else direct,
+        "MEMSCORE_REDIS_URL": proxied,
         "MEMSCORE_STORE": f"s3://{s3_bucket}",
-        "MEMSCORE_S3_ENDPOINT": s3_endpoint,
+        "MEMSCORE_S3_ENDPOINT": s3_address or s3_endpoint,
         "MEMSCORE_S3_ACCESS_KEY": s3_credentials[0],
         "MEMSCORE_S3_SECRET_KEY": s3_credentials[1],
         "MEMSCORE_S3_SECURE": "false",
@@ -112,6 +135,7 @@ def stack(tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypat
         "MEMSCORE_VISIBILITY_TIMEOUT_S": "6",  # a killed worker's shard is redelivered after 6 s
         "MEMSCORE_MAX_MODELS": "5000",
         "MEMSCORE_LOG_LEVEL": "INFO",
+        **(env_overrides or {}),
     }
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)

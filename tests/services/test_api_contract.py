@@ -121,6 +121,17 @@ def test_stream_ranked_refuses_a_token_of_another_query(deployment):
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "different query" in err.details()
 
 
+def test_stream_ranked_refuses_an_unknown_order_and_nan_bounds_naming_each(deployment):
+    """Found by test_fuzz.py: order 7 was ranked descending and a NaN bound (which no score
+    compares with) streamed nothing, both answered OK."""
+    client, _, job, _ = deployment
+    err = _rpc_error(lambda: _ranked_stream(client, job.job_id, order=7))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in field_violations(err)] == ["order"]
+    err = _rpc_error(lambda: _ranked_stream(client, job.job_id, metric="nope", min_score=math.nan, max_score=math.nan))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations(err)] == ["metric", "min_score", "max_score"]  # every problem at once
+
+
 # -- StreamInfluence, GetArtifact, GetExample ---------------------------------------------------
 
 
@@ -128,6 +139,19 @@ def test_a_negative_influence_limit_is_invalid_not_everything(deployment):
     client, _, job, _ = deployment
     err = _rpc_error(lambda: client.influence(job.job_id, limit=-1))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violations(err)[0][0] == "limit"
+
+
+def test_influence_of_an_exposure_job_is_a_failed_precondition_not_internal(deployment):
+    """Found by test_fuzz.py: StreamInfluence of a SUCCEEDED exposure job looked for its
+    influence.parquet and answered INTERNAL."""
+    client, rt, _, _ = deployment
+    rt.jobs.create(JobRecord(job_id="job-exposure-influence", kind="exposure", state="SUCCEEDED"))
+    for call in (
+        lambda: client.influence("job-exposure-influence"),
+        lambda: client.example("job-exposure-influence", 0),
+    ):
+        err = _rpc_error(call)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION and "exposure" in err.details()
 
 
 def test_an_error_quotes_a_huge_field_boundedly(deployment):
@@ -321,6 +345,13 @@ def test_list_jobs_newest_first_page_size_0_is_50_and_above_1000_is_clamped(depl
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and field_violations(err)[0][0] == "page_size"
 
 
+def test_list_jobs_refuses_a_state_no_job_state_has(deployment):
+    """Found by test_fuzz.py: state 6 (no JobState) listed the jobs of every state."""
+    client, _, _, _ = deployment
+    err = _rpc_error(lambda: client.list(state=6))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in field_violations(err)] == ["state"]
+
+
 # -- anytime summaries --------------------------------------------------------------------------
 
 
@@ -454,3 +485,17 @@ def test_an_uploaded_compression_bomb_is_refused_before_it_is_inflated(deploymen
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "MEMSCORE_MAX_COMPRESSION_RATIO" in err.details()
     assert not rt.objects.exists(layout.dataset_key(hashlib.sha256(bomb.read_bytes()).hexdigest()))
+
+
+def test_an_invalid_upload_names_the_chunk_field_and_the_array_in_its_description(deployment, tmp_path):
+    """Found by test_fuzz.py: the violations named "dataset.y_test" and "dataset.dataset",
+    which are no fields of UploadDatasetRequest (the arrays are inside `chunk`)."""
+    client, _, _, _ = deployment
+    np.savez(tmp_path / "no_y_test.npz", x_train=np.zeros((8, 4)), y_train=np.zeros(8, int), x_test=np.zeros((2, 4)))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "no_y_test.npz").read_bytes()[:50])
+    missing = field_violations(_rpc_error(lambda: client.upload(tmp_path / "no_y_test.npz")))
+    assert [f for f, _ in missing] == ["chunk"] and missing[0][1].startswith("not a valid dataset: y_test: missing")
+    unreadable = field_violations(_rpc_error(lambda: client.upload(tmp_path / "cut.npz")))
+    assert [f for f, _ in unreadable] == ["chunk"] and unreadable[0][1].startswith(
+        "not a valid dataset: not a readable"
+    )

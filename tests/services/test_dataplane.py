@@ -78,3 +78,38 @@ def test_upload_spool_files_left_by_a_crash_are_swept_at_start(make_settings):
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     ScoringPlane(Runtime.from_settings(settings), enqueue=lambda name, args: None)
     assert not stale.exists() and live.exists()
+
+
+@pytest.mark.parametrize("claimed_rows", [10**9, 10**12])
+def test_a_query_npz_claiming_a_huge_array_is_invalid_argument_not_a_memory_error(claimed_rows):
+    """Found by test_fuzz.py: an x.npy header claiming 10^9 rows in a few bytes made numpy raise
+    MemoryError, answered INTERNAL; and a member stating more than any query needs is not inflated."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    from memscore.dataplane.queries import query_points
+    from memscore.errors import InvalidArgument
+
+    def npy(a):
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    claimed = io.BytesIO()
+    with zipfile.ZipFile(claimed, "w") as z:
+        with z.open("x.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": (claimed_rows, 16)}
+            )
+            f.write(bytes(64))
+        z.writestr("y.npy", npy(np.zeros(4, np.int64)))
+    inflating = io.BytesIO()  # 19 MB of zeros in ~20 KB: more than 10,000 points of 16 features take
+    with zipfile.ZipFile(inflating, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x.npy", npy(np.zeros((300_000, 16), np.float32)))
+        z.writestr("y.npy", npy(np.zeros(300_000, np.int64)))
+    for data in (claimed.getvalue(), inflating.getvalue()):
+        with pytest.raises(InvalidArgument) as e:
+            query_points(data, (16,), 4)
+        assert [f for f, _ in e.value.violations] == ["examples_npz"]

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from memscore.api.v1 import job_pb2
 from memscore.api.v1 import results_service_pb2 as rpb
 from memscore.client import Client, open_channel
 from memscore.dataplane import ScoringPlane
@@ -108,4 +109,103 @@ def test_an_s3_outage_is_unavailable_and_not_serving_and_heals(make_settings, s3
             assert c.artifact(rec.job_id, "summary.json") == b'{"ok": true}'
     finally:
         server.stop(grace=0).wait()
+        proxy.close()
+
+
+# -- jobs in flight through an outage --------------------------------------------------------------
+
+# Beats every 0.5 s, lost after 5 s of silence, swept every second; Redis would redeliver an
+# unacknowledged shard only after an hour, so only the watchdog can save a lost one in time.
+FAST_WATCHDOG = {
+    "MEMSCORE_HEARTBEAT_INTERVAL_S": "0.5",
+    "MEMSCORE_HEARTBEAT_TIMEOUT_S": "5",
+    "MEMSCORE_WATCHDOG_INTERVAL_S": "1",
+    "MEMSCORE_VISIBILITY_TIMEOUT_S": "3600",
+    "MEMSCORE_HEALTH_INTERVAL_S": "0.5",
+}
+OUTAGE_SPEC = dict(model="mlp", models=8, epochs=150, seed=5, shard_size=2)
+OUTAGE_S = 12  # longer than a shard trains (~2-4 s here) and than the heartbeat timeout
+
+
+def _scores_match_a_local_run(c: Client, job_id: str, blobs) -> None:
+    import io
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from memscore.engine.datasets import load_dataset
+    from memscore.engine.scoring import run_scoring
+    from memscore.engine.spec import ScoringSpec
+
+    local = run_scoring(load_dataset(str(blobs)), ScoringSpec(dataset=str(blobs), **OUTAGE_SPEC), device="cpu")
+    served = pq.read_table(io.BytesIO(c.artifact(job_id, "scores.parquet")))
+    for col in ("memorization", "heldout_accuracy", "n_in", "n_out"):
+        np.testing.assert_array_equal(served.column(col).to_numpy(), local.scores_table().column(col).to_numpy())
+
+
+def _through_an_outage(st, proxy: TcpProxy, blobs, caplog) -> tuple[str, float]:
+    """Submit a job, cut `proxy` while a shard is in flight for OUTAGE_S, restore it; returns
+    (job id, seconds from the restore to SUCCEEDED)."""
+    from .conftest import wait_for
+
+    with Client(st.gateway, st.results, timeout=30) as c:
+        ref = c.upload(blobs).dataset_ref
+        st.start_worker()
+        job = c.submit_scoring(dataset=ref, **OUTAGE_SPEC)
+        wait_for(lambda: st.runtime.jobs.get(job.job_id).shards_running, 120, 0.05, what="a shard in flight")
+        with caplog.at_level("INFO"):
+            proxy.down()
+            time.sleep(OUTAGE_S)
+            proxy.up()
+            restored = time.monotonic()
+            final = c.wait(job.job_id, timeout=150)
+            took = time.monotonic() - restored
+        assert final.state == job_pb2.JOB_STATE_SUCCEEDED, (final.error, st.worker_logs())
+        _scores_match_a_local_run(c, job.job_id, blobs)
+        print(f"job {job.job_id} SUCCEEDED {took:.1f} s after the store returned")  # shown with -s
+        return job.job_id, took
+
+
+@pytest.mark.slow  # ~40 s on 2 cores
+def test_a_job_in_flight_through_a_job_store_outage_completes_soon_after(
+    tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypatch, caplog
+):
+    """The job store (Redis) is cut; the broker stays up. Cutting the broker too works with the
+    watchdog, but Celery's consumer then sometimes stalls after a failed ack (docs/security.md)."""
+    from .conftest import build_stack, write_blobs_npz
+
+    host, port = redis_url.split("//")[1].split("/")[0].split(":")
+    proxy = TcpProxy((host, int(port)))
+    blobs = write_blobs_npz(tmp_path / "blobs.npz")
+    try:
+        with build_stack(
+            tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypatch,
+            redis_address=proxy.address, broker_too=False, env_overrides=FAST_WATCHDOG,
+        ) as st:  # fmt: skip
+            job_id, took = _through_an_outage(st, proxy, blobs, caplog)
+            assert took < 120, f"took {took:.0f} s after Redis returned"
+            assert not st.runtime.jobs.get(job_id).shards_running  # nothing left in flight
+    finally:
+        proxy.close()
+
+
+@pytest.mark.slow  # ~40 s on 2 cores
+def test_a_job_in_flight_through_an_s3_outage_completes_soon_after(
+    tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypatch, caplog
+):
+    from .conftest import build_stack, write_blobs_npz
+
+    host, port = s3_endpoint.split(":")
+    proxy = TcpProxy((host, int(port)))
+    blobs = write_blobs_npz(tmp_path / "blobs.npz")
+    try:
+        with build_stack(
+            tmp_path, s3_endpoint, s3_credentials, s3_bucket, redis_url, monkeypatch,
+            s3_address=proxy.address, env_overrides=FAST_WATCHDOG,
+        ) as st:  # fmt: skip
+            job_id, took = _through_an_outage(st, proxy, blobs, caplog)
+            assert took < 120, f"took {took:.0f} s after S3 returned"
+            attempts = [st.runtime.jobs.incr_attempts(job_id, s, by=0) for s in range(4)]
+            assert max(attempts) <= 2, attempts  # retries after the outage were not counted as crashes
+    finally:
         proxy.close()

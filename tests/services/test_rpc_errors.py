@@ -10,8 +10,9 @@ import pytest
 
 from memscore.api.v1 import scoring_service_pb2 as spb
 from memscore.api.v1 import scoring_service_pb2_grpc as spb_grpc
+from memscore.client import field_violations
 from memscore.dataplane import ScoringPlane
-from memscore.errors import NotFound
+from memscore.errors import InvalidArgument, NotFound
 from memscore.gateway.server import serve
 from memscore.runtime import Runtime
 
@@ -68,3 +69,22 @@ def test_a_domain_error_keeps_its_code(gateway, monkeypatch):
     with pytest.raises(grpc.RpcError) as e:
         stub.GetJob(spb.GetJobRequest(job_id="job-x"), timeout=10)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND and "job-x" in e.value.details()
+
+
+def test_an_invalid_argument_quoting_non_ascii_text_still_reaches_the_client(gateway, monkeypatch):
+    """Found by test_fuzz.py: messages were bounded in characters, and 2000 four-byte characters
+    (percent-encoded in grpc-message, again in the status details) or 100 long violations
+    overflowed gRPC's trailer limit: the client saw RESOURCE_EXHAUSTED, not INVALID_ARGUMENT."""
+    plane, stub = gateway
+    for violations in ([("metric", "\U0001f984" * 3000)], [(f"field_{i}", "é" * 500) for i in range(100)]):
+
+        def invalid(job_id, tenant=None, violations=violations):
+            raise InvalidArgument(violations)
+
+        monkeypatch.setattr(plane, "get", invalid)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.GetJob(spb.GetJobRequest(job_id="job-x"), timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        named = field_violations(e.value)
+        assert named and named[0][0] == violations[0][0] and all(f and d for f, d in named)
+        assert len(e.value.details()) <= 2000

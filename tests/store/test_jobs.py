@@ -492,3 +492,25 @@ def test_an_sqlite_file_from_before_tenants_is_migrated_its_jobs_the_default_ten
     assert [r.job_id for r in store.list(tenant="default")[0]] == ["old-1"]
     assert store.find_request("default", "r1").job_id == "old-1" and store.count_active("default") == 1
     assert store.create(job("new", tenant="team-a"), "r1")[1]  # another tenant's "r1" is a new job
+
+
+def test_beats_done_shards_and_leases(jobs):
+    jobs.create(job("j", shards_total=3, models_total=6))
+    assert jobs.beats("j") == {} and jobs.done_shards("j") == set()
+    jobs.beat("j", "0", 100.0)
+    jobs.beat("j", "reduce", 200.0)
+    jobs.beat("j", "0", 150.0)
+    assert jobs.beats("j") == {"0": 150.0, "reduce": 200.0}
+    before = jobs.get("j").version
+    jobs.beat("j", "1")
+    assert jobs.get("j").version == before  # a beat wakes no WatchJob
+    jobs.mark_shard_done("j", 2, 2)
+    assert jobs.done_shards("j") == {2}
+    assert jobs.incr_attempts("j", 0) == 1 and jobs.incr_attempts("j", 0, by=-1) == 0
+    assert jobs.hold_lease("dog", "a", 30) and jobs.hold_lease("dog", "a", 30)  # taken, renewed
+    assert not jobs.hold_lease("dog", "b", 30)
+    assert jobs.hold_lease("other", "b", 0.05)
+    time.sleep(0.1)
+    assert jobs.hold_lease("other", "c", 30)  # expired: another holder takes it
+    jobs.delete("j")
+    assert jobs.beats("j") == {} and jobs.done_shards("j") == set()

@@ -10,6 +10,7 @@ numpy (`anytime.py`); only QueryInfluence loads the engine's model code, when it
     uploads.py   store_upload: spool, validate and store an uploaded dataset or corpus
     anytime.py   AnytimeEstimates: scores of a running job from the shards done so far
     results.py   ResultsPlane: ranked examples, influence pairs, artifacts, exposure
+    watchdog.py  Watchdog: queues again the lost work of unfinished jobs (stopped heartbeats)
 """
 
 from .anytime import AnytimeEstimates

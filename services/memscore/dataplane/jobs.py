@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator
 
 from kombu.exceptions import OperationalError
 
-from ..broker import TASK_EXPOSURE, TASK_TRAIN_SHARD
+from ..broker import TASK_EXPOSURE, TASK_TRAIN_SHARD, send
 from ..engine.spec import ScoringSpec
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ..runtime import Runtime
@@ -59,7 +59,17 @@ class ScoringPlane:
         removed = sweep_spool(rt.settings.home)
         if removed:
             log.info("removed %d upload spool file(s) left by an earlier crash", removed)
-        self._enqueue = enqueue or (lambda name, args: rt.celery.send_task(name, args=args, queue=rt.settings.queue))
+        self._enqueue = enqueue or (lambda name, args: send(rt.celery, rt.settings, name, args))
+
+    def start_watchdog(self):
+        """Sweep for lost work every MEMSCORE_WATCHDOG_INTERVAL_S in a daemon thread, queuing
+        what it finds as this plane does (see watchdog.py). Returns the event that stops it, or
+        None with the watchdog switched off (interval 0)."""
+        from .watchdog import Watchdog
+
+        if self.rt.settings.watchdog_interval_s <= 0:
+            return None
+        return Watchdog(self.rt, self._enqueue).run()
 
     def submit(
         self, kind: str, spec: dict, request_id: str = "", tenant: str = DEFAULT_TENANT

@@ -16,12 +16,21 @@ FIELD = "examples_npz"
 
 def query_points(data: bytes, feature_shape: tuple, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """x (float32, uint8 scaled to [0, 1]) and y (int64) from a query .npz."""
+    # the most MAX_QUERY_POINTS float64 points and labels take, headers aside: a compressed
+    # member stating more would inflate past what any valid query needs
+    limit = MAX_QUERY_POINTS * (int(np.prod(feature_shape)) + 1) * 8 + (1 << 16)
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            stated = sum(m.file_size for m in z.zip.infolist())
+            if stated > limit:
+                raise InvalidArgument(
+                    [(FIELD, f"its arrays decompress to {stated} bytes, over the {limit} a query needs")]
+                )
             x, y = z["x"], z["y"]
     except KeyError:
         raise InvalidArgument([(FIELD, "must hold arrays x (q, *feature_shape) and y (q,)")]) from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError) as e:  # TypeError: a bare .npy
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, TypeError, MemoryError) as e:
+        # TypeError: a bare .npy; MemoryError: a header claiming a huge array for a few bytes
         raise InvalidArgument([(FIELD, f"not a readable .npz ({type(e).__name__}: {e})")]) from None
     why = _problem(x, y, feature_shape, num_classes)
     if why:

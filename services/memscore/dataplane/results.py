@@ -8,6 +8,7 @@ import binascii
 import io
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -146,12 +147,18 @@ class ResultsPlane:
         """Pages of `page_size` examples ranked by `metric`, from one snapshot of the scores,
         until `limit` examples or the end; NaN scores (no estimate) rank last. Arguments are
         checked before the first page is produced."""
+        problems = []
         if metric not in RANK_METRICS:
-            raise InvalidArgument([("metric", f"unknown metric {metric!r}; choose one of {', '.join(RANK_METRICS)}")])
+            problems.append(("metric", f"unknown metric {metric!r}; choose one of {', '.join(RANK_METRICS)}"))
         if page_size < 0 or page_size > MAX_PAGE:
-            raise InvalidArgument([("page_size", f"must be between 0 and {MAX_PAGE}")])
+            problems.append(("page_size", f"must be between 0 and {MAX_PAGE}"))
         if limit < 0:
-            raise InvalidArgument([("limit", "must be >= 0")])
+            problems.append(("limit", "must be >= 0"))
+        for name, bound in (("min_score", min_score), ("max_score", max_score)):
+            if bound is not None and math.isnan(bound):  # no score compares with NaN: nothing would match
+                problems.append((name, "must be a number (unset = no bound), got NaN"))
+        if problems:
+            raise InvalidArgument(problems)
         classes = sorted(set(int(c) for c in classes))
         query = {
             "job": job_id,
@@ -190,6 +197,8 @@ class ResultsPlane:
 
     def _influence_table(self, job_id: str, tenant: str | None) -> tuple[JobRecord, dict[str, np.ndarray]]:
         rec = self._job(job_id, tenant)
+        if rec.kind != "scoring":  # an exposure job has no influence.parquet
+            raise FailedPrecondition(f"job {job_id} is an {rec.kind} job; influence is computed by scoring jobs")
         if rec.state != "SUCCEEDED":
             raise FailedPrecondition(f"job {job_id} is {rec.state}; influence is computed when the job SUCCEEDED")
         key = layout.result_key(job_id, "influence.parquet")

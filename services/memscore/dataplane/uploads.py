@@ -118,8 +118,10 @@ def _dataset_facts(path: str, settings: Settings) -> dict:
         )
     except DatasetError as e:
         problems = getattr(e, "problems", None) or [("", str(e))]
+        # the arrays are inside the uploaded bytes: each problem is the request field `chunk`'s,
+        # naming the array (x_train, ...) it is about
         raise InvalidArgument(
-            [(f"dataset.{f}" if f else "chunk", f"not a valid dataset: {m}") for f, m in problems]
+            [("chunk", f"not a valid dataset: {f + ': ' if f not in ('', 'dataset') else ''}{m}") for f, m in problems]
         ) from None
     if ds.n_train > max_train_examples:
         raise ResourceExhausted(f"{ds.n_train} training examples exceeds the limit {max_train_examples}")

@@ -10,6 +10,7 @@ from ..api.v1 import scoring_service_pb2 as pb
 from ..api.v1 import scoring_service_pb2_grpc as pb_grpc
 from ..dataplane import ScoringPlane
 from ..errors import InvalidArgument
+from ..metrics import REGISTRY, Registry, serve_metrics
 from ..rpc import PB_TO_STATE, event_to_pb, job_to_pb, run_until_signalled, spec_from_pb, start_service
 from ..runtime import Runtime, runtime
 
@@ -29,6 +30,8 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
         return pb.GetJobResponse(job=job_to_pb(self.plane.get(request.job_id, context.tenant)))
 
     def ListJobs(self, request, context):
+        if request.state and request.state not in PB_TO_STATE:  # a number no JobState has
+            raise InvalidArgument([("state", f"unknown JobState {request.state}; 0 (unspecified) = all states")])
         state = PB_TO_STATE.get(request.state) if request.state else None
         jobs, token = self.plane.list(state, request.page_size, request.page_token, tenant=context.tenant)
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=token)
@@ -71,9 +74,55 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
 
 def serve(rt: Runtime, address: str, plane: ScoringPlane | None = None):
-    """Start (not block): returns (server, port)."""
-    servicer = ScoringServicer(plane or ScoringPlane(rt))
-    return start_service(lambda s: pb_grpc.add_ScoringServiceServicer_to_server(servicer, s), SERVICE_NAME, address, rt)
+    """Start (not block): returns (server, port). The plane's watchdog sweeps for lost work
+    until the server stops."""
+    plane = plane or ScoringPlane(rt)
+    servicer = ScoringServicer(plane)
+    server, port = start_service(
+        lambda s: pb_grpc.add_ScoringServiceServicer_to_server(servicer, s), SERVICE_NAME, address, rt
+    )
+    watchdog = plane.start_watchdog()
+    if watchdog is not None:
+        server_stop = server.stop
+
+        def stop(grace):
+            watchdog.set()
+            return server_stop(grace)
+
+        server.stop = stop
+    return server, port
+
+
+def register_metrics(rt: Runtime, registry: Registry = REGISTRY) -> None:
+    """Gauges computed at each scrape: jobs by state (every tenant's) and messages waiting in
+    the shard and reduce queues. A store or broker that cannot be reached leaves its gauge out
+    of that scrape and sets memscore_backend_up{backend=...} to 0."""
+    from ..broker import queue_depth
+
+    up = registry.gauge("memscore_backend_up", "1 when the last scrape reached this backing service.", ("backend",))
+
+    def reaching(backend: str, read):
+        def fn():
+            try:
+                value = read()
+            except Exception:
+                up.set(0, backend=backend)
+                raise
+            up.set(1, backend=backend)
+            return value
+
+        return fn
+
+    registry.gauge_callback(
+        "memscore_jobs", "Jobs of every tenant by state.", ("state",), reaching("job_store", rt.jobs.count_by_state)
+    )
+    queues = (rt.settings.queue, rt.settings.reduce_queue)
+    registry.gauge_callback(
+        "memscore_queue_depth",
+        "Tasks waiting in a broker queue (not those a worker has taken).",
+        ("queue",),
+        reaching("broker", lambda: {q: queue_depth(rt.celery, q) for q in queues}),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("memscore.gateway").info(
         "ScoringService on port %d, store %s, jobs %s", port, rt.objects.describe(), rt.jobs.describe()
     )
+    register_metrics(rt)
+    serve_metrics(rt.settings)
     run_until_signalled([server])
     return 0
 

@@ -13,6 +13,7 @@ from ..api.v1 import results_service_pb2_grpc as pb_grpc
 from ..dataplane import ResultsPlane
 from ..engine.catalog import SCORE_COLUMNS
 from ..errors import InvalidArgument
+from ..metrics import serve_metrics
 from ..rpc import run_until_signalled, start_service
 from ..runtime import Runtime, runtime
 
@@ -45,6 +46,8 @@ class ResultsServicer(pb_grpc.ResultsServiceServicer):
         self.plane = plane
 
     def StreamRanked(self, request, context):
+        if request.order not in pb.SortOrder.values():  # a number no SortOrder has
+            raise InvalidArgument([("order", f"unknown SortOrder {request.order}; 0 (unspecified) = descending")])
         pages = self.plane.ranked(
             request.job_id,
             metric=request.metric or "memorization",
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("memscore.rpc").error("%s", e)
         return 2
     logging.getLogger("memscore.results").info("ResultsService on port %d", port)
+    serve_metrics(rt.settings)
     run_until_signalled([server])
     return 0
 

@@ -286,6 +286,10 @@ class JobStore(abc.ABC):
         """How many of the tenant's jobs are QUEUED or RUNNING."""
 
     @abc.abstractmethod
+    def count_by_state(self) -> dict[str, int]:
+        """How many jobs (of every tenant) are in each of STATES, 0 included (for metrics)."""
+
+    @abc.abstractmethod
     def find_request(self, tenant: str, request_id: str) -> JobRecord | None:
         """The job the tenant's `request_id` created, or None."""
 
@@ -361,8 +365,30 @@ class JobStore(abc.ABC):
         return rec, grown[0]
 
     @abc.abstractmethod
-    def incr_attempts(self, job_id: str, shard: int) -> int:
-        """Count one more delivery of a shard; returns the count (1 on the first)."""
+    def incr_attempts(self, job_id: str, shard: int, by: int = 1) -> int:
+        """Count one more delivery of a shard; returns the count (1 on the first). `by=-1` takes
+        one back (a delivery that ended on an outage, to be retried: no crash loop)."""
+
+    # Heartbeats (the watchdog's view of work in flight). A task is a shard number as a string,
+    # or "reduce". They are kept beside the record, never in it: a beat bumps no version, so
+    # WatchJob does not wake for them.
+
+    @abc.abstractmethod
+    def beat(self, job_id: str, task: str, at: float | None = None) -> None:
+        """Record that `task` of the job was alive (or was queued again) at `at` (default now)."""
+
+    @abc.abstractmethod
+    def beats(self, job_id: str) -> dict[str, float]:
+        """The last beat of each task of the job that has one (task -> unix seconds)."""
+
+    @abc.abstractmethod
+    def done_shards(self, job_id: str) -> set[int]:
+        """The shards `mark_shard_done` has counted."""
+
+    @abc.abstractmethod
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        """Take or renew the lease `name` for `holder` for `ttl_s` seconds; False while another
+        holder's lease has not expired (one watchdog sweeps at a time, however many gateways)."""
 
     @abc.abstractmethod
     def delete(self, job_id: str) -> None:
@@ -394,7 +420,8 @@ class RedisJobStore(JobStore):
     Keys (P = prefix): P:job:<id> record; P:req:<request id> (the default tenant's, as before
     tenants) and P:treq:<tenant>:<request id> job id; P:jobs and P:jobs:<STATE>, and per tenant
     P:tenant:<tenant>:jobs[:<STATE>], sorted sets scored by created_at; P:job:<id>:shards set,
-    P:job:<id>:attempts hash. Tenant names hold no ':' (auth.TENANT), so no two keys collide."""
+    P:job:<id>:attempts and P:job:<id>:beats hashes; P:lease:<name> leases. Tenant names hold
+    no ':' (auth.TENANT), so no two keys collide."""
 
     def __init__(self, url: str, prefix: str = "memscore"):
         import redis
@@ -402,7 +429,19 @@ class RedisJobStore(JobStore):
         self.url = url
         self.prefix = prefix
         # Bounded waits: an unreachable Redis is an error in seconds, not a call hung for minutes.
-        self._r = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5, socket_timeout=30)
+        # A pooled connection that died in an outage fails its first use after Redis returns:
+        # retried twice on a fresh one (0.1 s, 0.2 s), so the heal costs no caller an error.
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
+        self._r = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 2),
+            retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
+        )
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -550,10 +589,35 @@ class RedisJobStore(JobStore):
             pipe.zcard(self._k("tenant", tenant, "jobs", state))
         return int(sum(pipe.execute()))
 
-    def incr_attempts(self, job_id: str, shard: int) -> int:
+    def count_by_state(self) -> dict[str, int]:
+        pipe = self._r.pipeline(transaction=False)
+        for state in STATES:
+            pipe.zcard(self._k("jobs", state))
+        return {state: int(n) for state, n in zip(STATES, pipe.execute())}
+
+    def incr_attempts(self, job_id: str, shard: int, by: int = 1) -> int:
         if not self._r.exists(self._k("job", job_id)):
             raise JobNotFound(job_id)
-        return int(self._r.hincrby(self._k("job", job_id, "attempts"), str(int(shard)), 1))
+        return int(self._r.hincrby(self._k("job", job_id, "attempts"), str(int(shard)), int(by)))
+
+    def beat(self, job_id: str, task: str, at: float | None = None) -> None:
+        self._r.hset(self._k("job", job_id, "beats"), str(task), repr(time.time() if at is None else float(at)))
+
+    def beats(self, job_id: str) -> dict[str, float]:
+        return {k: float(v) for k, v in self._r.hgetall(self._k("job", job_id, "beats")).items()}
+
+    def done_shards(self, job_id: str) -> set[int]:
+        return {int(s) for s in self._r.smembers(self._k("job", job_id, "shards"))}
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        key, ms = self._k("lease", name), max(1, int(ttl_s * 1000))
+        if self._r.set(key, holder, nx=True, px=ms):
+            return True
+        # Renew only our own lease: compare and extend in one step.
+        renew = (
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+        )
+        return bool(self._r.eval(renew, 1, key, holder, ms))
 
     def delete(self, job_id: str) -> None:
         raw = self._r.get(self._k("job", job_id))
@@ -563,7 +627,12 @@ class RedisJobStore(JobStore):
         pipe = self._r.pipeline(transaction=True)
         if rec.request_id:
             pipe.delete(self._req(rec.tenant, rec.request_id))
-        pipe.delete(self._k("job", job_id), self._k("job", job_id, "shards"), self._k("job", job_id, "attempts"))
+        pipe.delete(
+            self._k("job", job_id),
+            self._k("job", job_id, "shards"),
+            self._k("job", job_id, "attempts"),
+            self._k("job", job_id, "beats"),
+        )
         pipe.zrem(self._k("jobs"), job_id)
         pipe.zrem(self._k("tenant", rec.tenant, "jobs"), job_id)
         for s in STATES:
@@ -588,6 +657,10 @@ CREATE TABLE IF NOT EXISTS shards (job_id TEXT NOT NULL, shard INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS attempts (
     job_id TEXT NOT NULL, shard INTEGER NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (job_id, shard)
 );
+CREATE TABLE IF NOT EXISTS beats (
+    job_id TEXT NOT NULL, task TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (job_id, task)
+);
+CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, until REAL NOT NULL);
 """
 
 
@@ -757,13 +830,18 @@ class SqliteJobStore(JobStore):
         with self._lock:
             return int(self._db().execute(sql, (tenant, *ACTIVE_STATES)).fetchone()[0])
 
-    def incr_attempts(self, job_id: str, shard: int) -> int:
+    def count_by_state(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._db().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        return {**dict.fromkeys(STATES, 0), **{state: int(n) for state, n in rows}}
+
+    def incr_attempts(self, job_id: str, shard: int, by: int = 1) -> int:
         def body(db: sqlite3.Connection) -> int:
             self._read(db, job_id)
             db.execute(
-                "INSERT INTO attempts (job_id, shard, n) VALUES (?, ?, 1) "
-                "ON CONFLICT (job_id, shard) DO UPDATE SET n = n + 1",
-                (job_id, int(shard)),
+                "INSERT INTO attempts (job_id, shard, n) VALUES (?, ?, ?) "
+                "ON CONFLICT (job_id, shard) DO UPDATE SET n = n + excluded.n",
+                (job_id, int(shard), int(by)),
             )
             return int(
                 db.execute("SELECT n FROM attempts WHERE job_id = ? AND shard = ?", (job_id, int(shard))).fetchone()[0]
@@ -771,9 +849,37 @@ class SqliteJobStore(JobStore):
 
         return self._transaction(body)
 
+    def beat(self, job_id: str, task: str, at: float | None = None) -> None:
+        sql = (
+            "INSERT INTO beats (job_id, task, at) VALUES (?, ?, ?) "
+            "ON CONFLICT (job_id, task) DO UPDATE SET at = excluded.at"
+        )
+        self._transaction(lambda db: db.execute(sql, (job_id, str(task), time.time() if at is None else float(at))))
+
+    def beats(self, job_id: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self._db().execute("SELECT task, at FROM beats WHERE job_id = ?", (job_id,)).fetchall())
+
+    def done_shards(self, job_id: str) -> set[int]:
+        with self._lock:
+            return {r[0] for r in self._db().execute("SELECT shard FROM shards WHERE job_id = ?", (job_id,))}
+
+    def hold_lease(self, name: str, holder: str, ttl_s: float) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            now = time.time()
+            row = db.execute("SELECT holder, until FROM leases WHERE name = ?", (name,)).fetchone()
+            if row is not None and row[0] != holder and row[1] > now:
+                return False
+            db.execute(
+                "INSERT OR REPLACE INTO leases (name, holder, until) VALUES (?, ?, ?)", (name, holder, now + ttl_s)
+            )
+            return True
+
+        return self._transaction(body)
+
     def delete(self, job_id: str) -> None:
         def body(db: sqlite3.Connection) -> None:
-            for table in ("jobs", "shards", "attempts"):
+            for table in ("jobs", "shards", "attempts", "beats"):
                 db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
 
         self._transaction(body)

@@ -9,15 +9,23 @@ the in-flight bracket CancelJob relies on, throttled progress and cancel checks,
 
 A job is CANCELLED only once no shard is in flight (the job store does it in shard_stopped), so
 a cancelled job's workers have all stopped writing by the time its state says so.
+
+Heartbeats: while a shard is in flight (or reduce runs, `beating`), a daemon thread beats in the
+job store every MEMSCORE_HEARTBEAT_INTERVAL_S; the gateway's watchdog (dataplane/watchdog.py)
+queues again a task whose beats stopped. A job store that is unreachable for a while does not
+stop the training: progress reports and cancel checks are skipped (logged once per outage) and
+the shard's trace is still stored; only the final counting needs the store, and it is retried.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
+from ..errors import outage
 from ..logs import task_context
 from ..runtime import Runtime, runtime
 from ..store.jobs import JobNotFound, JobRecord
@@ -37,6 +45,7 @@ class JobRun:
         self._last_progress = self._last_check = float("-inf")
         self._stop = False
         self._context = ExitStack()
+        self._store_down = False
 
     def __enter__(self) -> "JobRun":
         self._context.enter_context(task_context(self.job_id, self.shard))
@@ -51,19 +60,56 @@ class JobRun:
         start (check it with `stopping`). A shard left in flight by a killed worker is cleared
         by its redelivery, which passes through here again."""
         rec = self.rt.jobs.shard_started(self.job_id, self._shard)
-        try:
-            yield rec
-        except BaseException:
+        with self.beating(str(self._shard)):
+            try:
+                yield rec
+            except BaseException:
+                self._stopped_quietly()
+                raise
             self._stopped_quietly()
-            raise
-        self.rt.jobs.shard_stopped(self.job_id, self._shard)
 
     def _stopped_quietly(self) -> None:
         # The block's own exception matters more (Celery retries by its type): log ours instead.
+        # A shard left in flight by a failed call here is released by the watchdog.
         try:
             self.rt.jobs.shard_stopped(self.job_id, self._shard)
         except Exception as e:
             log.warning("could not mark shard %s of job %s stopped: %s", self._shard, self.job_id, e)
+
+    @contextmanager
+    def beating(self, task: str) -> Iterator[None]:
+        """Beat for `task` ("0", "1", ... or "reduce") now and every heartbeat interval until the
+        block ends, from a daemon thread. A beat that cannot reach the store is skipped: the
+        silence is what the watchdog looks for."""
+        done = threading.Event()
+        every = self.rt.settings.heartbeat_interval_s
+
+        def beat() -> None:
+            try:
+                self.rt.jobs.beat(self.job_id, task)
+            except Exception as e:
+                self._store_unreachable("heartbeat", e)
+
+        def loop() -> None:
+            while not done.wait(every):
+                beat()
+
+        beat()
+        thread = threading.Thread(target=loop, name=f"memscore-beat-{task}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=5)
+
+    def _store_unreachable(self, what: str, e: Exception) -> None:
+        """Log an outage of the job store once (until a call succeeds again); anything else raises."""
+        if not outage(e):
+            raise e
+        if not self._store_down:
+            log.warning("job store unreachable (%s: %s); %s skipped, training goes on", type(e).__name__, e, what)
+        self._store_down = True
 
     @property
     def _shard(self) -> int:
@@ -97,7 +143,12 @@ class JobRun:
         if done < total and now - self._last_progress < PROGRESS_EVERY_S:
             return
         self._last_progress = now
-        self.rt.jobs.update(self.job_id, message=message, eta_s=self._eta(done / total if total else 1.0))
+        try:
+            self.rt.jobs.update(self.job_id, message=message, eta_s=self._eta(done / total if total else 1.0))
+        except Exception as e:
+            self._store_unreachable("progress report", e)
+            return
+        self._store_down = False
 
     def _eta(self, fraction: float) -> float | None:
         if fraction <= 0:
@@ -112,7 +163,12 @@ class JobRun:
         now = time.monotonic()
         if not self._stop and now - self._last_check >= PROGRESS_EVERY_S:
             self._last_check = now
-            self._stop = self.stopping(self.rt.jobs.get(self.job_id))
+            try:
+                self._stop = self.stopping(self.rt.jobs.get(self.job_id))
+            except JobNotFound:  # deleted: nobody wants the results
+                self._stop = True
+            except Exception as e:
+                self._store_unreachable("cancel check", e)
         return self._stop
 
 

@@ -1,4 +1,6 @@
-"""`memscore-worker`: one Celery worker process for the `gpu` queue (MEMSCORE_QUEUE).
+"""`memscore-worker`: one Celery worker process for the `gpu` queue (MEMSCORE_QUEUE) and the
+reduce queue (MEMSCORE_REDUCE_QUEUE); `--queues=...` after it picks others (a CPU-only reduce
+worker: `memscore-worker --queues=gpu-reduce`).
 
 Prefork with one child that is replaced after every task (frees GPU memory; CUDA is only ever
 initialised in the child, as CUDA does not survive fork), prefetch 1: unlike the solo pool,
@@ -28,7 +30,7 @@ def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
         "--concurrency=1",
         "--max-tasks-per-child=1",
         "--prefetch-multiplier=1",
-        f"--queues={settings.queue}",
+        f"--queues={settings.queue},{settings.reduce_queue}",
         f"--loglevel={settings.log_level}",
         *extra,
     ]
@@ -57,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: F401  imported once in the parent so each forked child starts fast; CUDA is not initialised here
 
     from .app import app
+    from .task_metrics import install as install_metrics
 
     leave_logging_to_memscore(app)
+    install_metrics(settings)  # before the pool forks: every child inherits the receivers
     app.worker_main(worker_argv(settings, sys.argv[1:] if argv is None else argv))
     return 0
 

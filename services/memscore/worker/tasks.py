@@ -25,12 +25,13 @@ from dataclasses import replace
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from ..broker import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD
+from ..broker import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD, send
 from ..datarefs import load_job_dataset
 from ..engine.catalog import MEMORIZED_AT
 from ..engine.datasets import Dataset, DatasetError
 from ..engine.spec import ScoringSpec
 from ..engine.subsets import shard_model_ids
+from ..errors import outage
 from ..runtime import Runtime, runtime
 from ..store import layout
 from ..store.jobs import JobRecord
@@ -50,10 +51,19 @@ SUMMARY_KEYS = (
 )
 
 
-class JobTask(Task):
-    """Marks the job FAILED when a task fails for good (not on retries or redelivery)."""
+def _redis_errors() -> tuple[type[Exception], ...]:
+    import redis.exceptions as rx
 
-    autoretry_for = (StoreUnavailable,)
+    return (rx.ConnectionError, rx.TimeoutError)
+
+
+class JobTask(Task):
+    """Marks the job FAILED when a task fails for good (not on retries or redelivery). An
+    unreachable object store or job store is retried with backoff; if sending the retry fails
+    too (the broker is down with Redis), the message is dropped and the watchdog queues the
+    task again once its heartbeats have stopped. An outage never fails a job."""
+
+    autoretry_for = (StoreUnavailable, *_redis_errors())
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True
@@ -61,6 +71,11 @@ class JobTask(Task):
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         job_id = args[0] if args else kwargs.get("job_id")
+        if outage(exc):
+            log.warning(
+                "%s of job %s gave up on an outage (%s); the watchdog will queue it again", self.name, job_id, exc
+            )
+            return
         if job_id:
             shard = args[1] if len(args) > 1 else kwargs.get("shard")
             with JobRun(job_id, shard) as run:
@@ -68,7 +83,7 @@ class JobTask(Task):
 
 
 def _enqueue(name: str, *args) -> None:
-    app.send_task(name, args=list(args), queue=runtime().settings.queue)
+    send(app, runtime().settings, name, list(args))
 
 
 @app.task(name=TASK_TRAIN_SHARD, base=JobTask, bind=True)
@@ -87,14 +102,26 @@ def _run_shard(run: JobRun, rec: JobRecord) -> str:
     if attempts > rt.settings.max_attempts:
         run.fail(f"shard {shard} was started {attempts - 1} times and never finished (worker crashes?)")
         return "gave up"
-    if rec.state == "QUEUED":  # as it was before this shard started: the job's first shard
-        rt.jobs.update(job_id, message=f"shard {shard} started")
     try:
-        ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots)
-    except DatasetError as e:
-        run.fail(f"dataset: {e}")
-        return "bad dataset"
-    return _train(run, ds, spec)
+        if rec.state == "QUEUED":  # as it was before this shard started: the job's first shard
+            rt.jobs.update(job_id, message=f"shard {shard} started")
+        try:
+            ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots)
+        except DatasetError as e:
+            run.fail(f"dataset: {e}")
+            return "bad dataset"
+        return _train(run, ds, spec)
+    except Exception as e:
+        if outage(e):  # retried (JobTask): an outage is no crash, so this delivery does not count
+            _forgive_attempt(rt, job_id, shard)
+        raise
+
+
+def _forgive_attempt(rt: Runtime, job_id: str, shard: int) -> None:
+    try:
+        rt.jobs.incr_attempts(job_id, shard, by=-1)
+    except Exception as e:  # the job store is what is down: this delivery stays counted
+        log.warning("shard %s: could not take back its attempt (%s)", shard, e)
 
 
 def _train(run: JobRun, ds: Dataset, spec: ScoringSpec) -> str:
@@ -142,7 +169,7 @@ def _shard_finished(job_id: str, shard: int, models: int) -> None:
 
 @app.task(name=TASK_REDUCE, base=JobTask, bind=True)
 def reduce(self, job_id: str) -> str:
-    with JobRun(job_id) as run:
+    with JobRun(job_id) as run, run.beating("reduce"):
         rt = run.rt
         rec = rt.jobs.get(job_id)
         if rec.terminal:
