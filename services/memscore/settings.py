@@ -53,6 +53,24 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "MEMSCORE_MAX_TRAIN_EXAMPLES": ("2000000", "largest training set a job may use"),
     "MEMSCORE_MAX_MODELS": ("100000", "most models one job may train"),
+    "MEMSCORE_WORKER_MEMORY_BYTES": (
+        "17179869184",
+        "memory one shard may use on a worker (GPU memory; RAM on CPU workers): the gateway refuses a job whose "
+        "single model does not fit, and an automatic shard size trains at most as many models at once as fit",
+    ),
+    "MEMSCORE_WORKER_FLOPS": (
+        "2e12",
+        "sustained training FLOP/s of one worker, for the gateway's time estimates (shards must fit "
+        "MEMSCORE_SHARD_TIMEOUT_S, jobs MEMSCORE_MAX_JOB_WORKER_HOURS); set it from bench/gpu_bench.py",
+    ),
+    "MEMSCORE_MAX_JOB_WORKER_HOURS": (
+        "24",
+        "largest job the gateway accepts, in estimated hours of one worker's training at MEMSCORE_WORKER_FLOPS",
+    ),
+    "MEMSCORE_REDUCE_MEMORY_BYTES": (
+        "34359738368",
+        "host memory the reduce step may use; a job whose estimated reduce needs more is refused",
+    ),
     "MEMSCORE_MAX_UPLOAD_BYTES": ("4294967296", "largest dataset upload in bytes"),
     "MEMSCORE_MAX_DECOMPRESSED_BYTES": (
         "17179869184",
@@ -166,6 +184,10 @@ class Settings:
     watchdog_interval_s: float = field(default_factory=lambda: float(env("MEMSCORE_WATCHDOG_INTERVAL_S")))
     max_train_examples: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_TRAIN_EXAMPLES")))
     max_models: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_MODELS")))
+    worker_memory_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_WORKER_MEMORY_BYTES")))
+    worker_flops: float = field(default_factory=lambda: float(env("MEMSCORE_WORKER_FLOPS")))
+    max_job_worker_hours: float = field(default_factory=lambda: float(env("MEMSCORE_MAX_JOB_WORKER_HOURS")))
+    reduce_memory_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_REDUCE_MEMORY_BYTES")))
     max_upload_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_UPLOAD_BYTES")))
     max_decompressed_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_DECOMPRESSED_BYTES")))
     max_compression_ratio: float = field(default_factory=lambda: float(env("MEMSCORE_MAX_COMPRESSION_RATIO")))

@@ -353,11 +353,16 @@ def test_flip_labels_rejects_fractions_outside_0_1():
 
 
 def test_builtin_shapes_known_to_the_gateway_match_the_loaders():
-    from memscore.engine.catalog import BUILTIN_SHAPES
+    from memscore.engine.catalog import BUILTIN_FACTS, BUILTIN_SHAPES
     from memscore.engine.datasets import load_dataset
 
     for name, shape in BUILTIN_SHAPES.items():
-        assert load_dataset(name).feature_shape == shape
+        ds = load_dataset(name)
+        assert ds.feature_shape == shape
+        facts = BUILTIN_FACTS[name]
+        assert (ds.n_train, ds.n_test, ds.num_classes, ds.kind) == (
+            facts["n_train"], facts["n_test"], facts["num_classes"], facts["kind"]
+        )  # fmt: skip
 
 
 def test_a_compression_bomb_is_refused_before_it_is_inflated(tmp_path):

@@ -319,3 +319,23 @@ class TcpProxy:
 
     def close(self) -> None:
         self.down()
+
+
+@pytest.fixture
+def start(make_settings):
+    """start(**settings) -> (runtime, port) of a gateway whose work is never run (enqueue does nothing)."""
+    from memscore.dataplane import ScoringPlane
+    from memscore.gateway.server import serve
+    from memscore.runtime import Runtime
+
+    servers = []
+
+    def run(**overrides):
+        rt = Runtime.from_settings(make_settings(**overrides))
+        server, port = serve(rt, "127.0.0.1:0", ScoringPlane(rt, enqueue=lambda name, args: None))
+        servers.append(server)
+        return rt, f"127.0.0.1:{port}"
+
+    yield run
+    for s in servers:
+        s.stop(grace=0).wait()

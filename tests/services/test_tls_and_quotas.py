@@ -11,31 +11,12 @@ import grpc
 import pytest
 
 from memscore.client import Client
-from memscore.dataplane import ScoringPlane
-from memscore.gateway.server import serve
-from memscore.runtime import Runtime
 
 from .conftest import write_blobs_npz, write_pki, write_tokens
 
 pytestmark = pytest.mark.integration
 
 MNIST = dict(dataset="mnist1d", models=2, epochs=1, shard_size=2)
-
-
-@pytest.fixture
-def start(make_settings):
-    """start(**settings) -> (runtime, port) of a gateway whose work is never run (enqueue does nothing)."""
-    servers = []
-
-    def run(**overrides):
-        rt = Runtime.from_settings(make_settings(**overrides))
-        server, port = serve(rt, "127.0.0.1:0", ScoringPlane(rt, enqueue=lambda name, args: None))
-        servers.append(server)
-        return rt, f"127.0.0.1:{port}"
-
-    yield run
-    for s in servers:
-        s.stop(grace=0).wait()
 
 
 def _code(call) -> grpc.StatusCode:

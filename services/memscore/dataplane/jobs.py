@@ -18,7 +18,7 @@ from ..store import layout
 from ..store.jobs import DEFAULT_TENANT, JobNotFound, JobRecord, RequestIdReused
 from ..store.objects import ObjectNotFound, StoreUnavailable
 from .anytime import AnytimeEstimates
-from .specs import check_exposure, check_scoring
+from .specs import admit_spec, check_exposure, check_scoring, dataset_meta
 from .uploads import store_upload, sweep_spool
 
 log = logging.getLogger("memscore.dataplane")
@@ -212,6 +212,10 @@ class ScoringPlane:
         old_shards = spec.num_shards
         spec.models += additional_models
         spec.max_models = max(spec.max_models, spec.models) if spec.max_models else 0  # a self-stopping job's cap
+        try:  # the grown job must still fit the workers' time and the reduce step's memory
+            admit_spec(spec, self.rt.settings, dataset_meta(spec.dataset, self.rt.objects))
+        except StoreUnavailable as e:
+            raise Unavailable(f"object store unavailable: {e}") from e
         try:
             rec, extended = self.rt.jobs.reopen_once(
                 job_id,

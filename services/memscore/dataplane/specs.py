@@ -7,18 +7,21 @@ from __future__ import annotations
 import json
 
 from ..datarefs import check_corpus_ref, check_dataset_ref
-from ..engine.catalog import BUILTIN_SHAPES, model_takes
+from ..engine.catalog import BUILTIN_FACTS, BUILTIN_SHAPES, model_takes
+from ..engine.cost import DatasetFacts
 from ..engine.spec import ExposureSpec, ScoringSpec
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..settings import Settings
 from ..store import layout
 from ..store.objects import ObjectNotFound, ObjectStore, StoreUnavailable
+from .admission import admit
 
 
 def check_scoring(
     spec: dict, settings: Settings, objects: ObjectStore, tenant: str | None = None
 ) -> tuple[dict, int, int]:
-    """(spec as it will run, shards, models) of a valid scoring spec; raises otherwise."""
+    """(spec as it will run, shards, models) of a valid scoring spec that the workers can hold
+    (admission.py: its shard size is fixed here); raises otherwise."""
     try:
         s = ScoringSpec.from_dict(spec)
     except (TypeError, ValueError) as e:
@@ -29,16 +32,28 @@ def check_scoring(
             f"spec.scoring.models: {s.models} models exceeds this server's limit of {limit} (MEMSCORE_MAX_MODELS)"
         )
     problems = [(f"spec.scoring.{f}", m) for f, m in s.validate(max_models=limit)]
+    meta = None
     if s.dataset:
         try:
             why = check_dataset_ref(s.dataset, objects, settings.data_roots, tenant)
-            problems += [("spec.scoring.dataset", why)] if why else _dataset_fits(s, settings, objects)
+            if why:
+                problems.append(("spec.scoring.dataset", why))
+            else:
+                meta = dataset_meta(s.dataset, objects)
+                problems += _dataset_fits(s, settings, meta)
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
     if problems:
         raise InvalidArgument(problems)
-    s.shard_size = s.effective_shard_size  # fixed at submit: model k's shard never changes
+    s.shard_size = admit_spec(s, settings, meta)  # fixed at submit: model k's shard never changes
     return s.to_dict(), s.num_shards, s.models
+
+
+def admit_spec(s: ScoringSpec, settings: Settings, meta: dict | None) -> int:
+    """The shard size `s` runs with (admission.admit); a dataset the gateway knows nothing of
+    (a file under MEMSCORE_DATA_ROOTS) is sized by the worker only, with the spec's shard size."""
+    facts = DatasetFacts.from_meta(meta) if meta else None
+    return admit(s, facts, settings) if facts else s.effective_shard_size
 
 
 def check_exposure(
@@ -65,7 +80,7 @@ def dataset_meta(ref: str, objects: ObjectStore) -> dict | None:
     """What the gateway knows of a dataset without loading it: built-ins' shapes, and the
     facts recorded at upload. None for a path on the server (checked by the worker)."""
     if ref in BUILTIN_SHAPES:
-        return {"feature_shape": BUILTIN_SHAPES[ref], "n_train": 0}
+        return {**BUILTIN_FACTS[ref], "feature_shape": list(BUILTIN_SHAPES[ref])}
     if not layout.is_dataset_key(ref):
         return None
     try:
@@ -74,9 +89,8 @@ def dataset_meta(ref: str, objects: ObjectStore) -> dict | None:
         return None
 
 
-def _dataset_fits(s: ScoringSpec, settings: Settings, objects: ObjectStore) -> list[tuple[str, str]]:
+def _dataset_fits(s: ScoringSpec, settings: Settings, meta: dict | None) -> list[tuple[str, str]]:
     """The dataset's size is within limits and the model takes its shape."""
-    meta = dataset_meta(s.dataset, objects)
     if meta is None:
         return []
     if meta.get("n_train", 0) > settings.max_train_examples:

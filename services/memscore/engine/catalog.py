@@ -10,6 +10,16 @@ from __future__ import annotations
 # `engine.datasets.load_dataset(name)` returns them (tests/engine/test_datasets.py checks).
 BUILTIN_SHAPES: dict[str, tuple[int, ...]] = {"mnist1d": (40,), "digits": (1, 8, 8), "longtail": (1, 16, 16)}
 BUILTINS: tuple[str, ...] = tuple(BUILTIN_SHAPES)
+# What else the gateway records of a dataset (as for an upload's meta): sizes, classes and kind,
+# which size a job before it runs (engine/cost.py).
+BUILTIN_FACTS: dict[str, dict] = {
+    "mnist1d": {"n_train": 4000, "n_test": 1000, "num_classes": 10, "kind": "sequence"},
+    "digits": {"n_train": 1347, "n_test": 450, "num_classes": 10, "kind": "image"},
+    "longtail": {"n_train": 2000, "n_test": 500, "num_classes": 10, "kind": "image"},
+}
+
+# The model a dataset of each kind gets when the spec says `auto`.
+DEFAULT_ARCH: dict[str, str] = {"vector": "mlp", "sequence": "cnn1d", "image": "resnet"}
 
 # Models of the zoo (`engine.models.build_model`) and the example ranks each takes:
 # vectors (d,) for the MLP (any shape is flattened), sequences (L,) or (c, L), images (c, h, w).

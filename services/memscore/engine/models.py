@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from .catalog import ARCH_FEATURE_NDIM, model_takes
+from .catalog import ARCH_FEATURE_NDIM, DEFAULT_ARCH, model_takes
 
 ARCHS = tuple(ARCH_FEATURE_NDIM)
 
@@ -103,7 +103,7 @@ class SmallResNet(nn.Module):
 
 def default_arch(kind: str) -> str:
     """The model a dataset gets when the user names none."""
-    return {"vector": "mlp", "sequence": "cnn1d", "image": "resnet"}[kind]
+    return DEFAULT_ARCH[kind]
 
 
 def build_model(arch: str, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:

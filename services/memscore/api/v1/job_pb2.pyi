@@ -176,7 +176,9 @@ class ScoringSpec(_message.Message):
     """Peak learning rate. 0 = the recipe's default. Must be >= 0 and < 100."""
     shard_size: _builtins.int
     """G, the number of models trained at once in one shard (one worker task). 0 = chosen by the
-    server. At most 4096. Fixed when the job is submitted.
+    server: at most 64, and no more than fit a worker's memory and half the shard time limit
+    (admission control). At most 4096; a size the workers cannot hold is RESOURCE_EXHAUSTED
+    naming the largest that fits. Fixed when the job is submitted.
     """
     influence_top_k: _builtins.int
     """Per test example, how many of its most influential training examples are kept.

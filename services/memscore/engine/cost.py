@@ -1,0 +1,189 @@
+"""What a scoring job will cost before it runs, from its spec and what is known of its dataset
+(sizes, classes, example shape): each model's parameters, FLOPs and activations, a shard's
+peak memory on its worker, the job's training FLOPs and the reduce step's memory.
+
+Plain Python, no torch: the gateway's admission check (dataplane/admission.py) runs it on
+every submit. The counts follow models.py layer by layer; tests/engine/test_cost.py checks
+them against the real modules (parameters and FLOPs exactly) and the memory estimate against
+a measured training run.
+
+Memory of one shard of G models trained at once (ensemble.train_ensemble on a GPU):
+    x_train resident on the device           n · F · 4  +  n · 8 (labels)
+    stacked weights, grads, AdamW m and v    G · P · 4 · 4
+    training activations and their grads    G · B · A · 4 · 2     (A: elements per example)
+    or the evaluation pass, if larger        G · E · L · (W + C) · 4 (E: eval batch, W: the
+                                             widest layer, L: EVAL_LIVE of them; no grads)
+    plus RUNTIME_BYTES for the framework's own workspace. Float32 throughout: a GPU worker's
+    bf16 autocast needs less, so the estimate errs on the safe side.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .catalog import DEFAULT_ARCH
+from .recipes import make_recipe, total_steps
+from .spec import ScoringSpec
+
+RUNTIME_BYTES = 512 << 20  # allocator slack, cuDNN/oneDNN workspaces, the augmentation buffers
+EVAL_BATCH = 8192  # examples per evaluation pass on a GPU (ensemble.train_ensemble)
+# Layer outputs of the widest size alive at once per model in a pass without gradients: a
+# layer's input and output and the activation's copy; in the ResNet also a block's residual and
+# the norm's temporaries (measured on the CPU: the ResNet's evaluation peaked at ~4.7 of them,
+# the MLP's at ~3; tests/engine/test_cost.py).
+EVAL_LIVE = {"mlp": 3, "cnn1d": 3, "resnet": 5}
+FLOAT = 4  # bytes of a float32
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """One model of the zoo on one example: parameters, forward FLOPs (2 × multiply-adds of
+    its Linear and Conv layers, as models.forward_flops counts them) and activation elements
+    (every layer's output, the input included: what autograd keeps for the backward pass);
+    `widest` is the largest single layer output (what a pass without gradients holds at once
+    per model; the input batch is shared by the G models there)."""
+
+    params: int
+    forward_flops: int
+    activations: int
+    widest: int
+
+
+def _conv_out(length: int, kernel: int, stride: int, pad: int) -> int:
+    return (length + 2 * pad - kernel) // stride + 1
+
+
+def _mlp(feature_shape: tuple[int, ...], classes: int, width: int = 256) -> ModelCost:
+    d = math.prod(feature_shape)
+    params = d * width + width + width * width + width + width * classes + classes
+    flops = 2 * (d * width + width * width + width * classes)
+    return ModelCost(params, flops, d + 4 * width + classes, width)
+
+
+def _cnn1d(feature_shape: tuple[int, ...], classes: int, ch: int = 32) -> ModelCost:
+    c, length = (1, *feature_shape) if len(feature_shape) == 1 else feature_shape
+    l1 = _conv_out(length, 5, 2, 2)
+    l2 = _conv_out(l1, 3, 2, 1)
+    l3 = _conv_out(l2, 3, 2, 1)
+    params = (5 * c * ch + ch) + 2 * (3 * ch * ch + ch) + ch * l3 * classes + classes
+    flops = 2 * (5 * c * ch * l1 + 3 * ch * ch * (l2 + l3) + ch * l3 * classes)
+    return ModelCost(params, flops, c * length + 2 * ch * (l1 + l2 + l3) + classes, ch * l1)
+
+
+def _resnet(feature_shape: tuple[int, ...], classes: int, w: int = 32) -> ModelCost:
+    c, h, wd = feature_shape
+    params = 9 * c * w + 2 * w  # stem conv (no bias) + GroupNorm
+    flops = 2 * 9 * c * w * h * wd
+    acts = c * h * wd + 3 * w * h * wd  # input; stem conv, norm, relu
+    widest = w * h * wd
+    for cin, cout, stride in ((w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2)):
+        h, wd = _conv_out(h, 3, stride, 1), _conv_out(wd, 3, stride, 1)
+        skip = stride != 1 or cin != cout
+        params += 9 * cin * cout + 9 * cout * cout + 4 * cout + (cin * cout if skip else 0)
+        flops += 2 * h * wd * (9 * cin * cout + 9 * cout * cout + (cin * cout if skip else 0))
+        acts += (7 + skip) * cout * h * wd  # conv, norm, relu, conv, norm, [skip], add, relu
+        widest = max(widest, cout * h * wd)
+    params += 4 * w * classes + classes
+    flops += 2 * 4 * w * classes
+    return ModelCost(params, flops, acts + 4 * w + classes, widest)
+
+
+def model_cost(arch: str, feature_shape: tuple[int, ...], num_classes: int) -> ModelCost:
+    """The cost of one model `arch` (mlp, cnn1d, resnet) on examples of `feature_shape`."""
+    build = {"mlp": _mlp, "cnn1d": _cnn1d, "resnet": _resnet}.get(arch)
+    if build is None:
+        raise ValueError(f"unknown model {arch!r}")
+    return build(tuple(int(d) for d in feature_shape), int(num_classes))
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What the gateway knows of a dataset without loading it (an upload's recorded meta, or
+    catalog.BUILTIN_FACTS)."""
+
+    n_train: int
+    n_test: int
+    num_classes: int
+    kind: str  # vector, sequence, image
+    feature_shape: tuple[int, ...]
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "DatasetFacts | None":
+        """None when the meta lacks a fact (e.g. written by an older version)."""
+        try:
+            return cls(
+                int(meta["n_train"]),
+                int(meta["n_test"]),
+                int(meta["num_classes"]),
+                str(meta["kind"]),
+                tuple(int(d) for d in meta["feature_shape"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True)
+class JobCost:
+    arch: str
+    model: ModelCost
+    steps: int  # optimisation steps per model
+    batch: int  # examples per model per step
+    train_flops_per_model: float  # forward + backward (3 × forward) over its steps, + its evaluation pass
+    data_bytes: int  # x_train and labels resident on the device
+    per_model_bytes: int  # what each model of a shard adds at peak
+    reduce_bytes: int  # the reduce step's peak memory (host)
+
+    def shard_bytes(self, models: int) -> int:
+        """Peak device memory of a shard that trains `models` at once."""
+        return RUNTIME_BYTES + self.data_bytes + models * self.per_model_bytes
+
+    def largest_shard(self, memory_bytes: int) -> int:
+        """The most models one shard may train at once within `memory_bytes` (0: not even one)."""
+        free = memory_bytes - RUNTIME_BYTES - self.data_bytes
+        return max(0, free // self.per_model_bytes)
+
+    def seconds(self, models: int, flops_per_s: float) -> float:
+        """Estimated training time of `models` models on a worker sustaining `flops_per_s`."""
+        return models * self.train_flops_per_model / flops_per_s
+
+
+def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
+    """The cost of `spec` on a dataset with `facts` (the spec as submitted; `auto` resolved
+    from the dataset's kind, as the worker resolves it)."""
+    arch = DEFAULT_ARCH[facts.kind] if spec.model in ("", "auto") else spec.model
+    m = model_cost(arch, facts.feature_shape, facts.num_classes)
+    recipe = make_recipe(arch, spec.epochs, spec.batch_size, spec.lr)
+    subset = max(1, round(spec.ratio * facts.n_train))
+    steps = total_steps(recipe, subset)
+    batch = min(recipe.batch_size, subset)
+    features = math.prod(facts.feature_shape)
+    examples = facts.n_train + facts.n_test
+    train = 3.0 * m.forward_flops * batch * steps + m.forward_flops * examples
+    train_act = batch * m.activations * FLOAT * 2
+    eval_act = min(EVAL_BATCH, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
+    per_model = m.params * FLOAT * 4 + max(train_act, eval_act)
+    return JobCost(
+        arch=arch,
+        model=m,
+        steps=steps,
+        batch=batch,
+        train_flops_per_model=train,
+        data_bytes=facts.n_train * (features * FLOAT + 8),
+        per_model_bytes=per_model,
+        reduce_bytes=reduce_bytes(max(spec.models, spec.max_models), facts, spec.max_influence_pairs),
+    )
+
+
+def reduce_bytes(models: int, facts: DatasetFacts, max_pairs: int) -> int:
+    """Peak host memory of reduce (estimators + influence.InfluenceAccumulator.compute): the
+    models' packed masks and test bits, the unpacked (K, m) test correctness in float32, a
+    handful of 16 MiB (rows × m) blocks, per-example sums (n × C held-out distributions, ~24
+    score columns) and the kept pairs."""
+    n, m, c = facts.n_train, facts.n_test, facts.num_classes
+    packed = models * ((n + 7) // 8 + (m + 7) // 8)
+    correctness = models * m * FLOAT
+    blocks = 8 * (16 << 20)
+    per_example = n * (2 * c * 8 + 24 * 8)
+    pairs = 3 * max_pairs * 32 + m * 10 * 32
+    return packed + correctness + blocks + per_example + pairs

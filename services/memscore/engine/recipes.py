@@ -1,0 +1,55 @@
+"""How each model of the zoo is trained (its recipe), as plain data: the gateway sizes a job
+from these without importing torch (engine/cost.py), and the trainer (ensemble.py) follows
+them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one subset model is trained. Training length is max(epochs, min_steps): small
+    subsets get enough optimisation steps to fit their data (labels noise included), as the
+    paper's models do (mean in-sample accuracy near 100%)."""
+
+    epochs: int  # passes over the model's own subset
+    min_steps: int  # at least this many optimisation steps, whatever the subset size
+    batch_size: int  # examples per model per step
+    lr: float  # peak learning rate (AdamW), after linear warm-up
+    weight_decay: float  # AdamW decoupled decay
+    warmup: float  # fraction of steps with linear warm-up; then linear decay to 0
+    augment: bool  # images of 16 px and more: random translation by size/8 px (reflect pad), optional flip
+    flip: bool  # horizontal flips (off for digits, where a flip changes meaning)
+
+
+RECIPES = {
+    "mlp": Recipe(
+        epochs=60, min_steps=1500, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=0.05, augment=False, flip=False
+    ),
+    "cnn1d": Recipe(
+        epochs=100, min_steps=1500, batch_size=64, lr=3e-3, weight_decay=0.0, warmup=0.05, augment=False, flip=False
+    ),
+    "resnet": Recipe(
+        epochs=40, min_steps=1000, batch_size=64, lr=2e-3, weight_decay=0.0, warmup=0.05, augment=True, flip=False
+    ),
+}
+
+
+def make_recipe(arch: str, epochs: int = 0, batch_size: int = 0, lr: float = 0.0) -> Recipe:
+    """The arch's default recipe with the user's non-zero overrides. An explicit `epochs`
+    drops the min_steps floor: the user asked for exactly that much training."""
+    r = RECIPES[arch]
+    if epochs:
+        r = replace(r, epochs=epochs, min_steps=0)
+    if batch_size:
+        r = replace(r, batch_size=batch_size)
+    if lr:
+        r = replace(r, lr=lr)
+    return r
+
+
+def total_steps(recipe: Recipe, subset_size: int) -> int:
+    batch = min(recipe.batch_size, subset_size)
+    return max(recipe.epochs * math.ceil(subset_size / batch), recipe.min_steps)

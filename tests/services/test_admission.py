@@ -1,0 +1,119 @@
+"""Admission control over a real gRPC socket: a job the workers cannot hold (memory, shard time,
+job time, reduce memory) is RESOURCE_EXHAUSTED naming the setting and the fix, before anything
+is stored or queued; an automatic shard size shrinks to what fits; ExtendJob is held to the
+same limits. Expected figures come from engine.cost, which tests/engine/test_cost.py checks
+against the real models and a measured run."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from memscore.client import Client
+from memscore.dataplane.admission import largest_shard
+from memscore.engine.catalog import BUILTIN_FACTS, BUILTIN_SHAPES
+from memscore.engine.cost import DatasetFacts, job_cost
+from memscore.engine.spec import ScoringSpec
+
+pytestmark = pytest.mark.integration
+
+GIB = 1 << 30
+
+
+def _facts(name: str) -> DatasetFacts:
+    return DatasetFacts.from_meta({**BUILTIN_FACTS[name], "feature_shape": BUILTIN_SHAPES[name]})
+
+
+def _refused(call) -> str:
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e.value.details()
+    return e.value.details()
+
+
+def _nothing_stored(rt, c: Client) -> None:
+    assert c.list()[0] == []
+    assert rt.objects.list("jobs/") == []
+
+
+def test_a_job_of_thousands_of_worker_hours_is_refused_before_anything_is_stored(start):
+    rt, target = start()
+    with Client(target, target, timeout=10) as c:
+        why = _refused(lambda: c.submit_scoring(dataset="mnist1d", models=100000, epochs=10000))
+        assert "MEMSCORE_MAX_JOB_WORKER_HOURS" in why and "fewer models or epochs" in why
+        _nothing_stored(rt, c)
+        assert (
+            c.submit_scoring(dataset="mnist1d", models=100, epochs=10).progress.models_total == 100
+        )  # a sane one passes
+
+
+def test_an_automatic_shard_size_shrinks_to_what_a_worker_holds(start):
+    rt, target = start(worker_memory_bytes=2 * GIB)
+    fit = largest_shard(job_cost(ScoringSpec(dataset="longtail", models=8), _facts("longtail")), rt.settings)
+    assert 1 <= fit < 8  # the ResNet's evaluation passes need ~0.4 GiB a model
+    with Client(target, target, timeout=10) as c:
+        job = c.submit_scoring(dataset="longtail", models=8)
+        assert job.spec.scoring.shard_size == fit
+        assert job.progress.shards_total == -(-8 // fit)
+
+
+def test_a_self_stopping_jobs_automatic_shard_size_divides_its_models(start):
+    rt, target = start(worker_memory_bytes=2 * GIB)
+    with Client(target, target, timeout=10) as c:
+        job = c.submit_scoring(dataset="longtail", models=8, max_models=16, until_reliability=0.9)
+        g = job.spec.scoring.shard_size
+        assert 8 % g == 0 and g <= largest_shard(
+            job_cost(ScoringSpec(dataset="longtail"), _facts("longtail")), rt.settings
+        )
+
+
+def test_an_explicit_shard_size_too_large_is_refused_with_the_largest_that_fits(start):
+    rt, target = start(worker_memory_bytes=2 * GIB)
+    fit = largest_shard(job_cost(ScoringSpec(dataset="longtail", models=8), _facts("longtail")), rt.settings)
+    with Client(target, target, timeout=10) as c:
+        why = _refused(lambda: c.submit_scoring(dataset="longtail", models=8, shard_size=8))
+        assert (
+            "spec.scoring.shard_size" in why and f"shard_size <= {fit}" in why and "MEMSCORE_WORKER_MEMORY_BYTES" in why
+        )
+        _nothing_stored(rt, c)
+        assert c.submit_scoring(dataset="longtail", models=8, shard_size=fit).spec.scoring.shard_size == fit
+
+
+def test_a_model_larger_than_a_worker_is_refused(start):
+    rt, target = start(worker_memory_bytes=256 << 20)
+    with Client(target, target, timeout=10) as c:
+        why = _refused(lambda: c.submit_scoring(dataset="mnist1d", models=4))
+        assert "more than a worker has" in why and "MEMSCORE_WORKER_MEMORY_BYTES" in why
+        _nothing_stored(rt, c)
+
+
+def test_shards_are_sized_to_half_the_shard_time_limit_and_a_model_over_it_is_refused(start):
+    rt, target = start(worker_flops=1e9, shard_timeout_s=1000)
+    per_model_s = job_cost(ScoringSpec(dataset="mnist1d"), _facts("mnist1d")).seconds(1, 1e9)
+    assert 10 < per_model_s < 500  # ~87 s: 4400 cnn1d steps at 1 GFLOP/s
+    with Client(target, target, timeout=10) as c:
+        job = c.submit_scoring(dataset="mnist1d", models=64)
+        assert job.spec.scoring.shard_size == int(500 // per_model_s)
+        why = _refused(lambda: c.submit_scoring(dataset="mnist1d", models=4, epochs=10000))
+        assert "MEMSCORE_SHARD_TIMEOUT_S" in why and "fewer epochs" in why
+
+
+def test_a_reduce_larger_than_its_memory_is_refused(start):
+    rt, target = start(reduce_memory_bytes=64 << 20)
+    with Client(target, target, timeout=10) as c:
+        why = _refused(lambda: c.submit_scoring(dataset="mnist1d", models=64))
+        assert "MEMSCORE_REDUCE_MEMORY_BYTES" in why
+        _nothing_stored(rt, c)
+
+
+def test_extending_a_job_past_the_time_limit_is_refused_and_leaves_it_as_it_was(start):
+    limit_h = 0.05  # 180 s at 1e10 FLOP/s: about 20 mnist1d models of 8.6 s
+    rt, target = start(worker_flops=1e10, max_job_worker_hours=limit_h)
+    with Client(target, target, timeout=10) as c:
+        job = c.submit_scoring(dataset="mnist1d", models=8, shard_size=8)
+        rt.jobs.update(job.job_id, state="SUCCEEDED")
+        why = _refused(lambda: c.extend(job.job_id, 64))
+        assert "MEMSCORE_MAX_JOB_WORKER_HOURS" in why
+        after = c.get(job.job_id)
+        assert after.progress.models_total == 8 and after.progress.shards_total == 1
+        assert c.extend(job.job_id, 8).progress.models_total == 16  # within the limit it grows
