@@ -111,3 +111,39 @@ def test_builtins_need_no_root(roots):
     _, _, objects = roots
     assert check_dataset_ref("digits", objects) is None
     assert np.asarray(load_job_dataset("digits", objects).y_train).size > 0
+
+
+def test_a_tenants_own_data_root_is_invisible_to_every_other_tenant(roots, tmp_path):
+    from memscore.datarefs import roots_for
+
+    root, outside, objects = roots
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    mine, public = write_blobs_npz(root / "a.npz"), write_blobs_npz(shared / "s.npz")
+    setting = (f"team-a={root}", str(shared))
+    assert roots_for(setting, "team-a") == [str(root), str(shared)]
+    assert roots_for(setting, "team-b") == roots_for(setting, None) == [str(shared)]
+    assert check_dataset_ref(str(mine), objects, setting, "team-a") is None
+    assert load_job_dataset(str(mine), objects, setting, "team-a").n_train > 0
+    for tenant in ("team-b", None):  # another tenant, and a caller with no tenant
+        why = check_dataset_ref(str(mine), objects, setting, tenant)
+        absent = check_dataset_ref(str(root / "no-such.npz"), objects, setting, tenant)
+        assert why and _message_without_ref(why, str(mine)) == _message_without_ref(absent, str(root / "no-such.npz"))
+        with pytest.raises(DatasetError):
+            load_job_dataset(str(mine), objects, setting, tenant)
+        assert check_dataset_ref(str(public), objects, setting, tenant) is None  # a plain entry is everyone's
+    corpus = root / "c.txt"
+    corpus.write_text("some text to learn\n" * 20)
+    assert check_corpus_ref(str(corpus), objects, setting, "team-a") is None
+    assert check_corpus_ref(str(corpus), objects, setting, "team-b")
+    with pytest.raises(CorpusError):
+        load_job_corpus(str(corpus), objects, setting, "team-b")
+
+
+def test_an_entry_that_only_looks_like_a_tenants_is_a_plain_directory(tmp_path):
+    from memscore.datarefs import roots_for
+
+    odd = tmp_path / "x=y"  # '=' in a directory name, not TENANT=/absolute/dir
+    assert roots_for([str(odd), "bad name=/srv", "team-a=relative"], "team-a") == [
+        str(odd), "bad name=/srv", "team-a=relative"
+    ]  # fmt: skip

@@ -1,6 +1,7 @@
 """What a job spec's `dataset` and `corpus` names mean: a built-in, an uploaded object
 (`datasets/<sha256>.npz|.txt` in the object store) or a path on the server under one of the
-directories an administrator allows (`MEMSCORE_DATA_ROOTS`; none by default).
+directories an administrator allows (`MEMSCORE_DATA_ROOTS`; none by default). An entry
+`TENANT=DIR` is that tenant's alone: to every other tenant its files do not exist.
 
 Below the gateway, the results server and the workers, which all resolve names here: the
 gateway checks a name cheaply before anything is queued, the worker and the results server
@@ -22,6 +23,7 @@ from .engine.corpus import BUILTIN as BUILTIN_CORPUS
 from .engine.corpus import CorpusError, corpus_from_bytes, load_corpus
 from .engine.datasets import Dataset, DatasetError, dataset_from_npz_bytes, load_dataset
 from .store import layout
+from .store.jobs import TENANT
 from .store.objects import ObjectNotFound, ObjectStore
 
 
@@ -52,6 +54,20 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
+def roots_for(roots: Iterable[str], tenant: str | None) -> list[str]:
+    """The directories `tenant` may name files under: every plain entry of MEMSCORE_DATA_ROOTS
+    and its own `TENANT=DIR` entries (DIR absolute). Without a tenant, the plain entries only."""
+    out = []
+    for entry in roots:
+        owner, sep, path = entry.partition("=")
+        if sep and TENANT.fullmatch(owner) and path.startswith("/"):
+            if owner == tenant:
+                out.append(path)
+        else:
+            out.append(entry)
+    return out
+
+
 def allowed_path(ref: str, roots: Iterable[str], directory_ok: bool = True) -> str | None:
     """The resolved path `ref` names if it exists inside a data root (after following every
     link) and, for a directory, all the files under it do too; else None."""
@@ -72,8 +88,9 @@ def allowed_path(ref: str, roots: Iterable[str], directory_ok: bool = True) -> s
     return path
 
 
-def load_job_dataset(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -> Dataset:
-    """A built-in name, `datasets/<sha256>.npz` in the object store, or a path under `roots`."""
+def load_job_dataset(ref: str, objects: ObjectStore, roots: Iterable[str] = (), tenant: str | None = None) -> Dataset:
+    """A built-in name, `datasets/<sha256>.npz` in the object store, or a path under `roots`
+    that `tenant` (the job's) may read."""
     if ref in BUILTINS:
         return load_dataset(ref)
     if layout.is_dataset_key(ref):
@@ -82,7 +99,7 @@ def load_job_dataset(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) 
         except ObjectNotFound:
             raise DatasetError(_not_uploaded(ref, "FILE.npz")) from None
         return dataset_from_npz_bytes(data)
-    path = allowed_path(ref, roots)
+    path = allowed_path(ref, roots_for(roots, tenant))
     if path is None:
         raise DatasetError(_not_a_dataset(ref))
     return load_dataset(path)
@@ -105,10 +122,10 @@ def check_dataset_ref(
         return None
     if layout.is_dataset_key(ref):
         return None if _uploaded(ref, objects, tenant) else _not_uploaded(ref, "FILE.npz")
-    return None if allowed_path(ref, roots) else _not_a_dataset(ref)
+    return None if allowed_path(ref, roots_for(roots, tenant)) else _not_a_dataset(ref)
 
 
-def load_job_corpus(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -> str:
+def load_job_corpus(ref: str, objects: ObjectStore, roots: Iterable[str] = (), tenant: str | None = None) -> str:
     """ "builtin" (or ""), `datasets/<sha256>.txt` in the object store, or a file under `roots`."""
     if ref in ("", BUILTIN_CORPUS):
         return load_corpus(BUILTIN_CORPUS)
@@ -118,7 +135,7 @@ def load_job_corpus(ref: str, objects: ObjectStore, roots: Iterable[str] = ()) -
         except ObjectNotFound:
             raise CorpusError(_not_uploaded(ref, "FILE.txt")) from None
         return corpus_from_bytes(data, source=ref)
-    path = allowed_path(ref, roots, directory_ok=False)
+    path = allowed_path(ref, roots_for(roots, tenant), directory_ok=False)
     if path is None:
         raise CorpusError(_not_a_corpus(ref))
     return load_corpus(path)
@@ -132,4 +149,4 @@ def check_corpus_ref(
         return None
     if layout.is_dataset_key(ref):
         return None if _uploaded(ref, objects, tenant) else _not_uploaded(ref, "FILE.txt")
-    return None if allowed_path(ref, roots, directory_ok=False) else _not_a_corpus(ref)
+    return None if allowed_path(ref, roots_for(roots, tenant), directory_ok=False) else _not_a_corpus(ref)

@@ -29,7 +29,7 @@ from .errors import (
     Unavailable,
     outage,
 )
-from .limits import StreamBudget
+from .limits import StallReaper, StreamBudget
 from .metrics import RpcMetricsInterceptor
 from .tls import server_credentials
 
@@ -234,10 +234,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
 class StreamLimitInterceptor(grpc.ServerInterceptor):
     """Streaming calls take a slot of the server's `StreamBudget` for the caller's tenant before
     they run (RESOURCE_EXHAUSTED when none is left) and give it back when the call ends, however
-    it ends. Runs inside `AuthInterceptor`, so the tenant is known; Health is not counted."""
+    it ends. While a stream waits on its client (a reply not yet taken, an upload chunk not yet
+    come) the `StallReaper` times it, and cancels it past MEMSCORE_STREAM_STALL_TIMEOUT_S. Runs
+    inside `AuthInterceptor`, so the tenant is known; Health is not counted."""
 
-    def __init__(self, budget: StreamBudget):
+    def __init__(self, budget: StreamBudget, reaper: StallReaper | None = None):
         self.budget = budget
+        self.reaper = reaper or StallReaper(0)
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -249,12 +252,22 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):
             context.add_callback(taken.release)  # the call ended (done, cancelled, timed out)
             return taken
 
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+
         def streaming(fn):
             def inner(request, context):
                 taken = slot(context)
+                wait = self.reaper.track(context.cancel, f"{method} of tenant {context.tenant!r}")
+                replies = fn(request, context)
                 try:
-                    yield from fn(request, context)
+                    for reply in replies:
+                        wait.waiting()  # gRPC asks for the next reply once this one is sent
+                        yield reply
+                        wait.done_waiting()
                 finally:
+                    if hasattr(replies, "close"):  # a cancelled call ends the handler's own cleanup too
+                        replies.close()
+                    wait.close()
                     taken.release()
 
             return inner
@@ -262,9 +275,24 @@ class StreamLimitInterceptor(grpc.ServerInterceptor):
         def uploading(fn):  # a client stream: one reply at the end
             def inner(request_iterator, context):
                 taken = slot(context)
+                wait = self.reaper.track(context.cancel, f"{method} of tenant {context.tenant!r}")
+
+                def timed():
+                    chunks = iter(request_iterator)
+                    while True:
+                        wait.waiting()
+                        try:
+                            chunk = next(chunks)
+                        except StopIteration:
+                            return
+                        finally:
+                            wait.done_waiting()
+                        yield chunk
+
                 try:
-                    return fn(request_iterator, context)
+                    return fn(timed(), context)
                 finally:
+                    wait.close()
                     taken.release()
 
             return inner
@@ -308,7 +336,7 @@ def build_server(
             RpcMetricsInterceptor(),  # outermost: sees every call's final status code
             DomainErrorInterceptor(),
             AuthInterceptor(auth),
-            StreamLimitInterceptor(budget),
+            StreamLimitInterceptor(budget, StallReaper(settings.stream_stall_timeout_s, log.warning)),
         ],
         maximum_concurrent_rpcs=max(settings.max_concurrent_rpcs, threads),
         options=[

@@ -83,7 +83,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_DATA_ROOTS": (
         "",
         "directories (separated by ':') whose files jobs may name as datasets or corpora by server path; "
-        "empty = none (only built-ins and uploads)",
+        "an entry TENANT=DIR is that tenant's alone; empty = none (only built-ins and uploads)",
     ),
     "MEMSCORE_AUTH_TOKENS": (
         "",
@@ -117,6 +117,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_MAX_CONCURRENT_RPCS": (
         "256",
         "calls one server accepts at once, running or waiting for a thread; more are RESOURCE_EXHAUSTED",
+    ),
+    "MEMSCORE_STREAM_STALL_TIMEOUT_S": (
+        "60",
+        "a stream whose client takes no message (or, uploading, sends none) for this many seconds is cancelled, "
+        "freeing its thread and stream slot; 0 = never",
     ),
     "MEMSCORE_HEALTH_INTERVAL_S": (
         "5",
@@ -215,6 +220,7 @@ class Settings:
     max_attempts: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_ATTEMPTS")))
     log_level: str = field(default_factory=lambda: env("MEMSCORE_LOG_LEVEL"))
     log_format: str = field(default_factory=lambda: env("MEMSCORE_LOG_FORMAT"))
+    stream_stall_timeout_s: float = field(default_factory=lambda: float(env("MEMSCORE_STREAM_STALL_TIMEOUT_S")))
     metrics_port: int = field(default_factory=lambda: int(env("MEMSCORE_METRICS_PORT")))
     metrics_bind: str = field(default_factory=lambda: env("MEMSCORE_METRICS_BIND"))
 

@@ -171,7 +171,7 @@ def test_reduce_has_its_own_queue_and_workers_consume_both(make_settings, redis_
     assert make_settings(queue="q1", reduce_queue_setting="reducers").reduce_queue == "reducers"
 
 
-@pytest.mark.slow  # ~35 s on 2 cores
+@pytest.mark.slow  # ~20 s on 2 cores
 @pytest.mark.integration
 def test_a_finished_jobs_reduce_does_not_wait_behind_another_jobs_queued_shards(stack, tmp_path):
     from memscore.api.v1 import job_pb2
@@ -189,4 +189,5 @@ def test_a_finished_jobs_reduce_does_not_wait_behind_another_jobs_queued_shards(
         assert final.state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
         done = c.get(big.job_id).progress.shards_done
         assert done <= 3, f"the small job's reduce ran only after {done} of the big job's shards"
-        wait_for(lambda: c.get(big.job_id).state == job_pb2.JOB_STATE_SUCCEEDED, 240, 0.5, what="the big job")
+        c.cancel(big.job_id)  # what it does next is the service flow tests' concern
+        wait_for(lambda: c.get(big.job_id).state == job_pb2.JOB_STATE_CANCELLED, 60, 0.5, what="the big job's end")

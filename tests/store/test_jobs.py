@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from memscore.store.jobs import (
+    DEFAULT_TENANT,
     InvalidPageToken,
     JobNotFound,
     JobRecord,
@@ -514,3 +515,29 @@ def test_beats_done_shards_and_leases(jobs):
     assert jobs.hold_lease("other", "c", 30)  # expired: another holder takes it
     jobs.delete("j")
     assert jobs.beats("j") == {} and jobs.done_shards("j") == set()
+
+
+def test_redis_jobs_from_before_tenants_are_listed_and_counted_for_the_default_tenant(redis_db):
+    """Records written by the version before tenants: JSON without a tenant, in P:jobs[:STATE]
+    only. The first tenant-scoped call indexes them for the default tenant, once."""
+    import json
+
+    import redis
+
+    store = RedisJobStore(redis_db, prefix="legacy-test")
+    r = redis.Redis.from_url(redis_db, decode_responses=True)  # a flushed database
+    old = []
+    for i, state in enumerate(("QUEUED", "SUCCEEDED", "RUNNING")):
+        rec = json.loads(JobRecord(job_id=f"old-{i}", kind="scoring", state=state, created_at=100.0 + i).to_json())
+        rec.pop("tenant")
+        r.set(f"legacy-test:job:old-{i}", json.dumps(rec))
+        r.zadd("legacy-test:jobs", {f"old-{i}": 100.0 + i})
+        r.zadd(f"legacy-test:jobs:{state}", {f"old-{i}": 100.0 + i})
+        old.append(f"old-{i}")
+    new, _ = store.create(JobRecord(job_id="new-0", kind="scoring", tenant="team-a"))
+    assert [j.job_id for j in store.list(tenant=DEFAULT_TENANT)[0]] == ["old-2", "old-1", "old-0"]
+    assert [j.job_id for j in store.list(state="RUNNING", tenant=DEFAULT_TENANT)[0]] == ["old-2"]
+    assert store.count_active(DEFAULT_TENANT) == 2 and store.count_active("team-a") == 1
+    assert [j.job_id for j in store.list(tenant="team-a")[0]] == ["new-0"]
+    assert r.exists("legacy-test:index:tenants")
+    assert RedisJobStore(redis_db, prefix="legacy-test").index_untenanted_jobs() == 0  # once per database

@@ -124,7 +124,7 @@ class ResultsPlane:
         spec = ScoringSpec.from_dict(rec.spec)
 
         def build():
-            ds = load_job_dataset(spec.dataset, self.rt.objects, self.rt.settings.data_roots)
+            ds = load_job_dataset(spec.dataset, self.rt.objects, self.rt.settings.data_roots, rec.tenant)
             if spec.label_noise > 0:
                 ds, _ = flip_labels(ds, spec.label_noise, spec.seed)
             return ds.y_train.astype(np.int64)

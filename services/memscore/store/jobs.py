@@ -420,8 +420,9 @@ class RedisJobStore(JobStore):
     Keys (P = prefix): P:job:<id> record; P:req:<request id> (the default tenant's, as before
     tenants) and P:treq:<tenant>:<request id> job id; P:jobs and P:jobs:<STATE>, and per tenant
     P:tenant:<tenant>:jobs[:<STATE>], sorted sets scored by created_at; P:job:<id>:shards set,
-    P:job:<id>:attempts and P:job:<id>:beats hashes; P:lease:<name> leases. Tenant names hold
-    no ':' (auth.TENANT), so no two keys collide."""
+    P:job:<id>:attempts and P:job:<id>:beats hashes; P:lease:<name> leases; P:index:tenants set
+    once jobs from before tenants are in their tenant's sets. Tenant names hold no ':'
+    (auth.TENANT), so no two keys collide."""
 
     def __init__(self, url: str, prefix: str = "memscore"):
         import redis
@@ -442,6 +443,8 @@ class RedisJobStore(JobStore):
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 2),
             retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         )
+
+        self._tenants_indexed = False  # see index_untenanted_jobs
 
     def _k(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -548,11 +551,41 @@ class RedisJobStore(JobStore):
         self._r.transaction(tx, job_key, shards_key)
         return out[0]
 
+    def index_untenanted_jobs(self) -> int:
+        """Jobs written before tenants existed are listed only in P:jobs[:STATE]: add each job
+        missing from its tenant's sets (DEFAULT_TENANT for those old records) there. Runs once
+        per database (marker P:index:tenants, set after a full pass) and once per process;
+        returns how many jobs it indexed."""
+        marker = self._k("index", "tenants")
+        if self._tenants_indexed or self._r.exists(marker):
+            self._tenants_indexed = True
+            return 0
+        added, ids = 0, [j for j, _ in self._r.zscan_iter(self._k("jobs"))]
+        for a in range(0, len(ids), 500):
+            chunk = ids[a : a + 500]
+            raws = self._r.mget([self._k("job", j) for j in chunk])
+            recs = [JobRecord.from_json(r) for r in raws if r is not None]
+            pipe = self._r.pipeline(transaction=False)
+            for rec in recs:
+                pipe.zscore(self._k("tenant", rec.tenant, "jobs"), rec.job_id)
+            missing = [rec for rec, score in zip(recs, pipe.execute()) if score is None]
+            pipe = self._r.pipeline(transaction=False)
+            for rec in missing:
+                pipe.zadd(self._k("tenant", rec.tenant, "jobs"), {rec.job_id: rec.created_at})
+                pipe.zadd(self._k("tenant", rec.tenant, "jobs", rec.state), {rec.job_id: rec.created_at})
+            pipe.execute()
+            added += len(missing)
+        self._r.set(marker, "1")
+        self._tenants_indexed = True
+        return added
+
     def list(
         self, state: str | None = None, page_size: int = 50, page_token: str = "", tenant: str | None = None
     ) -> tuple[list[JobRecord], str]:
         page_size = _check_list_args(state, page_size)
         after = _decode_token(page_token, state)
+        if tenant is not None:
+            self.index_untenanted_jobs()
         base = ("jobs",) if tenant is None else ("tenant", tenant, "jobs")
         zkey = self._k(*base, state) if state else self._k(*base)
         ids: list[tuple[str, float]] = []
@@ -584,6 +617,7 @@ class RedisJobStore(JobStore):
         return JobRecord.from_json(raw) if raw is not None else None
 
     def count_active(self, tenant: str) -> int:
+        self.index_untenanted_jobs()
         pipe = self._r.pipeline(transaction=False)
         for state in ACTIVE_STATES:
             pipe.zcard(self._k("tenant", tenant, "jobs", state))

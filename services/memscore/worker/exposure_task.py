@@ -52,7 +52,7 @@ def _run(run: JobRun, rec: JobRecord) -> str:
     if problems:
         return run.fail("spec: " + "; ".join(f"{f}: {m}" for f, m in problems))
     try:
-        corpus_text = load_job_corpus(spec.corpus, rt.objects, rt.settings.data_roots)
+        corpus_text = load_job_corpus(spec.corpus, rt.objects, rt.settings.data_roots, rec.tenant)
     except CorpusError as e:
         return run.fail(f"corpus: {e}")
     rt.jobs.update(run.job_id, state="RUNNING", message="training the language model")

@@ -106,7 +106,7 @@ def _run_shard(run: JobRun, rec: JobRecord) -> str:
         if rec.state == "QUEUED":  # as it was before this shard started: the job's first shard
             rt.jobs.update(job_id, message=f"shard {shard} started")
         try:
-            ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots)
+            ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots, rec.tenant)
         except DatasetError as e:
             run.fail(f"dataset: {e}")
             return "bad dataset"
@@ -186,11 +186,11 @@ def reduce(self, job_id: str) -> str:
             return "waiting for shards"
         rt.jobs.update(job_id, message="reducing")
         log.info("reducing %d shards", spec.num_shards)
-        _reduce(rt, job_id, spec)
+        _reduce(rt, job_id, spec, rec.tenant)
         return "reduced"
 
 
-def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec) -> None:
+def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec, tenant: str) -> None:
     """Merge every shard's trace and store the results. Then the job is SUCCEEDED, unless it is
     self-stopping and `next_growth` adds models: the results so far stay stored (valid for the
     models done) and the new shards are enqueued; their last one enqueues reduce again."""
@@ -198,7 +198,7 @@ def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec) -> None:
     from ..engine.scoring import Reducer, make_plan, prepare_dataset
     from ..engine.traces import Trace
 
-    ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots)
+    ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots, tenant)
     ds, flipped = prepare_dataset(ds, spec)
     reducer = Reducer(ds, spec, make_plan(ds, spec), flipped)
     for s in range(spec.num_shards):
