@@ -1,4 +1,4 @@
-"""Domain errors of the service layer. One gRPC interceptor (`rpc.DomainErrorInterceptor`) maps
+"""Domain errors of the service layer. One gRPC interceptor (`interceptors.DomainErrorInterceptor`) maps
 them to status codes, so no handler repeats the mapping."""
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ one-task child processes to the worker parent that serves them (worker/task_metr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -285,13 +286,13 @@ def _status_name(context, default: grpc.StatusCode) -> str:
     return getattr(code, "name", str(code))
 
 
-class RpcMetricsInterceptor(grpc.ServerInterceptor):
+class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts and times every call by service, method and final status code (streams from
     their start to their last message). Outermost, so it sees the code the error interceptor
     gave an exception (`context.code()` after an abort)."""
 
     def __init__(self, registry: Registry = REGISTRY):
-        from .rpc import rewrap  # rpc builds servers with this interceptor: imported once built
+        from .interceptors import rewrap  # the interceptors import this module: imported once built
 
         self._rewrap = rewrap
         labels = ("service", "method", "code")
@@ -302,31 +303,35 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
         self.duration.observe(time.perf_counter() - start, service=service, method=method, code=code)
         self.total.inc(service=service, method=method, code=code)
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None:
             return None
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
 
         def wrap_unary(fn):
-            def inner(request, context):
+            async def inner(request, context):
                 start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
                 try:
-                    response = fn(request, context)
+                    response = await fn(request, context)
                     code = grpc.StatusCode.OK
                     return response
+                except (asyncio.CancelledError, GeneratorExit):  # the client went away
+                    code = grpc.StatusCode.CANCELLED
+                    raise
                 finally:
                     self._record(service, method, _status_name(context, code), start)
 
             return inner
 
         def wrap_stream(fn):
-            def inner(request, context):
+            async def inner(request, context):
                 start, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
                 try:
-                    yield from fn(request, context)
+                    async for reply in fn(request, context):
+                        yield reply
                     code = grpc.StatusCode.OK
-                except GeneratorExit:  # the client went away mid-stream
+                except (asyncio.CancelledError, GeneratorExit):  # the client went away mid-stream
                     code = grpc.StatusCode.CANCELLED
                     raise
                 finally:

@@ -107,21 +107,27 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "MEMSCORE_TENANT_MAX_ACTIVE_JOBS": ("16", "most QUEUED or RUNNING jobs one tenant may have"),
     "MEMSCORE_TENANT_MAX_STORED_BYTES": ("68719476736", "most bytes of uploads one tenant may store"),
-    "MEMSCORE_RPC_THREADS": ("64", "threads of each gRPC server: at most this many calls run at once"),
-    "MEMSCORE_MAX_STREAMS": (
-        "48",
-        "streaming calls (WatchJob, StreamRanked, uploads, ...) one server holds at once, below MEMSCORE_RPC_THREADS "
-        "so unary calls and Health always find a thread; more are RESOURCE_EXHAUSTED",
+    "MEMSCORE_RPC_THREADS": (
+        "16",
+        "threads of each gRPC server that run unary calls and each stream's next message; a stream waiting "
+        "on its job or its client holds none",
     ),
-    "MEMSCORE_TENANT_MAX_STREAMS": ("16", "streaming calls one tenant may hold open on one server"),
+    "MEMSCORE_MAX_STREAMS": (
+        "1024",
+        "streaming calls (WatchJob, StreamRanked, uploads, ...) one server holds at once; more are "
+        "RESOURCE_EXHAUSTED. At least 16 below MEMSCORE_MAX_CONCURRENT_RPCS, so unary calls and Health always "
+        "get in",
+    ),
+    "MEMSCORE_TENANT_MAX_STREAMS": ("64", "streaming calls one tenant may hold open on one server"),
     "MEMSCORE_MAX_CONCURRENT_RPCS": (
-        "256",
-        "calls one server accepts at once, running or waiting for a thread; more are RESOURCE_EXHAUSTED",
+        "2048",
+        "calls one server accepts at once, streams included, running or waiting for a thread; more are "
+        "RESOURCE_EXHAUSTED",
     ),
     "MEMSCORE_STREAM_STALL_TIMEOUT_S": (
         "60",
-        "a stream whose client takes no message (or, uploading, sends none) for this many seconds is cancelled, "
-        "freeing its thread and stream slot; 0 = never",
+        "a stream whose client takes no message (or, uploading, sends none) for this many seconds is ended "
+        "CANCELLED and its handler stopped; its slot is free once the client reads or goes away; 0 = never",
     ),
     "MEMSCORE_HEALTH_INTERVAL_S": (
         "5",

@@ -16,8 +16,8 @@ from memscore import embedded
 from memscore.api.v1 import job_pb2
 from memscore.api.v1 import results_service_pb2 as rpb
 from memscore.client import Client, field_violations
+from memscore.convert import anytime_to_pb
 from memscore.engine.traces import Trace
-from memscore.rpc import anytime_to_pb
 from memscore.runtime import set_runtime
 from memscore.settings import ENV_VARS, Settings
 from memscore.store import layout

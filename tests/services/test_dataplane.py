@@ -25,9 +25,9 @@ def test_submit_with_the_broker_down_is_unavailable_and_leaves_no_job(make_setti
 def test_the_anytime_summary_of_a_running_job_carries_its_split_half_reliability(make_settings):
     import numpy as np
 
+    from memscore.convert import anytime_to_pb
     from memscore.dataplane.anytime import AnytimeEstimates
     from memscore.engine.traces import Trace
-    from memscore.rpc import anytime_to_pb
     from memscore.store import layout
     from memscore.store.jobs import JobRecord
 

@@ -43,8 +43,8 @@ from memscore.client import Client
 from memscore.dataplane import ScoringPlane
 from memscore.engine.catalog import RANK_METRICS
 from memscore.gateway.server import serve as serve_gateway
+from memscore.interceptors import MAX_DESCRIPTION_CHARS, MAX_MESSAGE_CHARS
 from memscore.results.server import serve as serve_results
-from memscore.rpc import MAX_DESCRIPTION_CHARS, MAX_MESSAGE_CHARS
 from memscore.runtime import Runtime, set_runtime
 from memscore.settings import ENV_VARS, Settings
 from memscore.store import layout

@@ -15,6 +15,7 @@ from memscore.dataplane import ScoringPlane
 from memscore.errors import InvalidArgument, NotFound
 from memscore.gateway.server import serve
 from memscore.runtime import Runtime
+from memscore.store.jobs import JobRecord
 
 pytestmark = pytest.mark.integration  # gRPC over a loopback socket
 
@@ -47,16 +48,45 @@ def test_an_unexpected_exception_is_logged_and_answered_internal(gateway, monkey
 
 
 def test_an_unexpected_exception_in_a_stream_is_internal_too(gateway, monkeypatch):
+    """Mid-stream: WatchJob's first event is sent, then the step after the job changes fails."""
     plane, stub = gateway
+    rec, _ = plane.rt.jobs.create(JobRecord(job_id="job-x", kind="scoring"))
 
-    def broken(job_id, **kw):
-        yield from ()
+    def broken(seen, changed):
         raise KeyError("summary")
 
-    monkeypatch.setattr(plane, "watch", broken)
+    monkeypatch.setattr(plane, "watch_step", broken)
+    events = stub.WatchJob(spb.WatchJobRequest(job_id="job-x"), timeout=10)
+    assert next(events).event.version == rec.version
+    plane.rt.jobs.update("job-x", state="RUNNING")
     with pytest.raises(grpc.RpcError) as e:
-        list(stub.WatchJob(spb.WatchJobRequest(job_id="job-x"), timeout=10))
-    assert e.value.code() == grpc.StatusCode.INTERNAL
+        next(events)
+    assert e.value.code() == grpc.StatusCode.INTERNAL and "incident" in e.value.details()
+
+
+def test_an_exception_in_a_plain_generator_stream_is_internal(make_settings, monkeypatch):
+    """The results server's streams are plain generators run a message at a time on the pool."""
+    from memscore.api.v1 import results_service_pb2 as rpb
+    from memscore.api.v1 import results_service_pb2_grpc as rpb_grpc
+    from memscore.dataplane import ResultsPlane
+    from memscore.results.server import serve as serve_results
+
+    rt = Runtime.from_settings(make_settings())
+    plane = ResultsPlane(rt)
+
+    def broken(*args, **kwargs):
+        yield from ()
+        raise KeyError("page")
+
+    monkeypatch.setattr(plane, "ranked", broken)
+    server, port = serve_results(rt, "127.0.0.1:0", plane)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                list(rpb_grpc.ResultsServiceStub(ch).StreamRanked(rpb.StreamRankedRequest(job_id="job-x"), timeout=10))
+        assert e.value.code() == grpc.StatusCode.INTERNAL
+    finally:
+        server.stop(grace=0).wait()
 
 
 def test_a_domain_error_keeps_its_code(gateway, monkeypatch):

@@ -1,9 +1,11 @@
 """Idle streams cannot starve a server: 64 WatchJob streams held open (four tenants, sixteen
-each) get what the stream budget allows and RESOURCE_EXHAUSTED beyond it, at once; Health and
+each) on a server of four threads get what the stream budget allows (48, twelve times the
+threads: a waiting stream holds none) and RESOURCE_EXHAUSTED beyond it, at once; Health and
 GetJob still answer within a second, and closing the streams frees their slots."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import grpc
@@ -25,7 +27,10 @@ TOKENS = {f"token-{i}": f"team-{i}" for i in range(4)}
 
 @pytest.fixture
 def gateway(make_settings, tmp_path):
-    rt = Runtime.from_settings(make_settings(auth_tokens=str(write_tokens(tmp_path / "tokens", TOKENS))))
+    tokens = str(write_tokens(tmp_path / "tokens", TOKENS))
+    rt = Runtime.from_settings(
+        make_settings(auth_tokens=tokens, rpc_threads=4, max_streams=48, tenant_max_streams=16, max_concurrent_rpcs=256)
+    )
     server, port = serve(rt, "127.0.0.1:0", ScoringPlane(rt, enqueue=lambda name, args: None))
     yield rt, f"127.0.0.1:{port}"
     server.stop(grace=0).wait()
@@ -50,12 +55,15 @@ def test_sixty_four_idle_streams_leave_health_and_unary_calls_answering(gateway)
             t: c.submit_scoring(dataset="mnist1d", models=2, epochs=1, shard_size=2).job_id for t, c in clients.items()
         }
         opened, refused = [], []
+        threads_before = threading.active_count()
         for t, c in clients.items():
             for _ in range(16):
                 call, code = _open_watch(c, jobs[t])
                 (opened.append(call) if call else refused.append(code))
         assert len(opened) == rt.settings.max_streams == 48
         assert refused == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 16
+        # 48 open streams, 4 server threads: no stream holds a thread while it waits on its job
+        assert threading.active_count() - threads_before < 8
         # a tenant at its own limit is refused even with room on the server
         with pytest.raises(grpc.RpcError) as e:
             next(clients["token-0"].scoring.WatchJob(spb.WatchJobRequest(job_id=jobs["token-0"]), timeout=10))
@@ -89,7 +97,7 @@ def test_sixty_four_idle_streams_leave_health_and_unary_calls_answering(gateway)
             c.close()
 
 
-def test_a_budget_that_leaves_no_thread_to_unary_calls_is_refused_at_start(make_settings):
-    rt = Runtime.from_settings(make_settings(rpc_threads=8, max_streams=8))
+def test_a_budget_that_leaves_no_room_to_unary_calls_is_refused_at_start(make_settings):
+    rt = Runtime.from_settings(make_settings(max_streams=250, max_concurrent_rpcs=256))
     with pytest.raises(RuntimeError, match="MEMSCORE_MAX_STREAMS"):
         serve(rt, "127.0.0.1:0")

@@ -214,14 +214,13 @@ def test_attempts_count_per_shard(jobs):
     assert jobs.incr_attempts("j", 1) == 1
 
 
-def test_wait_for_change_returns_on_new_version(jobs):
-    jobs.create(job("j"))
-    timer = threading.Timer(0.1, lambda: jobs.update("j", state="RUNNING"))
-    timer.start()
-    rec = jobs.wait_for_change("j", after_version=1, timeout_s=5, poll_s=0.02)
-    timer.join()
-    assert rec.state == "RUNNING" and rec.version == 2
-    assert jobs.wait_for_change("j", after_version=2, timeout_s=0.05, poll_s=0.02).version == 2
+def test_get_many_reads_the_jobs_that_exist(jobs):
+    jobs.create(job("a"))
+    jobs.create(job("b"))
+    jobs.update("b", state="RUNNING")
+    got = jobs.get_many(["a", "b", "missing", "a"])
+    assert set(got) == {"a", "b"} and got["b"].state == "RUNNING" and got["b"].version == 2
+    assert jobs.get_many([]) == {}
 
 
 def test_delete_forgets_the_job_and_its_request_id(jobs):

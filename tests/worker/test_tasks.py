@@ -11,10 +11,10 @@ import json
 import pytest
 
 from memscore.broker import TASK_REDUCE, TASK_TRAIN_SHARD
+from memscore.convert import job_to_pb
 from memscore.dataplane import ScoringPlane
 from memscore.engine.spec import ScoringSpec
 from memscore.errors import InvalidArgument
-from memscore.rpc import job_to_pb
 from memscore.runtime import Runtime, set_runtime
 from memscore.worker import tasks
 

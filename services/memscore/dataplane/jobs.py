@@ -3,10 +3,11 @@ resume after a restart. Tasks are enqueued by name (`broker.TASK_*`): no worker 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from kombu.exceptions import OperationalError
 
@@ -19,7 +20,8 @@ from ..store.jobs import DEFAULT_TENANT, JobNotFound, JobRecord, RequestIdReused
 from ..store.objects import ObjectNotFound, StoreUnavailable
 from .anytime import AnytimeEstimates
 from .specs import admit_spec, check_exposure, check_scoring, dataset_meta
-from .uploads import store_upload, sweep_spool
+from .uploads import Upload, store_upload, sweep_spool
+from .watch import ChangeFeed
 
 log = logging.getLogger("memscore.dataplane")
 
@@ -56,6 +58,7 @@ class ScoringPlane:
     def __init__(self, rt: Runtime, enqueue: Callable[[str, list], None] | None = None):
         self.rt = rt
         self.anytime = AnytimeEstimates(rt)
+        self.changes = ChangeFeed(rt.jobs)  # what WatchJob waits on
         removed = sweep_spool(rt.settings.home)
         if removed:
             log.info("removed %d upload spool file(s) left by an earlier crash", removed)
@@ -162,28 +165,14 @@ class ScoringPlane:
         owned_job(self.rt, job_id, tenant)
         return self.rt.jobs.request_cancel(job_id)
 
-    def watch(
-        self,
-        job_id: str,
-        poll_timeout_s: float = 5.0,
-        is_active: Callable[[], bool] = lambda: True,
-        tenant: str | None = None,
-    ) -> Iterator[JobRecord]:
-        """Yield the job now, then on every change, until it reaches a terminal state."""
-        rec = self.get(job_id, tenant)
-        yield rec
-        while not rec.terminal and is_active():
-            try:
-                nxt = self.rt.jobs.wait_for_change(job_id, rec.version, poll_timeout_s)
-            except JobNotFound:  # deleted while watched (a failed submit's cleanup, an operator)
-                raise NotFound(f"job {job_id[:200]!r} no longer exists") from None
-            if nxt.version != rec.version:
-                if nxt.shards_done != rec.shards_done:
-                    nxt = self._with_anytime(nxt)
-                else:
-                    nxt.summary = {**nxt.summary, **{k: v for k, v in rec.summary.items() if k not in nxt.summary}}
-                rec = nxt
-                yield rec
+    def watch_step(self, seen: JobRecord, changed: JobRecord) -> JobRecord:
+        """What a watcher shows next after `seen`, given the job's `changed` record (from
+        `changes`): the anytime summary computed again when shards finished, else carried over."""
+        changed = dataclasses.replace(changed)  # the feed's record may be shared by other watchers
+        if changed.shards_done != seen.shards_done:
+            return self._with_anytime(changed)
+        changed.summary = {**changed.summary, **{k: v for k, v in seen.summary.items() if k not in changed.summary}}
+        return changed
 
     def extend(self, job_id: str, additional_models: int, request_id: str = "", tenant: str | None = None) -> JobRecord:
         """Add models to a finished scoring job: new shards only, the old ones stay valid because
@@ -250,3 +239,7 @@ class ScoringPlane:
     def upload(self, chunks: Iterable[bytes], filename: str = "", tenant: str = DEFAULT_TENANT) -> dict:
         """Store an uploaded dataset .npz or .txt corpus for `tenant` (see `uploads.store_upload`)."""
         return store_upload(self.rt, chunks, filename, tenant)
+
+    def start_upload(self, tenant: str = DEFAULT_TENANT) -> Upload:
+        """An upload for `tenant` to push chunks into (see `uploads.Upload`)."""
+        return Upload(self.rt, tenant)

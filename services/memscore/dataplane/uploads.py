@@ -53,33 +53,44 @@ def sweep_spool(home: str | os.PathLike, older_than_s: float = STALE_SPOOL_S) ->
     return removed
 
 
-def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "", tenant: str = DEFAULT_TENANT) -> dict:
-    """Store one upload for `tenant`; returns {dataset_ref, sha256, size_bytes, filename, ...facts}."""
-    try:
-        used, receipts = stored_bytes(rt, tenant)
-    except StoreUnavailable as e:
-        raise Unavailable(f"object store unavailable: {e}") from e
-    quota = rt.settings.tenant_max_stored_bytes
-    limit = rt.settings.max_upload_bytes
-    h, size = hashlib.sha256(), 0
-    with tempfile.NamedTemporaryFile(prefix=SPOOL_PREFIX, dir=rt.settings.home) as tmp:
-        for chunk in chunks:
-            size += len(chunk)
-            if size > limit:
-                raise ResourceExhausted(f"upload exceeds {limit} bytes (MEMSCORE_MAX_UPLOAD_BYTES)")
-            h.update(chunk)
-            tmp.write(chunk)
+class Upload:
+    """One upload for `tenant`, pushed chunk by chunk (`write`) into a spool file, never more
+    than MEMSCORE_MAX_UPLOAD_BYTES; `finish` validates it in full and stores it. Close it in
+    any case: the spool file goes with it. Each step is short, so a server can run them on any
+    thread between the chunks its client sends."""
+
+    def __init__(self, rt: Runtime, tenant: str = DEFAULT_TENANT):
+        try:
+            self._used, self._receipts = stored_bytes(rt, tenant)
+        except StoreUnavailable as e:
+            raise Unavailable(f"object store unavailable: {e}") from e
+        self.rt, self.tenant = rt, tenant
+        self._hash, self.size = hashlib.sha256(), 0
+        self._tmp = tempfile.NamedTemporaryFile(prefix=SPOOL_PREFIX, dir=rt.settings.home)
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        limit = self.rt.settings.max_upload_bytes
+        if self.size > limit:
+            raise ResourceExhausted(f"upload exceeds {limit} bytes (MEMSCORE_MAX_UPLOAD_BYTES)")
+        self._hash.update(chunk)
+        self._tmp.write(chunk)
+
+    def finish(self, filename: str = "") -> dict:
+        """Validate and store; returns {dataset_ref, sha256, size_bytes, filename, ...facts}."""
+        rt, tmp, size = self.rt, self._tmp, self.size
         tmp.flush()
         if size == 0:
             raise InvalidArgument([("chunk", "the upload is empty")])
-        sha = h.hexdigest()
+        sha = self._hash.hexdigest()
         meta: dict = {"filename": filename, "size_bytes": size, "sha256": sha}
         key = layout.dataset_key(sha, "txt" if filename.endswith(".txt") else "npz")
-        receipt = layout.upload_receipt_key(tenant, key)
-        if receipt not in receipts and used + size > quota:
+        receipt = layout.upload_receipt_key(self.tenant, key)
+        quota = rt.settings.tenant_max_stored_bytes
+        if receipt not in self._receipts and self._used + size > quota:
             raise ResourceExhausted(
-                f"tenant {tenant!r} stores {used} bytes of uploads; {size} more exceeds its quota of {quota} "
-                "(MEMSCORE_TENANT_MAX_STORED_BYTES)"
+                f"tenant {self.tenant!r} stores {self._used} bytes of uploads; {size} more exceeds its quota of "
+                f"{quota} (MEMSCORE_TENANT_MAX_STORED_BYTES)"
             )
         tmp.seek(0)
         if filename.endswith(".txt"):
@@ -93,7 +104,21 @@ def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "", tenan
             rt.objects.put_bytes(receipt, json.dumps({"size_bytes": size, "filename": filename}).encode())
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
-    return {"dataset_ref": key, **meta}
+        return {"dataset_ref": key, **meta}
+
+    def close(self) -> None:
+        self._tmp.close()
+
+
+def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "", tenant: str = DEFAULT_TENANT) -> dict:
+    """Store one upload for `tenant` from an iterable of chunks (see `Upload`)."""
+    upload = Upload(rt, tenant)
+    try:
+        for chunk in chunks:
+            upload.write(chunk)
+        return upload.finish(filename)
+    finally:
+        upload.close()
 
 
 def _check_corpus(data: bytes) -> None:

@@ -1,17 +1,22 @@
 """The Scoring service: validate, persist, enqueue, report progress. A thin translation of
-protobuf to `dataplane.ScoringPlane`; errors become status codes in `rpc.DomainErrorInterceptor`."""
+protobuf to `dataplane.ScoringPlane`; errors become status codes in
+`interceptors.DomainErrorInterceptor`. Plain methods run on the server's thread pool; WatchJob
+and UploadDataset are async, so a stream waiting on a job or on its client holds no thread."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 
 from ..api.v1 import scoring_service_pb2 as pb
 from ..api.v1 import scoring_service_pb2_grpc as pb_grpc
+from ..convert import PB_TO_STATE, event_to_pb, job_to_pb, spec_from_pb
 from ..dataplane import ScoringPlane
 from ..errors import InvalidArgument
+from ..interceptors import in_pool
 from ..metrics import REGISTRY, Registry, serve_metrics
-from ..rpc import PB_TO_STATE, event_to_pb, job_to_pb, run_until_signalled, spec_from_pb, start_service
+from ..rpc import run_until_signalled, start_service
 from ..runtime import Runtime, runtime
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ScoringService"].full_name
@@ -39,31 +44,51 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     def CancelJob(self, request, context):
         return pb.CancelJobResponse(job=job_to_pb(self.plane.cancel(request.job_id, context.tenant)))
 
-    def WatchJob(self, request, context):
-        for rec in self.plane.watch(request.job_id, is_active=context.is_active, tenant=context.tenant):
+    async def WatchJob(self, request, context):
+        """The job now, then at every change until it ends: waits on the plane's change feed,
+        holding no thread between events."""
+        rec = await in_pool(self.plane.get, request.job_id, context.tenant)
+        yield pb.WatchJobResponse(event=event_to_pb(rec))
+        while not rec.terminal:
+            changed = await self._next_change(request.job_id, rec.version)
+            rec = await in_pool(self.plane.watch_step, rec, changed)
             yield pb.WatchJobResponse(event=event_to_pb(rec))
 
-    def UploadDataset(self, request_iterator, context):
-        first = {"filename": ""}
+    async def _next_change(self, job_id: str, version: int):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
 
-        def chunks():
-            for i, req in enumerate(request_iterator):
-                if i == 0:
-                    first["filename"] = req.filename
-                yield req.chunk
+        def settle(rec, error) -> None:
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(rec)
 
-        it = chunks()
+        def deliver(rec, error) -> None:  # on the feed's thread
+            try:
+                loop.call_soon_threadsafe(settle, rec, error)
+            except RuntimeError:  # the server and its loop have stopped
+                pass
+
+        unsubscribe = self.plane.changes.subscribe(job_id, version, deliver)
         try:
-            head = next(it)
-        except StopIteration:
-            raise InvalidArgument([("chunk", "the upload is empty")]) from None
+            return await future
+        finally:
+            unsubscribe()
 
-        def all_chunks():
-            yield head
-            yield from it
-
-        # the filename arrives with the first message: read it before the plane needs it
-        info = self.plane.upload(all_chunks(), filename=first["filename"], tenant=context.tenant)
+    async def UploadDataset(self, request_iterator, context):
+        """Chunks are spooled as they come (each write on the pool), so a slow client holds no
+        thread between chunks; the filename arrives with the first message."""
+        upload = await in_pool(self.plane.start_upload, context.tenant)
+        try:
+            filename = None
+            async for req in request_iterator:
+                if filename is None:
+                    filename = req.filename
+                await in_pool(upload.write, req.chunk)
+            if filename is None:
+                raise InvalidArgument([("chunk", "the upload is empty")])
+            info = await in_pool(upload.finish, filename)
+        finally:
+            upload.close()
         return pb.UploadDatasetResponse(
             dataset_ref=info["dataset_ref"], sha256=info["sha256"], size_bytes=info["size_bytes"]
         )

@@ -1,7 +1,7 @@
 """Job state: what the gateway, workers and results server share about each job.
 
 A job is a `JobRecord`. Every change goes through one atomic read-modify-write that bumps the
-record's `version`, so WatchJob can poll `get(job_id).version` cheaply (`wait_for_change`).
+record's `version`, so watchers can poll `get_many(job_ids)` cheaply (`dataplane.watch`).
 Rules every backend keeps:
 
 - `create` is idempotent per request id (AIP-155): the same request id returns the job it
@@ -39,7 +39,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
     from memscore.settings import Settings
@@ -251,6 +251,16 @@ class JobStore(abc.ABC):
     def get(self, job_id: str) -> JobRecord:
         """The record. Raises JobNotFound."""
 
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        """The records of those of `job_ids` that exist, in one read where the backend can."""
+        out = {}
+        for job_id in job_ids:
+            try:
+                out[job_id] = self.get(job_id)
+            except JobNotFound:
+                pass
+        return out
+
     @abc.abstractmethod
     def _mutate(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord:
         """Atomically apply `change` (None = leave as is); bump version and updated_at."""
@@ -394,16 +404,6 @@ class JobStore(abc.ABC):
     def delete(self, job_id: str) -> None:
         """Forget the job, its request id, shard set and attempt counts. Missing is no error."""
 
-    def wait_for_change(self, job_id: str, after_version: int, timeout_s: float, poll_s: float = 0.25) -> JobRecord:
-        """The record once its version exceeds `after_version` or it is terminal, or when
-        `timeout_s` has passed (whichever first). Polls; cheap for both backends."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            rec = self.get(job_id)
-            if rec.version > after_version or rec.terminal or time.monotonic() >= deadline:
-                return rec
-            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-
     def close(self) -> None:
         pass
 
@@ -499,6 +499,13 @@ class RedisJobStore(JobStore):
         if raw is None:
             raise JobNotFound(job_id)
         return JobRecord.from_json(raw)
+
+    def get_many(self, job_ids: Iterable[str]) -> dict[str, JobRecord]:
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        raws = self._r.mget([self._k("job", j) for j in ids])
+        return {j: JobRecord.from_json(raw) for j, raw in zip(ids, raws) if raw is not None}
 
     def _write(self, pipe, old: JobRecord, new: JobRecord) -> JobRecord:
         new = dataclasses.replace(new, version=old.version + 1, updated_at=time.time())
