@@ -38,20 +38,23 @@ class Unauthenticated(MemscoreError):
     """The call carries no valid credentials (token or client certificate)."""
 
 
+def store_outage_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes that mean the object store or the job store (Redis) cannot be
+    reached: what workers retry with backoff, and what `outage` names."""
+    import redis.exceptions as rx
+
+    from .store.objects import StoreUnavailable
+
+    return (StoreUnavailable, rx.ConnectionError, rx.TimeoutError)
+
+
 def outage(e: BaseException) -> str | None:
     """Which backing store an exception says is unreachable ("job store", "object store",
     "broker"), or None when it is not an outage."""
     from .store.objects import StoreUnavailable
 
-    if isinstance(e, StoreUnavailable):
-        return "object store"
-    try:
-        import redis.exceptions as rx
-
-        if isinstance(e, (rx.ConnectionError, rx.TimeoutError)):
-            return "job store"
-    except ImportError:  # pragma: no cover - redis is a dependency
-        pass
+    if isinstance(e, store_outage_errors()):
+        return "object store" if isinstance(e, StoreUnavailable) else "job store"
     try:
         from kombu.exceptions import OperationalError
 

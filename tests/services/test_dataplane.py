@@ -113,3 +113,48 @@ def test_a_query_npz_claiming_a_huge_array_is_invalid_argument_not_a_memory_erro
         with pytest.raises(InvalidArgument) as e:
             query_points(data, (16,), 4)
         assert [f for f, _ in e.value.violations] == ["examples_npz"]
+
+
+def test_the_change_feed_calls_back_each_watcher_once_when_its_job_moves(make_settings):
+    """One poll reads every watched job; a watcher hears once, when the version passes its own
+    or the job ends; a job that disappears is NOT_FOUND; an unsubscribed watcher hears nothing."""
+    from memscore.dataplane.watch import ChangeFeed
+    from memscore.errors import NotFound
+    from memscore.store.jobs import JobRecord
+
+    rt = Runtime.from_settings(make_settings())
+    feed = ChangeFeed(rt.jobs)
+    feed._thread = object()  # no polling thread: this test polls
+    a, _ = rt.jobs.create(JobRecord(job_id="a", kind="scoring"))
+    rt.jobs.create(JobRecord(job_id="b", kind="scoring"))
+    heard = []
+    feed.subscribe("a", a.version, lambda rec, err: heard.append(("a1", rec and rec.version, err)))
+    feed.subscribe("a", a.version, lambda rec, err: heard.append(("a2", rec and rec.version, err)))
+    quiet = feed.subscribe("b", 1, lambda rec, err: heard.append(("b", rec, err)))
+    feed.subscribe("gone", 0, lambda rec, err: heard.append(("gone", rec, type(err))))
+    assert feed.poll() == 1 and heard == [("gone", None, NotFound)]  # nothing moved yet
+    rt.jobs.update("a", state="RUNNING")
+    quiet()
+    rt.jobs.update("b", state="RUNNING")
+    assert feed.poll() == 2 and feed.watchers() == 0
+    assert sorted(heard[1:]) == [("a1", a.version + 1, None), ("a2", a.version + 1, None)]
+    assert feed.poll() == 0  # each heard once
+
+
+def test_the_change_feed_ends_every_watcher_with_the_stores_outage(make_settings, monkeypatch):
+    import redis
+
+    from memscore.dataplane.watch import ChangeFeed
+
+    rt = Runtime.from_settings(make_settings())
+    feed = ChangeFeed(rt.jobs)
+    feed._thread = object()
+    heard = []
+    for job_id in ("a", "b"):
+        feed.subscribe(job_id, 0, lambda rec, err: heard.append(type(err)))
+
+    def down(job_ids):
+        raise redis.exceptions.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(rt.jobs, "get_many", down)
+    assert feed.poll() == 2 and heard == [redis.exceptions.ConnectionError] * 2

@@ -131,12 +131,13 @@ def test_a_broker_that_is_down_leaves_queue_depth_out_of_a_scrape_that_still_ans
 
 
 def test_worker_parent_adds_up_the_tasks_its_children_ran(stack):
-    """Two shards of a cancelled job: each runs (and returns at once) in its own child process
-    of a real `memscore-worker`, which serves the sum."""
+    """Two shards of a cancelled job (each returns at once) and one that trains 2 models: each
+    runs in its own child process of a real `memscore-worker`, which serves the sums."""
     client = Client(stack.gateway, stack.results, timeout=20)
     try:
         job = client.submit_scoring(dataset="mnist1d", models=4, epochs=1, shard_size=2).job_id
         assert client.cancel(job).state  # before any worker runs: CANCELLED, both shards still queued
+        client.submit_scoring(dataset="mnist1d", models=2, epochs=1, shard_size=2, model="mlp")
     finally:
         client.close()
     port = free_port()
@@ -154,10 +155,11 @@ def test_worker_parent_adds_up_the_tasks_its_children_ran(stack):
 
     samples = wait_for(shards_counted, timeout=120, every=0.5, what=f"the worker's /metrics\n{stack.worker_logs()}")
     samples = wait_for(
-        lambda: (s := scrape(port)) and value(s, "memscore_task_duration_seconds_count", **labels) >= 2 and s,
-        timeout=60,
-        what="both shards counted",
+        lambda: (s := scrape(port)) and value(s, "memscore_task_duration_seconds_count", **labels) >= 3 and s,
+        timeout=120,
+        what="the three shards counted",
     )
-    assert value(samples, "memscore_task_duration_seconds_count", **labels) == 2
-    assert value(samples, "memscore_task_duration_seconds_bucket", **labels, le="+Inf") == 2
+    assert value(samples, "memscore_task_duration_seconds_count", **labels) == 3
+    assert value(samples, "memscore_task_duration_seconds_bucket", **labels, le="+Inf") == 3
     assert value(samples, "memscore_task_duration_seconds_sum", **labels) > 0
+    assert value(samples, "memscore_models_trained_total", model="mlp") == 2  # the cancelled shards trained none

@@ -7,8 +7,8 @@ directory; the parent, which serves /metrics, folds the spool into its registry 
 scrape. The receivers are connected in the parent before the pool forks, so every child has
 them.
 
-Models trained are not counted here: `train_shard` returns a word ("trained", "already
-done", ...) and takes (job_id, shard), so its signals do not say how many models it trained.
+Models trained are counted by the task that trained them (`count_models`, through the same
+spool): `rate(memscore_models_trained_total[5m])` is the workers' models/s.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from ..metrics import REGISTRY, Registry, Spool, serve_metrics
 from ..settings import Settings
 
 TASK_DURATION = "memscore_task_duration_seconds"
+MODELS_TRAINED = "memscore_models_trained_total"
 # Seconds: a reduce takes seconds, a shard minutes to hours (MEMSCORE_SHARD_TIMEOUT_S is 6 h).
 TASK_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 21600)
 
 _started: dict[str, float] = {}  # task id -> monotonic start, in the child running it
+_spool: Spool | None = None  # set by `install` in the parent; the pool's children inherit it
 
 
 def declare(registry: Registry) -> None:
@@ -33,6 +35,14 @@ def declare(registry: Registry) -> None:
         ("task", "outcome"),
         TASK_BUCKETS,
     )
+    registry.counter(MODELS_TRAINED, "Subset models trained, by architecture; rate() of it is models/s.", ("model",))
+
+
+def count_models(models: int, arch: str) -> None:
+    """Count `models` models of `arch` trained (by the task that trained them); nothing without
+    a metrics port."""
+    if _spool is not None and models > 0:
+        _spool.write([{"op": "inc", "name": MODELS_TRAINED, "labels": {"model": arch}, "value": models}])
 
 
 def receivers(spool: Spool):
@@ -59,7 +69,8 @@ def install(settings: Settings, registry: Registry = REGISTRY, directory: str | 
         return None
     from celery.signals import task_postrun, task_prerun
 
-    spool = Spool(directory or tempfile.mkdtemp(prefix="memscore-metrics-"))
+    global _spool
+    spool = _spool = Spool(directory or tempfile.mkdtemp(prefix="memscore-metrics-"))
     declare(registry)
     prerun, postrun = receivers(spool)
     task_prerun.connect(prerun, weak=False)

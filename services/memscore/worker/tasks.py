@@ -31,11 +31,11 @@ from ..engine.catalog import MEMORIZED_AT
 from ..engine.datasets import Dataset, DatasetError
 from ..engine.spec import ScoringSpec
 from ..engine.subsets import shard_model_ids
-from ..errors import outage
+from ..errors import outage, store_outage_errors
 from ..runtime import Runtime, runtime
 from ..store import layout
 from ..store.jobs import JobRecord
-from ..store.objects import StoreUnavailable
+from . import task_metrics
 from .app import app
 from .jobrun import JobRun, run_in_flight
 
@@ -51,19 +51,13 @@ SUMMARY_KEYS = (
 )
 
 
-def _redis_errors() -> tuple[type[Exception], ...]:
-    import redis.exceptions as rx
-
-    return (rx.ConnectionError, rx.TimeoutError)
-
-
 class JobTask(Task):
     """Marks the job FAILED when a task fails for good (not on retries or redelivery). An
     unreachable object store or job store is retried with backoff; if sending the retry fails
     too (the broker is down with Redis), the message is dropped and the watchdog queues the
     task again once its heartbeats have stopped. An outage never fails a job."""
 
-    autoretry_for = (StoreUnavailable, *_redis_errors())
+    autoretry_for = store_outage_errors()
     retry_backoff = 2
     retry_backoff_max = 300
     retry_jitter = True
@@ -154,6 +148,7 @@ def _train(run: JobRun, ds: Dataset, spec: ScoringSpec) -> str:
 
         rt.objects.put_bytes(layout.checkpoint_key(job_id, shard), checkpoint_to_bytes(ids, plan.arch, out.weights))
     rt.objects.put_bytes(layout.trace_key(job_id, shard), out.trace.to_bytes())  # one put: the shard is done
+    task_metrics.count_models(len(ids), plan.arch)
     _shard_finished(job_id, shard, len(ids))
     return "trained"
 
