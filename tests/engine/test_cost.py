@@ -72,3 +72,39 @@ def test_the_shard_memory_estimate_bounds_a_measured_run_from_above_within_4x(ar
     assert r["estimate_bytes"] >= measured, r
     assert r["estimate_without_runtime_bytes"] >= 0.75 * measured, r  # not carried by the reserve alone
     assert r["estimate_bytes"] <= 4 * measured, r
+
+
+@pytest.mark.parametrize("arch", ["lstm", "transformer"])
+def test_language_model_parameters_are_exactly_what_the_models_have(arch):
+    from memscore.engine.cost import lm_cost
+    from memscore.engine.lm import LMConfig, build_lm
+    from memscore.engine.models import count_params
+
+    model = build_lm(LMConfig(arch=arch, vocab_size=97, block_size=128))
+    assert lm_cost(arch, 97)[0] == count_params(model)
+
+
+def test_the_exposure_estimate_counts_the_corpus_the_model_trains_on():
+    """Training characters (the corpus with every inserted copy) and steps exactly as the
+    experiment resolves them; the built-in corpus's recorded facts are the real ones."""
+    from memscore.engine.canaries import CanaryFormat, insert_canaries
+    from memscore.engine.catalog import BUILTIN_CORPUS_FACTS
+    from memscore.engine.corpus import builtin_corpus
+    from memscore.engine.cost import exposure_cost
+    from memscore.engine.lm import resolve_steps
+    from memscore.engine.spec import ExposureSpec
+
+    corpus = builtin_corpus()
+    assert BUILTIN_CORPUS_FACTS == {"chars": len(corpus), "vocab": len(set(corpus))}
+    spec = ExposureSpec(canaries=["the pin is {dddd}", "key {aaaa-aaaa}"], insertions=[0, 3, 9], epochs=2)
+    rng = __import__("numpy").random.default_rng(0)
+    planted = [(c, t) for f in spec.canaries for c, t in zip(CanaryFormat.parse(f).sample(rng, 3), spec.insertions)]
+    text = insert_canaries(corpus, planted, seed=0)
+    cost = exposure_cost(spec, len(corpus), len(set(corpus)))
+    assert cost.training_chars == len(text)
+    assert cost.steps == resolve_steps(len(text), 0, 2.0, 32, 64)
+    assert cost.candidates == 3 * 10_000 + 3 * spec.num_samples  # {dddd} enumerated, the other sampled
+    assert (
+        exposure_cost(ExposureSpec(epochs=4), len(corpus), 92).train_flops
+        > 1.9 * exposure_cost(ExposureSpec(epochs=2), len(corpus), 92).train_flops
+    )

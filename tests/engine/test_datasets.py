@@ -399,3 +399,60 @@ def test_a_huge_label_is_refused_without_counting_that_many_classes(tmp_path):
         tracemalloc.stop()
     assert ("num_classes", "100000001 classes (labels up to 100000000) exceeds the limit of 100000") in e.value.problems
     assert peak < 16 << 20, peak
+
+
+@pytest.mark.parametrize(
+    "x, extra",
+    [
+        (np.zeros((30, 7), np.float32), {}),  # vectors
+        (np.zeros((30, 9, 8), np.uint8), {}),  # (n, h, w) pixels
+        (np.zeros((30, 9, 8, 3), np.uint8), {}),  # NHWC
+        (np.zeros((30, 3, 9, 8), np.float64), {}),  # NCHW
+        (np.zeros((30, 2, 40), np.float32), {"kind": np.array("sequence")}),
+        (np.zeros((30, 40), np.int16), {"class_names": np.array(["a", "b", "c", "d"])}),
+    ],
+)
+def test_npz_facts_from_headers_equal_what_loading_finds(tmp_path, x, extra):
+    """The gateway sizes a dataset under the data roots from its arrays' headers and labels;
+    the facts must be those of the loaded dataset."""
+    from memscore.engine.datasets import npz_facts
+
+    path = tmp_path / "d.npz"
+    y = np.arange(len(x)) % 4
+    np.savez_compressed(path, x_train=x, y_train=y, x_test=x[:11], y_test=y[:11], **extra)
+    ds = load_npz(path)
+    assert npz_facts(path) == {
+        "n_train": ds.n_train,
+        "n_test": ds.n_test,
+        "num_classes": ds.num_classes,
+        "kind": ds.kind,
+        "feature_shape": list(ds.feature_shape),
+    }
+
+
+def test_npz_facts_refuse_a_file_whose_headers_do_not_say(tmp_path):
+    from memscore.engine.datasets import npz_facts
+
+    np.savez(tmp_path / "no_y.npz", x_train=np.zeros((4, 2)), x_test=np.zeros((2, 2)), y_test=np.zeros(2))
+    np.savez(
+        tmp_path / "short.npz",
+        x_train=np.zeros((4, 2)),
+        y_train=np.zeros(3),
+        x_test=np.zeros((2, 2)),
+        y_test=np.zeros(2),
+    )
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "short.npz").read_bytes()[:200])
+    for name in ("no_y", "short", "cut"):
+        with pytest.raises(DatasetError):
+            npz_facts(tmp_path / f"{name}.npz")
+
+
+def test_image_folder_facts_count_the_files_and_bound_the_channels(tmp_path):
+    from memscore.engine.datasets import image_folder_facts
+
+    write_png_tree(tmp_path, classes=("a", "b", "c"), per_class=2, size=(6, 5), mode="L")
+    (tmp_path / "train" / "a" / "notes.txt").write_text("not an image")
+    ds = load_image_folder(tmp_path)
+    facts = image_folder_facts(tmp_path)
+    assert (facts["n_train"], facts["n_test"], facts["num_classes"]) == (ds.n_train, ds.n_test, ds.num_classes)
+    assert facts["kind"] == "image" and facts["feature_shape"] == [3, 5, 6]  # greyscale loads (1, 5, 6)

@@ -1,8 +1,9 @@
 """Admission control over a real gRPC socket: a job the workers cannot hold (memory, shard time,
-job time, reduce memory) is RESOURCE_EXHAUSTED naming the setting and the fix, before anything
-is stored or queued; an automatic shard size shrinks to what fits; ExtendJob is held to the
-same limits. Expected figures come from engine.cost, which tests/engine/test_cost.py checks
-against the real models and a measured run."""
+job time, reduce memory; an exposure job's time) is RESOURCE_EXHAUSTED naming the setting and
+the fix, before anything is stored or queued; an automatic shard size shrinks to what fits;
+ExtendJob is held to the same limits; a dataset under the data roots is sized from its headers.
+Expected figures come from engine.cost, which tests/engine/test_cost.py checks against the real
+models and a measured run."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 
 from memscore.client import Client
 from memscore.dataplane.admission import largest_shard
-from memscore.engine.catalog import BUILTIN_FACTS, BUILTIN_SHAPES
-from memscore.engine.cost import DatasetFacts, job_cost
-from memscore.engine.spec import ScoringSpec
+from memscore.engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES
+from memscore.engine.cost import DatasetFacts, exposure_cost, job_cost
+from memscore.engine.spec import ExposureSpec, ScoringSpec
 
 pytestmark = pytest.mark.integration
 
@@ -117,3 +118,53 @@ def test_extending_a_job_past_the_time_limit_is_refused_and_leaves_it_as_it_was(
         after = c.get(job.job_id)
         assert after.progress.models_total == 8 and after.progress.shards_total == 1
         assert c.extend(job.job_id, 8).progress.models_total == 16  # within the limit it grows
+
+
+def test_an_exposure_job_over_half_the_task_time_is_refused_and_a_sane_one_passes(start):
+    rt, target = start(worker_flops=1e10, shard_timeout_s=3600)
+    facts = BUILTIN_CORPUS_FACTS["chars"], BUILTIN_CORPUS_FACTS["vocab"]
+    assert exposure_cost(ExposureSpec(epochs=10000), *facts).seconds(1e10) > 1800  # ~214,000 steps of the LSTM
+    assert exposure_cost(ExposureSpec(), *facts).seconds(1e10) < 1800  # 322 steps, 40,000 candidates
+    with Client(target, target, timeout=10) as c:
+        why = _refused(lambda: c.submit_exposure(epochs=10000))
+        assert "spec.exposure" in why and "MEMSCORE_SHARD_TIMEOUT_S" in why and "lower epochs" in why
+        _nothing_stored(rt, c)
+        big_space = dict(canaries=["my pin is {dddddddd}"], insertions=[1], num_samples=10_000_000)
+        why = _refused(lambda: c.submit_exposure(enumeration_budget=100_000_000, **big_space))
+        assert "candidate secrets" in why
+        assert c.submit_exposure().kind  # the defaults pass: ~325 steps
+
+
+def _npz(path, x_train, n_test=10, classes=3, **extra):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x_test = rng.random((n_test, *x_train.shape[1:])).astype(x_train.dtype)
+    np.savez(
+        path, x_train=x_train, y_train=np.arange(len(x_train)) % classes, x_test=x_test,
+        y_test=np.arange(n_test) % classes, **extra,
+    )  # fmt: skip
+    return path
+
+
+def test_a_dataset_under_the_data_roots_is_sized_like_an_upload(start, tmp_path):
+    import numpy as np
+
+    root = tmp_path / "data"
+    root.mkdir()
+    ok = _npz(root / "small.npz", np.random.default_rng(1).random((200, 32), dtype=np.float32))
+    wide = _npz(root / "wide.npz", np.zeros((64, 3_000_000), np.float32))  # 0.7 GiB of x_train
+    rt, target = start(data_roots=(str(root),), worker_memory_bytes=1 * GIB)
+    with Client(target, target, timeout=10) as c:
+        why = _refused(lambda: c.submit_scoring(dataset=str(wide), models=4))
+        assert "more than a worker has" in why and "MEMSCORE_WORKER_MEMORY_BYTES" in why
+        _nothing_stored(rt, c)
+        job = c.submit_scoring(dataset=str(ok), models=8)
+        fit = largest_shard(
+            job_cost(ScoringSpec(dataset=str(ok), models=8), DatasetFacts(200, 10, 3, "vector", (32,))), rt.settings
+        )
+        assert job.spec.scoring.shard_size == min(8, fit)
+        (root / "cut.npz").write_bytes(ok.read_bytes()[:300])
+        with pytest.raises(grpc.RpcError) as e:
+            c.submit_scoring(dataset=str(root / "cut.npz"), models=4)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec.scoring.dataset" in e.value.details()

@@ -8,6 +8,9 @@
 - the whole job would take more than MEMSCORE_MAX_JOB_WORKER_HOURS of one worker;
 - its reduce step would need more than MEMSCORE_REDUCE_MEMORY_BYTES.
 
+An exposure job (one task) is refused when its estimated time (training the language model,
+scoring every candidate secret) exceeds half of MEMSCORE_SHARD_TIMEOUT_S (`admit_exposure`).
+
 An automatic shard size (spec.shard_size 0) becomes the largest that fits memory and time, at
 most DEFAULT_SHARD_SIZE; for a self-stopping job also a divisor of `models` (it grows by whole
 shards). Half the timeout, because the estimate is an estimate: a shard killed at its limit is
@@ -16,8 +19,8 @@ retried until MEMSCORE_MAX_ATTEMPTS and fails the job.
 
 from __future__ import annotations
 
-from ..engine.cost import DatasetFacts, JobCost, job_cost
-from ..engine.spec import DEFAULT_SHARD_SIZE, ScoringSpec
+from ..engine.cost import DatasetFacts, JobCost, exposure_cost, job_cost
+from ..engine.spec import DEFAULT_SHARD_SIZE, ExposureSpec, ScoringSpec
 from ..errors import ResourceExhausted
 from ..settings import Settings
 
@@ -89,3 +92,18 @@ def admit(spec: ScoringSpec, facts: DatasetFacts, settings: Settings) -> int:
         while spec.models % g:  # a self-stopping job grows by whole shards
             g -= 1
     return g
+
+
+def admit_exposure(spec: ExposureSpec, corpus_chars: int, corpus_vocab: int, settings: Settings) -> None:
+    """Raises ResourceExhausted for an exposure job one worker cannot run within half of
+    MEMSCORE_SHARD_TIMEOUT_S at MEMSCORE_WORKER_FLOPS (see `cost.exposure_cost`)."""
+    cost = exposure_cost(spec, corpus_chars, corpus_vocab)
+    flops = settings.worker_flops
+    seconds = cost.seconds(flops)
+    if seconds > SHARD_TIME_SHARE * settings.shard_timeout_s:
+        raise ResourceExhausted(
+            f"spec.exposure: training the {cost.arch} for {cost.steps:,} steps on {cost.training_chars:,} characters "
+            f"and scoring {cost.candidates:,} candidate secrets would take an estimated {_hours(seconds)} at "
+            f"{flops:.3g} FLOP/s (MEMSCORE_WORKER_FLOPS), over {SHARD_TIME_SHARE:g} of the task time limit "
+            f"{settings.shard_timeout_s} s (MEMSCORE_SHARD_TIMEOUT_S); lower epochs, enumeration_budget or num_samples"
+        )

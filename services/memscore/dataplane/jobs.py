@@ -86,7 +86,7 @@ class ScoringPlane:
         if kind == "scoring":
             spec, shards, models = check_scoring(spec, self.rt.settings, self.rt.objects, tenant)
         else:
-            spec, shards, models = check_exposure(spec, self.rt.objects, self.rt.settings.data_roots, tenant)
+            spec, shards, models = check_exposure(spec, self.rt.settings, self.rt.objects, tenant)
         record = JobRecord(
             job_id=_new_job_id(),
             kind=kind,
@@ -202,7 +202,7 @@ class ScoringPlane:
         spec.models += additional_models
         spec.max_models = max(spec.max_models, spec.models) if spec.max_models else 0  # a self-stopping job's cap
         try:  # the grown job must still fit the workers' time and the reduce step's memory
-            admit_spec(spec, self.rt.settings, dataset_meta(spec.dataset, self.rt.objects))
+            admit_spec(spec, self.rt.settings, dataset_meta(spec.dataset, self.rt.objects, self.rt.settings, tenant))
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
         try:

@@ -4,17 +4,22 @@ RESOURCE_EXHAUSTED, and the dataset or corpus it names must be reachable."""
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 
-from ..datarefs import check_corpus_ref, check_dataset_ref
-from ..engine.catalog import BUILTIN_FACTS, BUILTIN_SHAPES, model_takes
+from ..datarefs import BUILTIN_CORPUS, allowed_path, check_corpus_ref, check_dataset_ref, roots_for
+from ..engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES, model_takes
 from ..engine.cost import DatasetFacts
+from ..engine.datasets import DatasetError, image_folder_facts, npz_facts
 from ..engine.spec import ExposureSpec, ScoringSpec
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..settings import Settings
 from ..store import layout
 from ..store.objects import ObjectNotFound, ObjectStore, StoreUnavailable
-from .admission import admit
+from .admission import admit, admit_exposure
+
+UNKNOWN_VOCAB = 512  # distinct characters assumed of a corpus whose count was never recorded
 
 
 def check_scoring(
@@ -39,7 +44,7 @@ def check_scoring(
             if why:
                 problems.append(("spec.scoring.dataset", why))
             else:
-                meta = dataset_meta(s.dataset, objects)
+                meta = dataset_meta(s.dataset, objects, settings, tenant)
                 problems += _dataset_fits(s, settings, meta)
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
@@ -57,36 +62,81 @@ def admit_spec(s: ScoringSpec, settings: Settings, meta: dict | None) -> int:
 
 
 def check_exposure(
-    spec: dict, objects: ObjectStore, roots: tuple[str, ...] = (), tenant: str | None = None
+    spec: dict, settings: Settings, objects: ObjectStore, tenant: str | None = None
 ) -> tuple[dict, int, int]:
-    """As `check_scoring`, for an exposure job (one task: one shard of one model)."""
+    """As `check_scoring`, for an exposure job (one task: one shard of one model), sized by
+    admission control (`admission.admit_exposure`)."""
     try:
         s = ExposureSpec.from_dict(spec)
     except (TypeError, ValueError) as e:
         raise InvalidArgument([("spec.exposure", str(e))]) from None
     problems = [(f"spec.exposure.{f}", m) for f, m in s.validate()]
     try:
-        why = check_corpus_ref(s.corpus, objects, roots, tenant)
+        why = check_corpus_ref(s.corpus, objects, settings.data_roots, tenant)
+        if why:
+            problems.append(("spec.exposure.corpus", why))
+        if problems:
+            raise InvalidArgument(problems)
+        chars, vocab = corpus_facts(s.corpus, objects, settings.data_roots, tenant)
     except StoreUnavailable as e:
         raise Unavailable(f"object store unavailable: {e}") from e
-    if why:
-        problems.append(("spec.exposure.corpus", why))
-    if problems:
-        raise InvalidArgument(problems)
+    admit_exposure(s, chars, vocab, settings)
     return s.to_dict(), 1, 1
 
 
-def dataset_meta(ref: str, objects: ObjectStore) -> dict | None:
-    """What the gateway knows of a dataset without loading it: built-ins' shapes, and the
-    facts recorded at upload. None for a path on the server (checked by the worker)."""
+def dataset_meta(
+    ref: str, objects: ObjectStore, settings: Settings | None = None, tenant: str | None = None
+) -> dict | None:
+    """What the gateway knows of a dataset without loading it: built-ins' shapes, the facts
+    recorded at upload, and, with `settings`, those of an `.npz` or ImageFolder tree under the
+    data roots `tenant` may read (`datasets.npz_facts`, `image_folder_facts`: headers and
+    labels only). None when nothing is known."""
     if ref in BUILTIN_SHAPES:
         return {**BUILTIN_FACTS[ref], "feature_shape": list(BUILTIN_SHAPES[ref])}
-    if not layout.is_dataset_key(ref):
+    if layout.is_dataset_key(ref):
+        try:
+            return json.loads(objects.get_bytes(layout.dataset_meta_key(ref)))
+        except ObjectNotFound:
+            return None
+    if settings is None:
+        return None
+    path = allowed_path(ref, roots_for(settings.data_roots, tenant))
+    if path is None:
         return None
     try:
-        return json.loads(objects.get_bytes(layout.dataset_meta_key(ref)))
-    except ObjectNotFound:
-        return None
+        return _path_facts(
+            path, os.stat(path).st_mtime_ns, settings.max_decompressed_bytes, settings.max_compression_ratio
+        )
+    except DatasetError as e:
+        raise InvalidArgument([("spec.scoring.dataset", str(e))]) from None
+
+
+@functools.lru_cache(maxsize=256)
+def _path_facts(path: str, mtime_ns: int, max_bytes: int, max_ratio: float) -> dict:
+    """Facts of a file or tree under the data roots; cached while its modification time holds."""
+    if os.path.isdir(path):
+        return image_folder_facts(path)
+    return npz_facts(path, max_bytes, max_ratio)
+
+
+def corpus_facts(
+    ref: str, objects: ObjectStore, roots: tuple[str, ...] = (), tenant: str | None = None
+) -> tuple[int, int]:
+    """(characters, distinct characters) of an exposure job's corpus, or bounds of them: the
+    built-in's, an upload's recorded facts (before they were recorded: its size in bytes, as
+    UTF-8 takes at least a byte a character), a file's size under the data roots."""
+    if ref in ("", BUILTIN_CORPUS):
+        return BUILTIN_CORPUS_FACTS["chars"], BUILTIN_CORPUS_FACTS["vocab"]
+    if layout.is_dataset_key(ref):
+        try:
+            meta = json.loads(objects.get_bytes(layout.dataset_meta_key(ref)))
+        except ObjectNotFound:
+            meta = {}
+        chars = int(meta.get("chars") or meta.get("size_bytes") or 0)
+        return chars, int(meta.get("vocab") or min(chars, UNKNOWN_VOCAB))
+    path = allowed_path(ref, roots_for(roots, tenant), directory_ok=False)
+    size = os.path.getsize(path) if path else 0
+    return size, min(size, UNKNOWN_VOCAB)
 
 
 def _dataset_fits(s: ScoringSpec, settings: Settings, meta: dict | None) -> list[tuple[str, str]]:

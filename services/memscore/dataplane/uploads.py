@@ -94,7 +94,7 @@ class Upload:
             )
         tmp.seek(0)
         if filename.endswith(".txt"):
-            _check_corpus(tmp.read())
+            meta.update(_check_corpus(tmp.read()))
         else:
             meta.update(_dataset_facts(tmp.name, rt.settings))
         try:
@@ -121,13 +121,15 @@ def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "", tenan
         upload.close()
 
 
-def _check_corpus(data: bytes) -> None:
+def _check_corpus(data: bytes) -> dict:
+    """Validate a corpus; what the gateway records of it (characters, distinct characters)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidArgument([("chunk", f"a .txt corpus must be UTF-8: {e}")]) from None
     if not text.strip():
         raise InvalidArgument([("chunk", "the corpus is empty")])
+    return {"chars": len(text), "vocab": len(set(text))}
 
 
 def _dataset_facts(path: str, settings: Settings) -> dict:

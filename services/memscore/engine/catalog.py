@@ -18,6 +18,10 @@ BUILTIN_FACTS: dict[str, dict] = {
     "longtail": {"n_train": 2000, "n_test": 500, "num_classes": 10, "kind": "image"},
 }
 
+# The built-in corpus of exposure jobs (corpus.builtin_corpus): characters and distinct ones,
+# which size an exposure job before it runs (cost.exposure_cost); a test checks them.
+BUILTIN_CORPUS_FACTS: dict[str, int] = {"chars": 43054, "vocab": 92}
+
 # The model a dataset of each kind gets when the spec says `auto`.
 DEFAULT_ARCH: dict[str, str] = {"vector": "mlp", "sequence": "cnn1d", "image": "resnet"}
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .canaries import CanaryFormat
 from .catalog import DEFAULT_ARCH
-from .recipes import make_recipe, total_steps
-from .spec import ScoringSpec
+from .recipes import LM_BATCH_SIZE, LM_SEQ_LEN, lm_steps, make_recipe, total_steps
+from .spec import ExposureSpec, ScoringSpec
 
 RUNTIME_BYTES = 512 << 20  # allocator slack, cuDNN/oneDNN workspaces, the augmentation buffers
 EVAL_BATCH = 8192  # examples per evaluation pass on a GPU (ensemble.train_ensemble)
@@ -187,3 +188,71 @@ def reduce_bytes(models: int, facts: DatasetFacts, max_pairs: int) -> int:
     per_example = n * (2 * c * 8 + 24 * 8)
     pairs = 3 * max_pairs * 32 + m * 10 * 32
     return packed + correctness + blocks + per_example + pairs
+
+
+# -- exposure jobs ------------------------------------------------------------------------------
+
+LM_HIDDEN, LM_LAYERS, LM_EMBED, LM_BLOCK = 256, 2, 64, 128  # lm.train_lm's model, as exposure jobs run it
+BEAM = 5  # exposure.run_exposure_experiment's beam search
+
+
+def lm_cost(arch: str, vocab: int, hidden: int = LM_HIDDEN, layers: int = LM_LAYERS) -> tuple[int, int]:
+    """(parameters, forward FLOPs per token) of lm.build_lm's `arch` with `vocab` characters:
+    2 × multiply-adds of its matrix products (attention over LM_SEQ_LEN tokens for the
+    transformer), as for the zoo's models."""
+    h, v = hidden, vocab
+    if arch == "lstm":
+        params, flops, width = v * LM_EMBED + h * v + v, 2 * h * v, LM_EMBED
+        for _ in range(layers):
+            params += 4 * h * (width + h) + 8 * h
+            flops += 2 * 4 * h * (width + h)
+            width = h
+        return params, flops
+    if arch == "transformer":
+        per_layer = (3 * h * h + 3 * h) + (h * h + h) + (4 * h * h + 4 * h) + (4 * h * h + h) + 4 * h
+        params = v * h + LM_BLOCK * h + layers * per_layer + 2 * h + h * v + v
+        flops = layers * (2 * 12 * h * h + 2 * 2 * LM_SEQ_LEN * h) + 2 * h * v
+        return params, flops
+    raise ValueError(f"unknown language model {arch!r}")
+
+
+@dataclass(frozen=True)
+class ExposureCost:
+    arch: str
+    params: int
+    steps: int  # training steps (LM_BATCH_SIZE windows of LM_SEQ_LEN characters each)
+    training_chars: int  # the corpus with every inserted canary
+    candidates: int  # secrets scored, over every planted canary
+    train_flops: float  # forward + backward (3 × forward) over the training windows
+    score_flops: float  # the candidates' log-perplexities, and greedy and beam extraction
+
+    def seconds(self, flops_per_s: float) -> float:
+        return (self.train_flops + self.score_flops) / flops_per_s
+
+
+def exposure_cost(spec: ExposureSpec, corpus_chars: int, corpus_vocab: int) -> ExposureCost:
+    """The cost of exposure job `spec` on a corpus of `corpus_chars` characters, `corpus_vocab`
+    distinct (bounds will do: the estimate only grows with them). A valid spec is assumed."""
+    formats = [CanaryFormat.parse(f) for f in spec.canaries]
+    vocab = corpus_vocab + 1 + sum(len(f.charset()) for f in formats)  # CharTokenizer.build, at most
+    inserted = sum(t * (len(f.prefix) + f.secret_length + 1) for f in formats for t in spec.insertions)
+    chars = corpus_chars + inserted
+    steps = lm_steps(chars, 0, float(spec.epochs))
+    params, per_token = lm_cost(spec.model, vocab)
+    candidates = 0
+    score_tokens = 0
+    for f in formats:
+        each = f.space_size if f.space_size <= spec.enumeration_budget else spec.num_samples
+        context = len(f.prefix) + 1  # "\n" + prefix: run once by the LSTM, with every candidate by the transformer
+        per_candidate = f.secret_length + (context if spec.model == "transformer" else 0)
+        candidates += each * len(spec.insertions)
+        score_tokens += len(spec.insertions) * (each * per_candidate + context + 2 * BEAM * f.secret_length)
+    return ExposureCost(
+        arch=spec.model,
+        params=params,
+        steps=steps,
+        training_chars=chars,
+        candidates=candidates,
+        train_flops=3.0 * per_token * steps * LM_BATCH_SIZE * LM_SEQ_LEN,
+        score_flops=float(per_token) * score_tokens,
+    )

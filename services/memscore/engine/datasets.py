@@ -348,27 +348,38 @@ def load_longtail(
 # -- users' data -------------------------------------------------------------------------------
 
 
+def _layout(shape: tuple[int, ...], kind: str | None) -> tuple[str | None, tuple[int, ...], str]:
+    """For features of `shape` (examples first): (inferred kind, feature shape in canonical
+    layout, the change that gets there: "", "channel" (add one) or "nhwc" (to NCHW)); kind None
+    when the rank is not 2 to 4."""
+    if len(shape) == 2:
+        return kind or "vector", tuple(shape[1:]), ""
+    if len(shape) == 3:
+        inferred = kind or "image"
+        return (inferred, (1, *shape[1:]), "channel") if inferred == "image" else (inferred, tuple(shape[1:]), "")
+    if len(shape) == 4:
+        if shape[3] in (1, 3) and shape[1] not in (1, 3):
+            return kind or "image", (shape[3], shape[1], shape[2]), "nhwc"
+        return kind or "image", tuple(shape[1:]), ""
+    return None, tuple(shape[1:]), ""
+
+
 def _coerce_x(name: str, x: np.ndarray, kind: str | None, problems: list) -> tuple[np.ndarray, str | None]:
     """(float32 array in canonical layout, inferred kind); appends problems and returns x as
     given when it cannot be converted."""
     if x.dtype.kind not in "biuf":
         problems.append((name, f"dtype {x.dtype} is not numeric (need float, integer or bool features)"))
         return x, None
-    if x.ndim == 2:
-        inferred = kind or "vector"
-    elif x.ndim == 3:
-        inferred = kind or "image"
-        if inferred == "image":
-            x = x[:, None]  # (n, h, w) -> (n, 1, h, w)
-    elif x.ndim == 4:
-        inferred = kind or "image"
-        if x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):
-            x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    else:
+    inferred, _, change = _layout(x.shape, kind)
+    if inferred is None:
         problems.append(
             (name, f"expected 2 to 4 dimensions: (n, d), (n, h, w), (n, c, h, w) or (n, h, w, c); got shape {x.shape}")
         )
         return x, None
+    if change == "channel":
+        x = x[:, None]  # (n, h, w) -> (n, 1, h, w)
+    elif change == "nhwc":
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / np.float32(255.0)
     if x.dtype.kind == "f" and x.dtype.itemsize > 4:
@@ -549,6 +560,104 @@ def _check_archive_size(npz, max_bytes: int | None, max_ratio: float | None) -> 
             f"the arrays decompress to {size} bytes from {packed} ({size / packed:.0f}:1, over the limit of "
             f"{max_ratio:g}:1, MEMSCORE_MAX_COMPRESSION_RATIO); save them with np.savez (uncompressed) instead"
         )
+
+
+def _npy_header(npz, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of member `key` of an open NpzFile, from its header alone."""
+    with npz.zip.open(key + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return tuple(int(d) for d in shape), dtype
+
+
+def npz_facts(
+    path: str | os.PathLike, max_decompressed_bytes: int | None = None, max_compression_ratio: float | None = None
+) -> dict:
+    """What the gateway records of a dataset (n_train, n_test, num_classes, kind, feature_shape),
+    read from an `.npz` without its features: their headers, and the labels (small, read once
+    their count is within the limit). Raises DatasetError when the file cannot say; loading it
+    (`load_npz`) then names every problem."""
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any failure to parse means "not an npz"
+        raise DatasetError(f"not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DatasetError("expected an .npz archive of named arrays, got a single .npy array")
+    with npz:
+        _check_archive_size(npz, max_decompressed_bytes, max_compression_ratio)
+        try:
+            shapes = {k: _npy_header(npz, k) for k in ("x_train", "x_test", "y_train", "y_test")}
+        except Exception as e:  # noqa: BLE001 - a missing or corrupt member
+            raise DatasetError(f"the arrays' headers cannot be read ({type(e).__name__}: {e})") from None
+        n_train, n_test = (shapes[k][0][0] if shapes[k][0] else 0 for k in ("x_train", "x_test"))
+        for split, n in (("train", n_train), ("test", n_test)):
+            if n > MAX_EXAMPLES:
+                raise DatasetError(f"x_{split}: {n} examples exceeds the limit of {MAX_EXAMPLES}")
+            if shapes[f"y_{split}"][0] != (n,):
+                raise DatasetError(
+                    f"y_{split}: shape {shapes[f'y_{split}'][0]} does not match x_{split}'s {n} examples"
+                )
+        try:
+            kind = str(npz["kind"].item()) if "kind" in npz.files else None
+            names = npz["class_names"] if "class_names" in npz.files else None
+            ys = [npz["y_train"], npz["y_test"]]
+        except Exception as e:  # noqa: BLE001 - object arrays, a corrupt member
+            raise DatasetError(f"the labels cannot be read ({type(e).__name__}: {e})") from None
+    kind = kind if kind in KINDS else None
+    inferred, feature_shape, _ = _layout(shapes["x_train"][0], kind)
+    if inferred is None:
+        raise DatasetError(f"x_train: expected 2 to 4 dimensions, got shape {shapes['x_train'][0]}")
+    if names is not None and names.ndim == 1:
+        num_classes = len(names)
+    else:
+        num_classes = int(max((int(y.max()) for y in ys if y.size and y.dtype.kind in "iuf"), default=-1)) + 1
+    return {
+        "n_train": n_train,
+        "n_test": n_test,
+        "num_classes": num_classes,
+        "kind": inferred,
+        "feature_shape": list(feature_shape),
+    }
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
+
+
+def image_folder_facts(path: str | os.PathLike) -> dict:
+    """What the gateway records of an ImageFolder tree, without decoding it: images counted by
+    file name under train/<class>/ and test/<class>/, the size of the first one from its header,
+    three channels (an upper bound: greyscale trees load with one)."""
+    from PIL import Image
+
+    root = Path(path)
+    counts, first = {}, None
+    for split in ("train", "test"):
+        n = 0
+        try:
+            classes = sorted((d for d in os.scandir(root / split) if d.is_dir()), key=lambda d: d.name)
+        except OSError as e:
+            raise DatasetError(f"{split}: {e}") from None
+        for d in classes:
+            for f in sorted(os.scandir(d.path), key=lambda e: e.name):
+                if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES):
+                    n += 1
+                    first = first or f.path
+        counts[split] = (n, len(classes))
+    if first is None:
+        raise DatasetError(f"{root}: no images found under train/ or test/")
+    try:
+        with Image.open(first) as im:
+            w, h = im.size
+    except OSError as e:
+        raise DatasetError(f"{first}: cannot be read as an image ({e})") from None
+    return {
+        "n_train": counts["train"][0],
+        "n_test": counts["test"][0],
+        "num_classes": counts["train"][1],
+        "kind": "image",
+        "feature_shape": [3, h, w],
+    }
 
 
 def dataset_from_npz_bytes(data: bytes, max_train_examples: int | None = None) -> Dataset:

@@ -41,6 +41,7 @@ from .canaries import CanaryFormat, insert_canaries
 from .corpus import CharTokenizer, check_corpus
 from .ensemble import Cancelled
 from .lm import beam_complete, greedy_complete, log_perplexity, resolve_steps, train_lm
+from .recipes import LM_BATCH_SIZE, LM_SEQ_LEN
 
 LN2 = math.log(2.0)
 SMALLEST_CDF = 5e-324  # the smallest positive float64: exposure is reported as >= 1074 bits below it
@@ -199,8 +200,8 @@ def run_exposure_experiment(
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    seq_len: int = 64,
-    batch_size: int = 32,
+    seq_len: int = LM_SEQ_LEN,
+    batch_size: int = LM_BATCH_SIZE,
     lr: float = 3e-3,
     hidden: int = 256,
     layers: int = 2,

@@ -33,17 +33,12 @@ import torch.nn.functional as F
 
 from .corpus import CharTokenizer
 from .ensemble import Cancelled, resolve_device
+from .recipes import LM_BATCH_SIZE, LM_DEFAULT_EPOCHS, LM_SEQ_LEN, LM_STEPS_RANGE, lm_steps
 
 ARCHS = ("lstm", "transformer")
 LN2 = math.log(2.0)
-# Default training length: 15 passes' worth of windows, within [200, 20000] steps. On the
-# built-in corpus (~325 steps) this gives the paper's picture, exposure rising with insertions:
-# `the pin is {dddd}` at t = 0/1/4/16/64 -> 1.6/1.3/4.5/10.7/13.3 bits (one seed, measured at
-# 300 steps, 2x256 LSTM, 40 s on 2 CPU threads).
-# Training to convergence (1000 steps, 0.5 bits/char) memorises the corpus and every canary:
-# even t = 1 reaches 11 bits.
-DEFAULT_EPOCHS = 15
-DEFAULT_STEPS_RANGE = (200, 20_000)
+# Training length: recipes.lm_steps (the gateway sizes exposure jobs with it, without torch).
+DEFAULT_EPOCHS, DEFAULT_STEPS_RANGE, resolve_steps = LM_DEFAULT_EPOCHS, LM_STEPS_RANGE, lm_steps
 
 
 @dataclass(frozen=True)
@@ -114,24 +109,13 @@ def load_lm(checkpoint: dict, device: str = "cpu") -> nn.Module:
     return model.to(resolve_device(device)).eval()
 
 
-def resolve_steps(corpus_chars: int, steps: int, epochs: float, batch_size: int, seq_len: int) -> int:
-    """`steps` if given, else `epochs` passes' worth of windows (epochs·chars/(batch·seq_len)),
-    else DEFAULT_EPOCHS' worth clipped to DEFAULT_STEPS_RANGE."""
-    if steps > 0:
-        return steps
-    if epochs > 0:
-        return max(1, math.ceil(epochs * corpus_chars / (batch_size * seq_len)))
-    lo, hi = DEFAULT_STEPS_RANGE
-    return min(hi, max(lo, math.ceil(DEFAULT_EPOCHS * corpus_chars / (batch_size * seq_len))))
-
-
 def train_lm(
     text: str,
     arch: str = "lstm",
     steps: int = 0,
     epochs: float = 0.0,
-    seq_len: int = 64,
-    batch_size: int = 32,
+    seq_len: int = LM_SEQ_LEN,
+    batch_size: int = LM_BATCH_SIZE,
     lr: float = 3e-3,
     seed: int = 0,
     device: str = "auto",

@@ -53,3 +53,29 @@ def make_recipe(arch: str, epochs: int = 0, batch_size: int = 0, lr: float = 0.0
 def total_steps(recipe: Recipe, subset_size: int) -> int:
     batch = min(recipe.batch_size, subset_size)
     return max(recipe.epochs * math.ceil(subset_size / batch), recipe.min_steps)
+
+
+# The character language model of an exposure job (lm.train_lm, as exposure.py calls it):
+# Adam on random windows of LM_SEQ_LEN + 1 characters, LM_BATCH_SIZE windows a step. Default
+# length: LM_DEFAULT_EPOCHS passes' worth of windows, within LM_STEPS_RANGE steps. On the
+# built-in corpus (~325 steps) this gives the paper's picture, exposure rising with insertions:
+# `the pin is {dddd}` at t = 0/1/4/16/64 -> 1.6/1.3/4.5/10.7/13.3 bits (one seed, measured at
+# 300 steps, 2x256 LSTM, 40 s on 2 CPU threads). Training to convergence (1000 steps, 0.5
+# bits/char) memorises the corpus and every canary: even t = 1 reaches 11 bits.
+LM_BATCH_SIZE = 32
+LM_SEQ_LEN = 64
+LM_DEFAULT_EPOCHS = 15
+LM_STEPS_RANGE = (200, 20_000)
+
+
+def lm_steps(
+    corpus_chars: int, steps: int, epochs: float, batch_size: int = LM_BATCH_SIZE, seq_len: int = LM_SEQ_LEN
+) -> int:
+    """`steps` if given, else `epochs` passes' worth of windows (epochs·chars/(batch·seq_len)),
+    else LM_DEFAULT_EPOCHS' worth clipped to LM_STEPS_RANGE."""
+    if steps > 0:
+        return steps
+    if epochs > 0:
+        return max(1, math.ceil(epochs * corpus_chars / (batch_size * seq_len)))
+    lo, hi = LM_STEPS_RANGE
+    return min(hi, max(lo, math.ceil(LM_DEFAULT_EPOCHS * corpus_chars / (batch_size * seq_len))))
