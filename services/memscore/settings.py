@@ -53,6 +53,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     ),
     "MEMSCORE_MAX_TRAIN_EXAMPLES": ("2000000", "largest training set a job may use"),
     "MEMSCORE_MAX_MODELS": ("100000", "most models one job may train"),
+    "MEMSCORE_WORKER_TASKS_PER_CHILD": (
+        "50",
+        "tasks a worker's child process runs before a fresh one replaces it (freeing what tasks left in memory); "
+        "1 replaces it after every task, which with a Redis broker costs about 40 s a task after any broker "
+        "outage (docs/security.md)",
+    ),
     "MEMSCORE_WORKER_MEMORY_BYTES": (
         "17179869184",
         "memory one shard may use on a worker (GPU memory; RAM on CPU workers): the gateway refuses a job whose "
@@ -196,6 +202,7 @@ class Settings:
     max_train_examples: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_TRAIN_EXAMPLES")))
     max_models: int = field(default_factory=lambda: int(env("MEMSCORE_MAX_MODELS")))
     worker_memory_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_WORKER_MEMORY_BYTES")))
+    worker_tasks_per_child: int = field(default_factory=lambda: int(env("MEMSCORE_WORKER_TASKS_PER_CHILD")))
     worker_flops: float = field(default_factory=lambda: float(env("MEMSCORE_WORKER_FLOPS")))
     max_job_worker_hours: float = field(default_factory=lambda: float(env("MEMSCORE_MAX_JOB_WORKER_HOURS")))
     reduce_memory_bytes: int = field(default_factory=lambda: int(env("MEMSCORE_REDUCE_MEMORY_BYTES")))

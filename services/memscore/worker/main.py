@@ -2,9 +2,15 @@
 reduce queue (MEMSCORE_REDUCE_QUEUE); `--queues=...` after it picks others (a CPU-only reduce
 worker: `memscore-worker --queues=gpu-reduce`).
 
-Prefork with one child that is replaced after every task (frees GPU memory; CUDA is only ever
-initialised in the child, as CUDA does not survive fork), prefetch 1: unlike the solo pool,
+Prefork with one child (CUDA is only ever initialised in the child, as CUDA does not survive
+fork), replaced after MEMSCORE_WORKER_TASKS_PER_CHILD tasks; after each task the child gives
+back the GPU memory torch cached (`free_device_memory`). Prefetch 1: unlike the solo pool,
 `celery inspect ping` then answers while a shard trains, and soft time limits fire.
+
+Not one child per task: with a Redis broker, a child forked after the worker reconnected
+(a Redis outage) breaks the parent's broker connection, so the task's acknowledgement fails
+and the consumer stalls about 40 s before it reconnects and takes the task again; with a fresh
+child per task that repeats for every task after an outage (measured, docs/security.md).
 Extra arguments go to `celery worker`.
 
 Logging is memscore's (`memscore.logs`, MEMSCORE_LOG_FORMAT), set up in the parent before
@@ -28,7 +34,7 @@ def worker_argv(settings: Settings, extra: list[str]) -> list[str]:
         "worker",
         "--pool=prefork",
         "--concurrency=1",
-        "--max-tasks-per-child=1",
+        f"--max-tasks-per-child={settings.worker_tasks_per_child}",
         "--prefetch-multiplier=1",
         f"--queues={settings.queue},{settings.reduce_queue}",
         f"--loglevel={settings.log_level}",
@@ -48,6 +54,18 @@ def leave_logging_to_memscore(app) -> None:
     setup_logging.connect(setup, weak=False)
 
 
+def free_device_memory(**_) -> None:
+    """After each task, in the child: drop what the task left behind and give the GPU memory
+    torch's allocator cached back to the device."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def main(argv: list[str] | None = None) -> int:
     from ..logs import configure_logging
 
@@ -57,12 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings, stream=sys.__stderr__)
 
     import torch  # noqa: F401  imported once in the parent so each forked child starts fast; CUDA is not initialised here
+    from celery.signals import task_postrun
 
     from .app import app
     from .task_metrics import install as install_metrics
 
     leave_logging_to_memscore(app)
     install_metrics(settings)  # before the pool forks: every child inherits the receivers
+    task_postrun.connect(free_device_memory, weak=False)
     app.worker_main(worker_argv(settings, sys.argv[1:] if argv is None else argv))
     return 0
 

@@ -1,7 +1,7 @@
 """The worker's metrics: how long each task ran and how it ended.
 
-Tasks run in prefork children that exit after one task (`--max-tasks-per-child=1`), so a
-metric counted in a child would die with it. Each child times its task between Celery's
+Tasks run in prefork children that are replaced every MEMSCORE_WORKER_TASKS_PER_CHILD tasks,
+so a metric counted in a child would die with it. Each child times its task between Celery's
 `task_prerun` and `task_postrun` signals and writes the observation to a `metrics.Spool`
 directory; the parent, which serves /metrics, folds the spool into its registry at each
 scrape. The receivers are connected in the parent before the pool forks, so every child has
