@@ -261,7 +261,16 @@ def _end_stalled(context, loop: asyncio.AbstractEventLoop, why: str) -> Callable
         except BaseException:  # the abort's own AbortError, or a call that ended meanwhile
             pass
 
-    return lambda: asyncio.run_coroutine_threadsafe(end(), loop)
+    def stop() -> None:
+        if loop.is_closed():  # the server has stopped: the call is over
+            return
+        coro = end()
+        try:
+            asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the loop closed meanwhile
+            coro.close()
+
+    return stop
 
 
 class StreamLimitInterceptor(grpc.aio.ServerInterceptor):
