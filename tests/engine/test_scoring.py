@@ -46,3 +46,25 @@ def test_a_self_stopping_job_stops_at_max_models_with_the_scores_of_a_fixed_job(
     for col in ("memorization", "memorization_soft", "n_in"):
         np.testing.assert_array_equal(grown.scores[col], fixed.scores[col], err_msg=col)
     assert grown.summary["reliability"] == fixed.summary["reliability"]
+
+
+def test_every_job_reports_the_membership_attack_on_its_own_models(mnist1d):
+    """LiRA over the job's 16 models (engine/membership.py): 10% of the labels flipped, which
+    only the models that trained on them fit, so membership leaks and the pooled AUC clears its
+    chance interval; the figures do not depend on the order the shards are merged in."""
+    from memscore.engine.scoring import merge_traces, prepare_dataset
+
+    spec = ScoringSpec(**SPEC, models=16, shard_size=4, label_noise=0.1)
+    traces: list = []
+    result = run_scoring(mnist1d, spec, device="cpu", traces_out=traces)
+    mi = result.summary["membership_inference"]
+    assert mi["models"] == 16 and mi["variance"] == "global"
+    assert mi["auc"] > mi["chance_auc_interval"][1] and mi["significant"]
+    assert 0 <= mi["tpr_at_fpr_0_001"] <= mi["tpr_at_fpr_0_01"] <= 1
+    ds, flipped = prepare_dataset(mnist1d, spec)
+    assert len(flipped) == result.summary["dataset"]["labels_flipped"] > 0
+    again = merge_traces(ds, spec, traces[::-1], flipped)
+    assert again.summary["membership_inference"] == mi
+
+    few = run_scoring(mnist1d, ScoringSpec(**SPEC, models=4, shard_size=4), device="cpu")
+    assert few.summary["membership_inference"] == {"models": 4, "skipped": "needs at least 8 models"}

@@ -43,6 +43,8 @@ FPR_TARGETS = (0.001, 0.01)
 BOOTSTRAP = 200
 PERMUTATIONS = 50
 FDR = 0.05  # false-discovery rate of the examples reported as leaking
+MIN_MODELS = 8  # fewer models leave too few shadows on each side to fit anything
+MAX_CELLS = 50_000_000  # K · n margins kept for the attack (200 MB of float32); beyond, it is skipped
 
 
 @dataclass
@@ -273,3 +275,44 @@ def planted_bank(k: int, n: int, shift: float, leaky: float, seed: int = 0):
     delta = np.where(np.arange(n) < int(leaky * n), shift, 0.0)
     margins = mu + delta * masks + sigma * rng.standard_normal((k, n))
     return masks, margins.astype(np.float32), delta, sigma, mu
+
+
+class MembershipBank:
+    """The masks and training margins of a job's models, kept as traces arrive (any order) so
+    the reduce step can run the attack (`summary`). Holds K · n float32 margins and bits; past
+    MAX_CELLS it stops keeping them and the summary says the attack was skipped."""
+
+    def __init__(self, n: int, max_cells: int = MAX_CELLS):
+        self.n, self.max_cells = n, max_cells
+        self.ids: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.margins: list[np.ndarray] = []
+        self.models = 0
+        self.too_large = False
+
+    def add(self, model_ids: np.ndarray, masks: np.ndarray, margins: np.ndarray) -> None:
+        self.models += len(model_ids)
+        if self.models * self.n > self.max_cells:
+            self.too_large = True
+            self.ids, self.masks, self.margins = [], [], []
+            return
+        self.ids.append(np.asarray(model_ids, np.int64))
+        self.masks.append(np.packbits(np.asarray(masks, bool), axis=1))
+        self.margins.append(np.asarray(margins, np.float32))
+
+    def summary(self, seed: int = 0) -> dict:
+        """summary.json's `membership_inference`: the attack's figures (`MembershipInference.summary`),
+        or {"skipped": why} for too few models or too many margins."""
+        if self.too_large:
+            return {
+                "models": self.models,
+                "skipped": f"{self.models} models x {self.n} examples exceeds "
+                f"{self.max_cells:,} margins kept for the attack",
+            }
+        if self.models < MIN_MODELS:
+            return {"models": self.models, "skipped": f"needs at least {MIN_MODELS} models"}
+        ids = np.concatenate(self.ids)
+        order = np.argsort(ids, kind="stable")  # the same figures whatever order the shards came in
+        masks = np.unpackbits(np.concatenate(self.masks), axis=1, count=self.n).astype(bool)[order]
+        margins = np.concatenate(self.margins)[order]
+        return membership_inference(masks, margins, seed=seed).summary()

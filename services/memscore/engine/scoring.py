@@ -26,6 +26,7 @@ from .ensemble import Recipe, TrainOutput, make_recipe, resolve_arch, train_ense
 from .estimators import ScoreAccumulator
 from .influence import InfluenceAccumulator, InfluenceResult
 from .intervals import count_lower_ge
+from .membership import MembershipBank
 from .reliability import SplitHalf, next_growth
 from .spec import ScoringSpec
 from .subsets import shard_model_ids, subset_size
@@ -216,6 +217,7 @@ class Reducer:
         self.scores = ScoreAccumulator(ds.n_train, ds.n_test)
         self.influence = InfluenceAccumulator(ds.n_train, ds.n_test)
         self.split_half = SplitHalf(ds.n_train, ds.n_test)  # even vs odd model ids: the job's reliability
+        self.membership = MembershipBank(ds.n_train)  # LiRA over the job's own models
         self.train_seconds = 0.0
         self.shards: set[int] = set()
         self.devices: set[str] = set()
@@ -227,6 +229,7 @@ class Reducer:
         self.scores.add(trace)
         self.influence.add(trace)
         self.split_half.add(trace)
+        self.membership.add(trace.model_ids, trace.masks, trace.train_margin)
         self.train_seconds += float(trace.meta.get("total_seconds", 0.0))
         if "shard" in trace.meta:
             self.shards.add(int(trace.meta["shard"]))
@@ -286,6 +289,9 @@ class Reducer:
             },
         }
         summary["reliability"] = self.split_half.report()
+        t_attack = time.perf_counter()
+        summary["membership_inference"] = self.membership.summary(seed=self.spec.seed)
+        summary["timings"]["membership_seconds"] = time.perf_counter() - t_attack
         return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test, self.scores.heldout_probs())
 
 
