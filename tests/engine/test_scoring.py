@@ -63,8 +63,17 @@ def test_every_job_reports_the_membership_attack_on_its_own_models(mnist1d):
     assert 0 <= mi["tpr_at_fpr_0_001"] <= mi["tpr_at_fpr_0_01"] <= 1
     ds, flipped = prepare_dataset(mnist1d, spec)
     assert len(flipped) == result.summary["dataset"]["labels_flipped"] > 0
+    # per example: the flipped labels, fitted only by the models that saw them, leak most
+    risk = result.scores["privacy_risk"]
+    is_flipped = result.scores["label_flipped"]
+    scored = np.isfinite(risk)  # not: an example with under 2 shadow models on a side (ratio 0.7 of 16)
+    assert scored.mean() > 0.9 and (np.isfinite(result.scores["privacy_risk_stderr"]) == scored).all()
+    # clean examples leak too, through the models' generalization gap (0.62 measured), flipped
+    # ones more (0.71)
+    assert np.mean(risk[scored & is_flipped]) > np.mean(risk[scored & ~is_flipped]) + 0.05 > 0.55
     again = merge_traces(ds, spec, traces[::-1], flipped)
     assert again.summary["membership_inference"] == mi
 
     few = run_scoring(mnist1d, ScoringSpec(**SPEC, models=4, shard_size=4), device="cpu")
     assert few.summary["membership_inference"] == {"models": 4, "skipped": "needs at least 8 models"}
+    assert np.isnan(few.scores["privacy_risk"]).all()

@@ -17,6 +17,7 @@ _NOT_PRINTED = (
     "in_sample_accuracy",
     "memorization_log_odds_stderr",
     "predicted_label_heldout",
+    "privacy_risk_stderr",
 )
 RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED)
 

@@ -115,7 +115,8 @@ class ResultsPlane:
             n = len(snap.scores["n_in"])
             labels = self._labels(rec)
             quality = label_quality(snap.heldout_probs, labels, n)
-            return {"index": np.arange(n, dtype=np.int64), "label": labels, **snap.scores, **quality}
+            # the membership attack runs at the reduce only: its columns are "no estimate" here
+            return _complete({"index": np.arange(n, dtype=np.int64), "label": labels, **snap.scores, **quality})
 
         return Scores(self._cached(("anytime", job_id, snap.shards), build), False, snap.models)
 
@@ -347,8 +348,8 @@ def _py(v):
 
 
 def _complete(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Score columns of a job reduced by an older memscore: the columns it lacks, as "no
-    estimate" (NaN; -1 for a class)."""
+    """Score columns a source lacks (a job reduced by an older memscore, an anytime snapshot's
+    membership columns), as "no estimate" (NaN; -1 for a class)."""
     n = len(cols["index"])
     for c in SCORE_COLUMNS:
         if c not in cols:

@@ -58,6 +58,8 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "memorization_log_odds_stderr",
     "label_quality",
     "predicted_label_heldout",
+    "privacy_risk",
+    "privacy_risk_stderr",
 )
 
 # Score columns examples can be ranked by (Results.StreamRanked `metric`, `memscore results --metric`).
@@ -73,6 +75,7 @@ RANK_METRICS: tuple[str, ...] = (
     "memorization_lower",
     "memorization_upper",
     "memorization_soft_lower",
+    "privacy_risk",
 )
 
 # Scores whose split-half reliability every job reports (summary.json `reliability`), and which

@@ -300,19 +300,19 @@ class MembershipBank:
         self.masks.append(np.packbits(np.asarray(masks, bool), axis=1))
         self.margins.append(np.asarray(margins, np.float32))
 
-    def summary(self, seed: int = 0) -> dict:
-        """summary.json's `membership_inference`: the attack's figures (`MembershipInference.summary`),
-        or {"skipped": why} for too few models or too many margins."""
+    def result(self, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
+        """(summary.json's `membership_inference`, the score columns `privacy_risk` and
+        `privacy_risk_stderr`): the attack's figures (`MembershipInference.summary`), or
+        {"skipped": why} and NaN columns for too few models or too many margins."""
+        nan = {"privacy_risk": np.full(self.n, np.nan), "privacy_risk_stderr": np.full(self.n, np.nan)}
         if self.too_large:
-            return {
-                "models": self.models,
-                "skipped": f"{self.models} models x {self.n} examples exceeds "
-                f"{self.max_cells:,} margins kept for the attack",
-            }
+            why = f"{self.models} models x {self.n} examples exceeds {self.max_cells:,} margins kept for the attack"
+            return {"models": self.models, "skipped": why}, nan
         if self.models < MIN_MODELS:
-            return {"models": self.models, "skipped": f"needs at least {MIN_MODELS} models"}
+            return {"models": self.models, "skipped": f"needs at least {MIN_MODELS} models"}, nan
         ids = np.concatenate(self.ids)
         order = np.argsort(ids, kind="stable")  # the same figures whatever order the shards came in
         masks = np.unpackbits(np.concatenate(self.masks), axis=1, count=self.n).astype(bool)[order]
         margins = np.concatenate(self.margins)[order]
-        return membership_inference(masks, margins, seed=seed).summary()
+        mi = membership_inference(masks, margins, seed=seed)
+        return mi.summary(), {"privacy_risk": mi.privacy_risk, "privacy_risk_stderr": mi.privacy_risk_stderr}

@@ -239,6 +239,10 @@ class Reducer:
         t0 = time.perf_counter()
         s = self.scores.scores(self.ds.y_train)
         s.update(index=np.arange(self.ds.n_train, dtype=np.int64), label=self.ds.y_train.astype(np.int64))
+        t_attack = time.perf_counter()
+        membership, risk = self.membership.result(seed=self.spec.seed)
+        attack_seconds = time.perf_counter() - t_attack
+        s.update(risk)
         scores = {c: s[c] for c in SCORE_COLUMNS}
         if len(self.flipped):
             flipped = np.zeros(self.ds.n_train, bool)
@@ -289,9 +293,8 @@ class Reducer:
             },
         }
         summary["reliability"] = self.split_half.report()
-        t_attack = time.perf_counter()
-        summary["membership_inference"] = self.membership.summary(seed=self.spec.seed)
-        summary["timings"]["membership_seconds"] = time.perf_counter() - t_attack
+        summary["membership_inference"] = membership
+        summary["timings"]["membership_seconds"] = attack_seconds
         return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test, self.scores.heldout_probs())
 
 

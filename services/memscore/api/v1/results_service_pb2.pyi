@@ -140,6 +140,8 @@ class RankedExample(_message.Message):
     MEMORIZATION_LOG_ODDS_STDERR_FIELD_NUMBER: _builtins.int
     LABEL_QUALITY_FIELD_NUMBER: _builtins.int
     PREDICTED_LABEL_HELDOUT_FIELD_NUMBER: _builtins.int
+    PRIVACY_RISK_FIELD_NUMBER: _builtins.int
+    PRIVACY_RISK_STDERR_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Index of the example in the training set."""
     label: _builtins.int
@@ -187,6 +189,15 @@ class RankedExample(_message.Message):
     """
     predicted_label_heldout: _builtins.int
     """The class with the highest held-out mean probability; -1 when no model held it out."""
+    privacy_risk: _builtins.float
+    """Membership-inference risk (LiRA on the job's own models, each attacked with the others as
+    shadow models): the attack's AUC on this example across target models, P(score of a model
+    that trained on it > score of one that did not), centred on its value with membership
+    shuffled (0.5 = nothing leaks, 1 = every member told from every non-member). NaN below 8
+    models, for a running job's anytime estimate, and for jobs reduced before it existed.
+    """
+    privacy_risk_stderr: _builtins.float
+    """Standard error of that AUC (Hanley & McNeil 1982)."""
     def __init__(
         self,
         *,
@@ -209,10 +220,12 @@ class RankedExample(_message.Message):
         memorization_log_odds_stderr: _builtins.float = ...,
         label_quality: _builtins.float = ...,
         predicted_label_heldout: _builtins.int = ...,
+        privacy_risk: _builtins.float = ...,
+        privacy_risk_stderr: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_accuracy", b"heldout_accuracy", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_accuracy", b"heldout_accuracy", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_risk", b"privacy_risk", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
