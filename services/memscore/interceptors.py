@@ -136,6 +136,15 @@ async def _internal(context, method: str, e: Exception) -> None:
     await _send_status(context, status_pb2.Status(code=code_pb2.INTERNAL, message=message))
 
 
+async def _answer(context, method: str, e: Exception) -> None:
+    """The status an exception from a handler ends its call with: a domain error's code, else
+    UNAVAILABLE or INTERNAL (`_internal`)."""
+    if isinstance(e, MemscoreError):
+        await _abort(context, e)
+    else:
+        await _internal(context, method, e)
+
+
 def rewrap(handler, wrap_unary, wrap_stream, wrap_client_stream=None, wrap_bidi=None):
     """`handler` with its behaviour wrapped: `wrap_unary` for calls that answer once (unary, and
     client streams unless `wrap_client_stream` is given), `wrap_stream` for calls that stream
@@ -177,10 +186,8 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
                     return await fn(request, context)
                 except grpc.aio.BaseError:
                     raise
-                except MemscoreError as e:
-                    await _abort(context, e)
                 except Exception as e:
-                    await _internal(context, method, e)
+                    await _answer(context, method, e)
 
             return inner
 
@@ -191,10 +198,8 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
                         yield reply
                 except grpc.aio.BaseError:
                     raise
-                except MemscoreError as e:
-                    await _abort(context, e)
                 except Exception as e:
-                    await _internal(context, method, e)
+                    await _answer(context, method, e)
 
             return inner
 

@@ -20,7 +20,7 @@ from ..store.jobs import DEFAULT_TENANT, JobNotFound, JobRecord, RequestIdReused
 from ..store.objects import ObjectNotFound, StoreUnavailable
 from .anytime import AnytimeEstimates
 from .specs import admit_spec, check_exposure, check_scoring, dataset_meta
-from .uploads import Upload, store_upload, sweep_spool
+from .uploads import Upload, sweep_spool
 from .watch import ChangeFeed
 
 log = logging.getLogger("memscore.dataplane")
@@ -235,10 +235,6 @@ class ScoringPlane:
                     resumed += 1
             if not token:
                 return resumed
-
-    def upload(self, chunks: Iterable[bytes], filename: str = "", tenant: str = DEFAULT_TENANT) -> dict:
-        """Store an uploaded dataset .npz or .txt corpus for `tenant` (see `uploads.store_upload`)."""
-        return store_upload(self.rt, chunks, filename, tenant)
 
     def start_upload(self, tenant: str = DEFAULT_TENANT) -> Upload:
         """An upload for `tenant` to push chunks into (see `uploads.Upload`)."""

@@ -12,7 +12,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
 
 from ..engine.datasets import DatasetError, load_npz
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -108,17 +107,6 @@ class Upload:
 
     def close(self) -> None:
         self._tmp.close()
-
-
-def store_upload(rt: Runtime, chunks: Iterable[bytes], filename: str = "", tenant: str = DEFAULT_TENANT) -> dict:
-    """Store one upload for `tenant` from an iterable of chunks (see `Upload`)."""
-    upload = Upload(rt, tenant)
-    try:
-        for chunk in chunks:
-            upload.write(chunk)
-        return upload.finish(filename)
-    finally:
-        upload.close()
 
 
 def _check_corpus(data: bytes) -> dict:

@@ -420,6 +420,17 @@ def _coerce_y(name: str, y: np.ndarray, problems: list) -> np.ndarray:
     return y
 
 
+def _open_npz(source) -> np.lib.npyio.NpzFile:
+    """An `.npz` archive opened lazily (nothing decompressed yet), or DatasetError."""
+    try:
+        npz = np.load(source, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - any failure to parse means "not an npz"
+        raise DatasetError(f"not a readable .npz file ({type(e).__name__}: {e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DatasetError("expected an .npz archive of named arrays, got a single .npy array")
+    return npz
+
+
 def load_npz(
     path_or_bytes: str | os.PathLike | bytes | BinaryIO,
     max_train_examples: int | None = None,
@@ -450,12 +461,7 @@ def load_npz(
     else:
         name = name or "npz"
         source = path_or_bytes
-    try:
-        npz = np.load(source, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - any failure to parse means "not an npz"
-        raise DatasetError(f"not a readable .npz file ({type(e).__name__}: {e})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DatasetError("expected an .npz archive of named arrays, got a single .npy array")
+    npz = _open_npz(source)
 
     problems: list[tuple[str, str]] = []
     with npz:
@@ -578,13 +584,7 @@ def npz_facts(
     read from an `.npz` without its features: their headers, and the labels (small, read once
     their count is within the limit). Raises DatasetError when the file cannot say; loading it
     (`load_npz`) then names every problem."""
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - any failure to parse means "not an npz"
-        raise DatasetError(f"not a readable .npz file ({type(e).__name__}: {e})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise DatasetError("expected an .npz archive of named arrays, got a single .npy array")
-    with npz:
+    with _open_npz(path) as npz:
         _check_archive_size(npz, max_decompressed_bytes, max_compression_ratio)
         try:
             shapes = {k: _npy_header(npz, k) for k in ("x_train", "x_test", "y_train", "y_test")}
