@@ -151,6 +151,21 @@ def test_subsets_have_size_round_rn_and_depend_only_on_seed_and_k():
     assert not np.array_equal(subset_indices(n, 0.7, 3, 0), subset_indices(n, 0.7, 4, 0))
 
 
+def test_balanced_plan_pairs_complementary_halves_so_every_example_is_in_half_the_models():
+    for n in (10, 11):  # odd n: the even member of a pair has the extra example
+        masks = subset_masks(n, 0.5, seed=3, model_ids=range(8), plan="balanced")
+        assert (masks[0::2] ^ masks[1::2]).all()  # each pair splits the examples
+        assert (masks.sum(0) == 4).all()
+        assert (masks.sum(1) == [(n + 1) // 2 if k % 2 == 0 else n // 2 for k in range(8)]).all()
+        assert len({tuple(r) for r in masks[0::2]}) == 4  # the pairs differ
+    # model k's subset depends only on (seed, k), whatever else is drawn
+    np.testing.assert_array_equal(
+        subset_indices(11, 0.5, 3, 5, plan="balanced"), np.nonzero(subset_masks(11, 0.5, 3, [5], "balanced")[0])[0]
+    )
+    with pytest.raises(ValueError, match="unknown subset plan"):
+        subset_indices(10, 0.5, 0, 0, plan="stratified")
+
+
 def test_batch_stream_visits_every_subset_example_once_per_epoch():
     subset = np.arange(10, 30)
     stream = BatchStream(subset, batch_size=6, seed=0, k=0)
@@ -176,7 +191,8 @@ def test_default_recipe_fits_training_subsets_including_flipped_labels():
 def test_trace_keeps_margins_predictions_and_heldout_distributions(small_mnist1d):
     """Format 2: the true-class margin is log p − log(1 − p) of the model's softmax (no float32
     saturation), the predicted class agrees with the 0/1 correctness, and the held-out sums add
-    the softmax rows of exactly the members that did not train on each example."""
+    the softmax rows of exactly the members that did not train on each example; the group sums
+    split them by jackknife group and membership."""
     ds = small_mnist1d
     recipe = replace(make_recipe("mlp"), epochs=0, min_steps=60, batch_size=32)
     out = train_ensemble(ds, "mlp", [0, 1, 2, 3], 0.5, seed=2, recipe=recipe, device="cpu", keep_weights=True)
@@ -201,3 +217,11 @@ def test_trace_keeps_margins_predictions_and_heldout_distributions(small_mnist1d
     np.testing.assert_allclose(t.train_margin[finite], expected[finite], atol=2e-3, rtol=1e-3)
     held = torch.einsum("gnc,gn->nc", logp.exp(), torch.from_numpy(~t.masks).double()).numpy()
     np.testing.assert_allclose(t.heldout_prob_sum, held, atol=2e-4)
+    # per jackknife group (model id mod 8; here members 0..3 are groups 0..3), the sums the
+    # prototypicality metrics are made of (engine/prototypes.py)
+    p, inside = logp.exp().numpy(), t.masks[..., None]
+    np.testing.assert_allclose(t.group_prob_in[:4], np.where(inside, p, 0), atol=2e-4)
+    np.testing.assert_allclose(t.group_prob_out[:4], np.where(inside, 0, p), atol=2e-4)
+    np.testing.assert_allclose(t.group_entropy[:4], -(p * np.log(np.maximum(p, 1e-300))).sum(-1), atol=2e-3)
+    np.testing.assert_allclose(t.group_maxprob[:4], p.max(-1), atol=2e-4)
+    assert not t.group_prob_in[4:].any() and not t.group_entropy[4:].any()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..engine.catalog import BUILTINS, RELIABILITY_METRICS
+from ..engine.catalog import BUILTINS, PLANS, RELIABILITY_METRICS
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
@@ -18,7 +18,19 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", default="auto", help="auto | mlp | cnn1d | resnet (auto: by data kind)")
     p.add_argument("--models", type=int, default=64, help="K, number of subset models (default 64)")
-    p.add_argument("--ratio", type=float, default=0.7, help="subset ratio r (default 0.7, as in Feldman & Zhang)")
+    p.add_argument(
+        "--ratio",
+        type=float,
+        default=None,
+        help="subset ratio r (default 0.7, as in Feldman & Zhang; 0.5 with --plan balanced)",
+    )
+    p.add_argument(
+        "--plan",
+        default="random",
+        choices=PLANS,
+        help="subsets: random (each drawn independently, default) | balanced (complementary pairs: every "
+        "example in exactly half the models, as LiRA's shadow models; needs an even --models)",
+    )
     p.add_argument("--epochs", type=int, default=0, help="epochs per model; 0 = the model's recipe default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0, help="0 = recipe default")
@@ -60,11 +72,11 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace):
     from ..engine.spec import ScoringSpec
 
-    return ScoringSpec(
+    fields = dict(
         dataset=args.dataset,
         model=args.model,
         models=args.models,
-        ratio=args.ratio,
+        plan=args.plan,
         epochs=args.epochs,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -79,6 +91,9 @@ def spec_from_args(args: argparse.Namespace):
         max_models=args.max_models,
         reliability_metric=args.reliability_metric,
     )
+    if args.ratio is not None:
+        fields["ratio"] = args.ratio
+    return ScoringSpec.from_dict(fields)
 
 
 _FLAG_OF = {"influence_top_k": "top-k", "influence_fdr": "fdr"}  # spec fields whose flag is not their name

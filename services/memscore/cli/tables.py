@@ -18,6 +18,9 @@ _NOT_PRINTED = (
     "memorization_log_odds_stderr",
     "predicted_label_heldout",
     "privacy_risk_stderr",
+    "model_confidence_stderr",
+    "holdout_retraining_stderr",
+    "ensemble_agreement_stderr",
 )
 RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED)
 

@@ -270,7 +270,7 @@ class ResultsPlane:
         blobs = (self.rt.objects.get_bytes(layout.checkpoint_key(job_id, s)) for s in range(spec.num_shards))
         res = query_influence(
             summary["arch"], tuple(info["feature_shape"]), info["num_classes"], info["n_train"],
-            spec.ratio, spec.seed, blobs, x, y, top_k,
+            spec.ratio, spec.seed, blobs, x, y, top_k, spec.plan,
         )  # fmt: skip
         labels = self._labels(rec)
         return [

@@ -34,6 +34,9 @@ ARCH_INPUT_DESCRIPTION = {
     "resnet": "(c, h, w) images",
 }
 
+# Subset plans (engine/subsets.py): independent random subsets, or LiRA's balanced complementary pairs.
+PLANS: tuple[str, ...] = ("random", "balanced")
+
 # Feldman & Zhang 2020 call an example memorized at mem >= 0.25.
 MEMORIZED_AT = 0.25
 
@@ -60,6 +63,12 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "predicted_label_heldout",
     "privacy_risk",
     "privacy_risk_stderr",
+    "model_confidence",
+    "model_confidence_stderr",
+    "holdout_retraining",
+    "holdout_retraining_stderr",
+    "ensemble_agreement",
+    "ensemble_agreement_stderr",
 )
 
 # Score columns examples can be ranked by (Results.StreamRanked `metric`, `memscore results --metric`).
@@ -76,6 +85,9 @@ RANK_METRICS: tuple[str, ...] = (
     "memorization_upper",
     "memorization_soft_lower",
     "privacy_risk",
+    "model_confidence",
+    "holdout_retraining",
+    "ensemble_agreement",
 )
 
 # Scores whose split-half reliability every job reports (summary.json `reliability`), and which

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from .canaries import CanaryFormat
 from .catalog import DEFAULT_ARCH
+from .prototypes import JACKKNIFE_GROUPS
 from .recipes import LM_BATCH_SIZE, LM_SEQ_LEN, lm_steps, make_recipe, total_steps
 from .spec import ExposureSpec, ScoringSpec
 
@@ -170,10 +171,15 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
         steps=steps,
         batch=batch,
         train_flops_per_model=train,
-        data_bytes=facts.n_train * (features * FLOAT + 8),
+        data_bytes=facts.n_train * (features * FLOAT + 8 + group_sums_bytes(facts.num_classes)),
         per_model_bytes=per_model,
         reduce_bytes=reduce_bytes(max(spec.models, spec.max_models), facts, spec.max_influence_pairs),
     )
+
+
+def group_sums_bytes(num_classes: int) -> int:
+    """Bytes per training example of a trace's group sums (traces.GROUP_FIELDS, float32)."""
+    return JACKKNIFE_GROUPS * (2 * num_classes + 2) * FLOAT
 
 
 def reduce_bytes(models: int, facts: DatasetFacts, max_pairs: int) -> int:
@@ -185,7 +191,9 @@ def reduce_bytes(models: int, facts: DatasetFacts, max_pairs: int) -> int:
     packed = models * ((n + 7) // 8 + (m + 7) // 8)
     correctness = models * m * FLOAT
     blocks = 8 * (16 << 20)
-    per_example = n * (2 * c * 8 + 24 * 8)
+    # the held-out sums, ~30 score columns, the prototypicality group sums in float64 and their
+    # leave-one-group-out copies (engine/prototypes.py)
+    per_example = n * (2 * c * 8 + 30 * 8 + 4 * group_sums_bytes(c))
     pairs = 3 * max_pairs * 32 + m * 10 * 32
     return packed + correctness + blocks + per_example + pairs
 

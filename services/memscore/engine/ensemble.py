@@ -29,9 +29,10 @@ from torch.func import functional_call, stack_module_state
 
 from .datasets import Dataset
 from .models import build_model, default_arch
+from .prototypes import JACKKNIFE_GROUPS, group_of
 from .recipes import RECIPES, Recipe, make_recipe, total_steps  # noqa: F401  (re-exported: the trainer's API)
-from .subsets import AUGMENT, BATCHES, INIT, model_seed, subset_indices
-from .traces import Trace
+from .subsets import AUGMENT, BATCHES, INIT, model_seed, subset_indices, subset_size
+from .traces import GROUP_FIELDS, Trace
 
 
 class Cancelled(Exception):
@@ -202,10 +203,11 @@ def train_ensemble(
     keep_weights: bool = False,
     eval_batch: int = 0,
     group_size: int = 0,
+    plan: str = "random",
 ) -> TrainOutput:
-    """Train models `model_ids` on their subsets; return their trace. The models are trained
-    `group_size` at a time (0 = all at once on a GPU, `CPU_GROUP_SIZE` on the CPU); the
-    result does not depend on the grouping."""
+    """Train models `model_ids` on their subsets (`subsets.PLANS`); return their trace. The
+    models are trained `group_size` at a time (0 = all at once on a GPU, `CPU_GROUP_SIZE` on the
+    CPU); the result does not depend on the grouping."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if not group_size:
         group_size = len(model_ids) if dev.type == "cuda" else CPU_GROUP_SIZE
@@ -213,7 +215,7 @@ def train_ensemble(
         eval_batch = 8192 if dev.type == "cuda" else 256
     if len(model_ids) <= group_size:
         return _train_group(
-            ds, arch, model_ids, ratio, seed, recipe, dev, progress, should_stop, keep_weights, eval_batch
+            ds, arch, model_ids, ratio, seed, recipe, dev, progress, should_stop, keep_weights, eval_batch, plan
         )
     outs = []
     groups = [model_ids[a : a + group_size] for a in range(0, len(model_ids), group_size)]
@@ -224,7 +226,9 @@ def train_ensemble(
                 progress(gi * steps + step, len(groups) * steps)
 
         outs.append(
-            _train_group(ds, arch, ids, ratio, seed, recipe, dev, group_progress, should_stop, keep_weights, eval_batch)
+            _train_group(
+                ds, arch, ids, ratio, seed, recipe, dev, group_progress, should_stop, keep_weights, eval_batch, plan
+            )
         )
     return _concat(outs)
 
@@ -235,6 +239,7 @@ def _concat(outs: list[TrainOutput]) -> TrainOutput:
     for key in ("train_seconds", "total_seconds"):
         meta[key] = sum(x.meta[key] for x in t)
     held = [x.heldout_prob_sum for x in t]
+    groups = {k: sum(getattr(x, k) for x in t) for k in GROUP_FIELDS}
     trace = Trace(
         model_ids=np.concatenate([x.model_ids for x in t]),
         masks=np.concatenate([x.masks for x in t]),
@@ -245,6 +250,7 @@ def _concat(outs: list[TrainOutput]) -> TrainOutput:
         train_pred=np.concatenate([x.train_pred for x in t]),
         test_pred=np.concatenate([x.test_pred for x in t]),
         heldout_prob_sum=None if any(h is None for h in held) else np.sum(held, axis=0),
+        **groups,
         meta=meta,
     )
     weights = None
@@ -265,15 +271,16 @@ def _train_group(
     should_stop: Callable[[], bool] | None,
     keep_weights: bool,
     eval_batch: int,
+    plan: str = "random",
 ) -> TrainOutput:
     """Train models `model_ids` at once."""
     t0 = time.perf_counter()
     G, n = len(model_ids), ds.n_train
-    subsets = [subset_indices(n, ratio, seed, k) for k in model_ids]
+    subsets = [subset_indices(n, ratio, seed, k, plan) for k in model_ids]
     masks = np.zeros((G, n), dtype=bool)
     for g, s in enumerate(subsets):
         masks[g, s] = True
-    s_size = len(subsets[0])
+    s_size = subset_size(n, ratio)  # not len(subsets[0]): a balanced pair's odd member may have one less
     batch = min(recipe.batch_size, s_size)
     steps = total_steps(recipe, s_size)
 
@@ -299,7 +306,9 @@ def _train_group(
     t_train = time.perf_counter() - t0
 
     with torch.no_grad():
-        train = _evaluate(eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp, ~masks)
+        train = _evaluate(
+            eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp, masks, group_of(model_ids)
+        )
         test = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, use_amp)
     t_total = time.perf_counter() - t0
 
@@ -312,11 +321,13 @@ def _train_group(
         test_margin=test.margin,
         train_pred=train.pred,
         test_pred=test.pred,
-        heldout_prob_sum=train.heldout_prob_sum,
+        heldout_prob_sum=train.groups["group_prob_out"].sum(0),
+        **train.groups,
         meta={
             "arch": arch,
             "recipe": asdict(recipe),
             "ratio": ratio,
+            "plan": plan,
             "seed": seed,
             "steps": steps,
             "device": str(dev),
@@ -350,33 +361,48 @@ class Evaluation:
     correct: np.ndarray  # bool (G, E)
     margin: np.ndarray  # float32 (G, E): logit_y − logsumexp of the other logits
     pred: np.ndarray  # int32 (G, E)
-    heldout_prob_sum: np.ndarray | None  # float32 (E, C): Σ_g softmax over members with heldout[g, e]
+    groups: dict[str, np.ndarray] | None  # Trace.GROUP_FIELDS: per jackknife group, sums over its members
 
 
 def _evaluate(
-    eval_fn, params, buffers, x: np.ndarray, y: np.ndarray, dev, eval_batch: int, use_amp: bool, heldout=None
+    eval_fn, params, buffers, x: np.ndarray, y: np.ndarray, dev, eval_batch: int, use_amp: bool, masks=None, groups=None
 ) -> Evaluation:
     """Per model and example: the predicted class, whether it is the true one, and the true-class
-    margin; with `heldout` (bool (G, E)), the sum of the held-out members' predicted distributions."""
-    correct, margin, pred, held = [], [], [], []
+    margin; with the membership `masks` (bool (G, E)) and each member's jackknife group (G,), the
+    per-group sums of the predicted distributions over members that trained on / held out each
+    example, of their entropies and of their max probabilities (engine/prototypes.py)."""
+    correct, margin, pred, sums = [], [], [], []
+    if masks is not None:
+        onehot = F.one_hot(torch.as_tensor(groups, device=dev), JACKKNIFE_GROUPS).float()  # (G, J)
     for a in range(0, len(x), eval_batch):
         xb = torch.from_numpy(x[a : a + eval_batch]).to(dev)
         yb = torch.from_numpy(y[a : a + eval_batch]).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = eval_fn(params, buffers, xb).float()  # (G, E, C)
-        onehot = F.one_hot(yb, logits.shape[-1]).bool().expand_as(logits)
-        true_logit = logits.masked_select(onehot).view(logits.shape[:2])
-        others = logits.masked_fill(onehot, float("-inf")).logsumexp(-1)
+        is_true = F.one_hot(yb, logits.shape[-1]).bool().expand_as(logits)
+        true_logit = logits.masked_select(is_true).view(logits.shape[:2])
+        others = logits.masked_fill(is_true, float("-inf")).logsumexp(-1)
         p_hat = logits.argmax(-1)
         pred.append(p_hat.to(torch.int32).cpu())
         correct.append((p_hat == yb).cpu())
         margin.append((true_logit - others).cpu())
-        if heldout is not None:
-            out = torch.from_numpy(heldout[:, a : a + eval_batch]).to(dev, logits.dtype)
-            held.append(torch.einsum("gec,ge->ec", logits.softmax(-1), out).cpu())
+        if masks is not None:
+            sums.append(_group_sums(logits.softmax(-1), torch.from_numpy(masks[:, a : a + eval_batch]).to(dev), onehot))
     return Evaluation(
         correct=torch.cat(correct, 1).numpy(),
         margin=torch.cat(margin, 1).numpy().astype(np.float32),
         pred=torch.cat(pred, 1).numpy(),
-        heldout_prob_sum=torch.cat(held, 0).numpy().astype(np.float32) if heldout is not None else None,
+        groups={k: torch.cat([s[k] for s in sums], 1).numpy() for k in GROUP_FIELDS} if sums else None,
     )
+
+
+def _group_sums(p: torch.Tensor, inside: torch.Tensor, onehot: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sums over each group's members of p (G, E, C) split by membership `inside` (G, E), of the
+    entropy and of the max of p: float32 (J, E, C) and (J, E) on the CPU."""
+    m_in = inside.to(p.dtype)
+    return {
+        "group_prob_in": torch.einsum("gj,ge,gec->jec", onehot, m_in, p).cpu(),
+        "group_prob_out": torch.einsum("gj,ge,gec->jec", onehot, 1 - m_in, p).cpu(),
+        "group_entropy": torch.einsum("gj,ge->je", onehot, torch.special.entr(p).sum(-1)).cpu(),
+        "group_maxprob": torch.einsum("gj,ge->je", onehot, p.amax(-1)).cpu(),
+    }

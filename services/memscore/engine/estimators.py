@@ -29,6 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .intervals import corrected_fractions, mean_difference_interval, newcombe_interval
+from .prototypes import PrototypeSums
 from .traces import Trace
 
 
@@ -73,6 +74,7 @@ class ScoreAccumulator:
         self.heldout_sum: np.ndarray | None = None  # (n, C) Σ of held-out predicted distributions
         self.heldout_models = np.zeros(n, np.int64)  # held-out members behind heldout_sum
         self.test_correct = np.zeros(m, np.int64)
+        self.prototypes = PrototypeSums(n)  # model_confidence, holdout_retraining, ensemble_agreement
 
     @property
     def num_models(self) -> int:
@@ -113,6 +115,7 @@ class ScoreAccumulator:
             self.heldout_sum += trace.heldout_prob_sum
             self.heldout_models += out.sum(0)
         self.test_correct += trace.test_correct.sum(0)
+        self.prototypes.add(trace)
 
     def heldout_probs(self) -> np.ndarray | None:
         """Per training example, the mean predicted distribution of the models that held it out
@@ -129,7 +132,7 @@ class ScoreAccumulator:
         """Per training example: memorization (0/1, soft and log-odds) with standard errors,
         in-sample and held-out accuracy, the counts n_in, n_out behind them, and from the
         held-out distributions the predicted class and (given the training `labels`) the label
-        quality."""
+        quality; the prototypicality metrics of engine/prototypes.py."""
         acc_in = _mean(self.correct_in, self.n_in)
         acc_out = _mean(self.correct_out, self.n_out)
         soft_in = _mean(self.prob_in, self.n_in)
@@ -153,6 +156,7 @@ class ScoreAccumulator:
             "n_in": self.n_in.copy(),
             "n_out": self.n_out.copy(),
             **label_quality(self.heldout_probs(), labels, self.n),
+            **self.prototypes.scores(),
         }
 
     def intervals(self, level: float = 0.95) -> dict[str, np.ndarray]:

@@ -64,12 +64,14 @@ def query_influence(
     x: np.ndarray,
     y: np.ndarray,
     top_k: int = 10,
+    plan: str = "random",
 ) -> InfluenceResult:
     """`checkpoints` yields each shard's checkpoint bytes (`checkpoint_to_bytes`)."""
     acc = InfluenceAccumulator(n_train, len(x))
     for blob in checkpoints:
         model_ids, state = checkpoint_from_bytes(blob)
         acc.add_models(
-            subset_masks(n_train, ratio, seed, model_ids), correctness(arch, feature_shape, num_classes, state, x, y)
+            subset_masks(n_train, ratio, seed, model_ids, plan),
+            correctness(arch, feature_shape, num_classes, state, x, y),
         )
     return acc.compute(top_k=top_k, threshold=np.inf, max_pairs=0)

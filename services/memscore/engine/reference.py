@@ -23,15 +23,18 @@ from .ensemble import (
     lr_factor,
     total_steps,
 )
-from .subsets import subset_indices
+from .subsets import subset_indices, subset_size
 
 
-def train_single(ds: Dataset, arch: str, k: int, ratio: float, seed: int, recipe: Recipe) -> dict[str, np.ndarray]:
+def train_single(
+    ds: Dataset, arch: str, k: int, ratio: float, seed: int, recipe: Recipe, plan: str = "random"
+) -> dict[str, np.ndarray]:
     """Train model k alone on the CPU; return its mask, correctness and true-class probability
     on the train and test sets (the fields of one row of a `Trace`)."""
-    subset = subset_indices(ds.n_train, ratio, seed, k)
-    batch = min(recipe.batch_size, len(subset))
-    steps = total_steps(recipe, len(subset))
+    subset = subset_indices(ds.n_train, ratio, seed, k, plan)
+    size = subset_size(ds.n_train, ratio)  # the plan's size: a balanced pair's odd member may have one less
+    batch = min(recipe.batch_size, size)
+    steps = total_steps(recipe, size)
     model = init_model(arch, ds, seed, k)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     stream = BatchStream(subset, batch, seed, k)

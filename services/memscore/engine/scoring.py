@@ -94,6 +94,7 @@ def train_shard(
         progress=progress,
         should_stop=should_stop,
         keep_weights=spec.keep_checkpoints,
+        plan=spec.plan,
     )
     out.trace.meta.update(shard=shard, dataset=ds.fingerprint())
     return out

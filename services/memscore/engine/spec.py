@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .catalog import ARCH_FEATURE_NDIM, RELIABILITY_METRICS
+from .catalog import ARCH_FEATURE_NDIM, PLANS, RELIABILITY_METRICS
 
 ARCHS = ("auto", *ARCH_FEATURE_NDIM)
 DEFAULT_SHARD_SIZE = 64  # models per shard (one task) when the spec says 0
@@ -28,7 +28,7 @@ class ScoringSpec:
     dataset: str  # built-in name (mnist1d, digits, longtail), a local path, or datasets/<sha256>.npz in the store
     model: str = "auto"  # one of ARCHS; auto picks by data kind
     models: int = 64  # K, number of subset models
-    ratio: float = 0.7  # subset ratio r: each model trains on round(r*n) examples
+    ratio: float = 0.7  # subset ratio r: each model trains on round(r*n) examples (0.5 with plan "balanced")
     epochs: int = 0  # 0 = the recipe's default for the arch
     seed: int = 0
     batch_size: int = 0  # 0 = recipe default
@@ -43,6 +43,7 @@ class ScoringSpec:
     until_reliability: float = 0.0  # self-stopping target (Spearman-Brown reliability); 0 = off
     max_models: int = 0  # cap on models a self-stopping job trains; 0 = `models`
     reliability_metric: str = "memorization"  # whose reliability stops the job (RELIABILITY_METRICS)
+    plan: str = "random"  # subset plan (subsets.PLANS): "balanced" = each example in exactly half the models
 
     @property
     def effective_shard_size(self) -> int:
@@ -58,6 +59,9 @@ class ScoringSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ScoringSpec":
+        """A spec from its fields; a balanced plan without a ratio gets its ratio, 0.5."""
+        if d.get("plan") == "balanced" and "ratio" not in d:
+            d = {**d, "ratio": 0.5}
         return _from_dict(cls, d)
 
     def validate(self, max_models: int = 100_000) -> list[tuple[str, str]]:
@@ -103,11 +107,38 @@ class ScoringSpec:
                     f"the shard size ({self.effective_shard_size}); set models or shard_size accordingly",
                 )
             )
+        problems += self._plan_problems()
         if self.reliability_metric not in RELIABILITY_METRICS:
             problems.append(
                 (
                     "reliability_metric",
                     f"must be one of {', '.join(RELIABILITY_METRICS)}, got {self.reliability_metric!r}",
+                )
+            )
+        return problems
+
+    def _plan_problems(self) -> list[tuple[str, str]]:
+        if self.plan not in PLANS:
+            return [("plan", f"unknown subset plan {self.plan!r}; choose one of {', '.join(PLANS)}")]
+        if self.plan != "balanced":
+            return []
+        problems = []
+        if self.ratio != 0.5:
+            problems.append(
+                (
+                    "ratio",
+                    f"the balanced plan trains every example in half the models: ratio must be 0.5, got {self.ratio}",
+                )
+            )
+        if self.models % 2 or (self.max_models and self.max_models % 2):
+            problems.append(
+                ("models", "the balanced plan trains models in complementary pairs: models and max_models must be even")
+            )
+        elif self.until_reliability and self.max_models > self.models and self.effective_shard_size % 2:
+            problems.append(
+                (
+                    "shard_size",
+                    "a self-stopping balanced job grows by whole shards of pairs: the shard size must be even",
                 )
             )
         return problems

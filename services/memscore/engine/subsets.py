@@ -1,5 +1,12 @@
 """Subset plans: model k trains on a subset S_k of size round(r·n), drawn without replacement.
 
+Two plans (`ScoringSpec.plan`):
+- "random": every S_k drawn independently (Feldman & Zhang 2020).
+- "balanced": r = 1/2 and models 2p and 2p+1 split one random permutation between them, so S_{2p+1}
+  is the complement of S_{2p} and every example is in exactly half of any even number of models,
+  as LiRA's shadow sets are built (Carlini et al. 2022, §VI-A). With n odd the even member gets
+  the extra example.
+
 Every random choice about model k comes from a generator seeded by (job seed, k, purpose), so
 any model can be rebuilt alone, in any shard, on any worker (Feldman & Zhang 2020, §3: the
 estimator needs only i ∈ S_k for each k, never which shard trained model k).
@@ -9,8 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-# purposes: independent streams for one model's subset, weight init and batch order
-SUBSET, INIT, BATCHES, AUGMENT = 0, 1, 2, 3
+from .catalog import PLANS
+
+# purposes: independent streams for one model's subset, weight init and batch order; a pair's permutation
+SUBSET, INIT, BATCHES, AUGMENT, PAIR = 0, 1, 2, 3, 4
 
 
 def model_seed(seed: int, k: int, purpose: int) -> int:
@@ -26,17 +35,23 @@ def subset_size(n: int, ratio: float) -> int:
     return size
 
 
-def subset_indices(n: int, ratio: float, seed: int, k: int) -> np.ndarray:
+def subset_indices(n: int, ratio: float, seed: int, k: int, plan: str = "random") -> np.ndarray:
     """Sorted indices of S_k."""
+    if plan == "balanced":
+        perm = np.random.default_rng(model_seed(seed, k // 2, PAIR)).permutation(n)
+        half = subset_size(n, ratio)
+        return np.sort(perm[:half] if k % 2 == 0 else perm[half:])
+    if plan != "random":
+        raise ValueError(f"unknown subset plan {plan!r}; choose one of {', '.join(PLANS)}")
     rng = np.random.default_rng(model_seed(seed, k, SUBSET))
     return np.sort(rng.choice(n, size=subset_size(n, ratio), replace=False))
 
 
-def subset_masks(n: int, ratio: float, seed: int, model_ids) -> np.ndarray:
+def subset_masks(n: int, ratio: float, seed: int, model_ids, plan: str = "random") -> np.ndarray:
     """bool (len(model_ids), n): row g is the membership mask of model model_ids[g]."""
     masks = np.zeros((len(model_ids), n), dtype=bool)
     for g, k in enumerate(model_ids):
-        masks[g, subset_indices(n, ratio, seed, k)] = True
+        masks[g, subset_indices(n, ratio, seed, k, plan)] = True
     return masks
 
 

@@ -11,7 +11,10 @@ the logit-scaled confidence LiRA uses (Carlini et al. 2022). A float32 probabili
 1 once φ > ~17; the margin keeps that information, and p_y = sigmoid(φ) is derived from it.
 `heldout_prob_sum[i]` is the sum of the predicted distributions of this shard's models that
 held training example i out (n × C), so a reducer only adds them up to get the mean held-out
-distribution (cleanlab's out-of-sample `pred_probs`).
+distribution (cleanlab's out-of-sample `pred_probs`). The `group_*` arrays are the same kind of
+sums per jackknife group (model id mod J, engine/prototypes.py): of the predicted distributions of
+the members that trained on / held out each training example, of their entropies and of their max
+probabilities, from which the prototypicality metrics and their standard errors are computed.
 
 Traces serialise to a single `.npz` blob so a store can write them atomically with one put.
 Format 1 (probabilities, no predicted class, no held-out distributions) stays readable: its
@@ -30,6 +33,11 @@ TRACE_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 # Largest p_y below 1 and smallest above 0 in float32: the margins a format-1 probability maps to.
 _P_MAX, _P_MIN = float(np.float32(1) - np.finfo(np.float32).epsneg), float(np.finfo(np.float32).tiny)
+
+
+# Per-group sums (engine/prototypes.py): (J, n, C), (J, n, C), (J, n), (J, n) float32; absent in
+# traces written before them (their metrics are then NaN).
+GROUP_FIELDS = ("group_prob_in", "group_prob_out", "group_entropy", "group_maxprob")
 
 
 def margin_of_prob(p: np.ndarray) -> np.ndarray:
@@ -55,6 +63,10 @@ class Trace:
     train_pred: np.ndarray | None = None  # int32 (G, n), predicted class; -1 = unknown
     test_pred: np.ndarray | None = None  # int32 (G, m)
     heldout_prob_sum: np.ndarray | None = None  # float32 (n, C): Σ over members with i held out
+    group_prob_in: np.ndarray | None = None  # float32 (J, n, C), GROUP_FIELDS
+    group_prob_out: np.ndarray | None = None
+    group_entropy: np.ndarray | None = None  # float32 (J, n)
+    group_maxprob: np.ndarray | None = None
     meta: dict = field(default_factory=dict)  # spec fingerprint, timings, recipe
 
     @classmethod
@@ -90,7 +102,8 @@ class Trace:
 
     def select(self, rows: np.ndarray) -> "Trace":
         """The trace of members `rows` only (indices or a bool mask over the G members).
-        `heldout_prob_sum` is a sum over all members, so it is dropped unless every member is kept."""
+        `heldout_prob_sum` and the group sums are sums over all members, so they are dropped
+        unless every member is kept."""
         rows = np.arange(self.num_models)[rows]
         keep_all = len(rows) == self.num_models and (rows == np.arange(self.num_models)).all()
 
@@ -107,6 +120,7 @@ class Trace:
             train_pred=pick(self.train_pred),
             test_pred=pick(self.test_pred),
             heldout_prob_sum=self.heldout_prob_sum if keep_all else None,
+            **{k: getattr(self, k) if keep_all else None for k in GROUP_FIELDS},
             meta=dict(self.meta),
         )
 
@@ -127,8 +141,10 @@ class Trace:
             v = getattr(self, name)
             if v is not None:
                 arrays[name] = v.astype(np.int32)
-        if self.heldout_prob_sum is not None:
-            arrays["heldout_prob_sum"] = self.heldout_prob_sum.astype(np.float32)
+        for name in ("heldout_prob_sum", *GROUP_FIELDS):
+            v = getattr(self, name)
+            if v is not None:
+                arrays[name] = v.astype(np.float32)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -157,6 +173,6 @@ class Trace:
                 test_margin=z["test_margin"],
                 train_pred=z["train_pred"] if "train_pred" in z.files else None,
                 test_pred=z["test_pred"] if "test_pred" in z.files else None,
-                heldout_prob_sum=z["heldout_prob_sum"] if "heldout_prob_sum" in z.files else None,
+                **{k: z[k] if k in z.files else None for k in ("heldout_prob_sum", *GROUP_FIELDS)},
                 meta=meta,
             )

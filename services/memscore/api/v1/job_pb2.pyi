@@ -147,6 +147,7 @@ class ScoringSpec(_message.Message):
     UNTIL_RELIABILITY_FIELD_NUMBER: _builtins.int
     MAX_MODELS_FIELD_NUMBER: _builtins.int
     RELIABILITY_METRIC_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Training data. Required. A built-in name ("mnist1d", "digits", "longtail"), a path the
     workers can read, or "datasets/<sha256>.npz" as returned by ScoringService.UploadDataset.
@@ -162,7 +163,8 @@ class ScoringSpec(_message.Message):
     """
     ratio: _builtins.float
     """Subset ratio r: each model trains on round(r·n) training examples drawn without
-    replacement. 0 = 0.7 (the paper's choice); otherwise strictly between 0 and 1.
+    replacement. 0 = 0.7 (the paper's choice), or 0.5 with plan "balanced"; otherwise strictly
+    between 0 and 1 (exactly 0.5 with plan "balanced").
     """
     epochs: _builtins.int
     """Training epochs per model. 0 = the architecture recipe's default. At most 10000."""
@@ -219,6 +221,12 @@ class ScoringSpec(_message.Message):
     """The score whose reliability stops the job: "memorization", "memorization_soft" or
     "memorization_log_odds". Empty = "memorization".
     """
+    plan: _builtins.str
+    """How the subsets are drawn: "random" (each model's subset independently; empty = this) or
+    "balanced" (models 2p and 2p+1 train on complementary halves of one random permutation, so
+    every example is in exactly half the models, as LiRA's shadow models are built; needs ratio
+    0.5 and an even number of models).
+    """
     def __init__(
         self,
         *,
@@ -240,10 +248,11 @@ class ScoringSpec(_message.Message):
         until_reliability: _builtins.float = ...,
         max_models: _builtins.int = ...,
         reliability_metric: _builtins.str = ...,
+        plan: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "max_influence_pairs", b"max_influence_pairs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "keep_checkpoints", b"keep_checkpoints", "label_noise", b"label_noise", "lr", b"lr", "max_influence_pairs", b"max_influence_pairs", "max_models", b"max_models", "model", b"model", "models", b"models", "ratio", b"ratio", "reliability_metric", b"reliability_metric", "seed", b"seed", "shard_size", b"shard_size", "until_reliability", b"until_reliability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "keep_checkpoints", b"keep_checkpoints", "label_noise", b"label_noise", "lr", b"lr", "max_influence_pairs", b"max_influence_pairs", "max_models", b"max_models", "model", b"model", "models", b"models", "plan", b"plan", "ratio", b"ratio", "reliability_metric", b"reliability_metric", "seed", b"seed", "shard_size", b"shard_size", "until_reliability", b"until_reliability"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__influence_fdr: _TypeAlias = _typing.Literal["influence_fdr"]  # noqa: Y015
     _WhichOneofArgType__influence_fdr: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr"]  # noqa: Y015

@@ -142,6 +142,12 @@ class RankedExample(_message.Message):
     PREDICTED_LABEL_HELDOUT_FIELD_NUMBER: _builtins.int
     PRIVACY_RISK_FIELD_NUMBER: _builtins.int
     PRIVACY_RISK_STDERR_FIELD_NUMBER: _builtins.int
+    MODEL_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    MODEL_CONFIDENCE_STDERR_FIELD_NUMBER: _builtins.int
+    HOLDOUT_RETRAINING_FIELD_NUMBER: _builtins.int
+    HOLDOUT_RETRAINING_STDERR_FIELD_NUMBER: _builtins.int
+    ENSEMBLE_AGREEMENT_FIELD_NUMBER: _builtins.int
+    ENSEMBLE_AGREEMENT_STDERR_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Index of the example in the training set."""
     label: _builtins.int
@@ -198,6 +204,28 @@ class RankedExample(_message.Message):
     """
     privacy_risk_stderr: _builtins.float
     """Standard error of that AUC (Hanley & McNeil 1982)."""
+    model_confidence: _builtins.float
+    """The prototypicality metrics of Carlini, Erlingsson & Papernot 2019 (docs/validation.md),
+    each jackknife bias-corrected over 8 groups of models (model id mod 8) with its standard
+    error; NaN below two groups and for jobs reduced before they existed.
+    Model confidence: the mean over all models of the largest predicted probability, in [0, 1].
+    """
+    model_confidence_stderr: _builtins.float
+    """Standard error of `model_confidence`."""
+    holdout_retraining: _builtins.float
+    """Holdout retraining: symmetric KL divergence (nats) between the mean predicted distribution
+    of the models that trained on the example and of those that held it out; 0 = training on it
+    changes nothing, large = its own label is what the models learnt. NaN without both sides.
+    """
+    holdout_retraining_stderr: _builtins.float
+    """Standard error of `holdout_retraining`."""
+    ensemble_agreement: _builtins.float
+    """Ensemble agreement: exp(-JS), JS the generalised Jensen-Shannon divergence (nats) among all
+    models' predicted distributions; 1 = every model predicts the same distribution, lower =
+    the models disagree.
+    """
+    ensemble_agreement_stderr: _builtins.float
+    """Standard error of `ensemble_agreement`."""
     def __init__(
         self,
         *,
@@ -222,10 +250,16 @@ class RankedExample(_message.Message):
         predicted_label_heldout: _builtins.int = ...,
         privacy_risk: _builtins.float = ...,
         privacy_risk_stderr: _builtins.float = ...,
+        model_confidence: _builtins.float = ...,
+        model_confidence_stderr: _builtins.float = ...,
+        holdout_retraining: _builtins.float = ...,
+        holdout_retraining_stderr: _builtins.float = ...,
+        ensemble_agreement: _builtins.float = ...,
+        ensemble_agreement_stderr: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout_accuracy", b"heldout_accuracy", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_risk", b"privacy_risk", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ensemble_agreement", b"ensemble_agreement", "ensemble_agreement_stderr", b"ensemble_agreement_stderr", "heldout_accuracy", b"heldout_accuracy", "holdout_retraining", b"holdout_retraining", "holdout_retraining_stderr", b"holdout_retraining_stderr", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "model_confidence", b"model_confidence", "model_confidence_stderr", b"model_confidence_stderr", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_risk", b"privacy_risk", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
