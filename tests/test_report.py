@@ -166,7 +166,7 @@ def test_without_the_dataset_the_report_lists_examples_and_says_why(digits_run):
     page = render_report(scores, influence, summary, None, notes=[f"Examples are listed, not drawn: {why}."])
     parsed = _parse(page)
     assert len(parsed.grids) == 10 and sum(parsed.grids.values()) == 0
-    assert parsed.data_images == 1  # the histogram only
+    assert parsed.data_images == 3  # the histogram, the ROC curve and the correlation matrix
     assert "Examples are listed, not drawn" in page and "<table" in page
 
 
@@ -204,3 +204,63 @@ def test_the_report_shows_raw_and_noise_corrected_memorized_fractions_side_by_si
     old = render_report(scores, influence, summary, None).split("noise-corrected ≥ 0.25 / ≥ 0.5", 1)[1]
     row = old.split("</tr>", 1)[0]
     assert "–" in row and "interval" not in row
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {name: (run_dir / name).read_bytes() for name in ("scores.parquet", "influence.parquet", "summary.json")}
+
+
+def test_the_report_shows_the_membership_audit_with_its_roc_and_the_most_exposed_examples(digits_run):
+    scores, influence, summary = read_result_files(_files(digits_run))
+    mi = summary["membership_inference"]
+    ds, _ = load_dataset_for_report(summary)
+    page = render_report(scores, influence, summary, ds)
+    section = page.split('<section id="privacy">', 1)[1].split("</section>", 1)[0]
+    assert f"{mi['auc']:.3f} [{mi['auc_interval'][0]:.3f}, {mi['auc_interval'][1]:.3f}]" in section
+    assert f"{mi['chance_auc']:.3f}" in section and 'alt="ROC curve, log-log"' in section
+    # the 12 most exposed examples, highest privacy_risk first
+    exposed = section.split('id="exposed"', 1)[1]
+    shown = [int(c.split("#", 1)[1].split(" ", 1)[0]) for c in exposed.split("<figcaption>")[1:]]
+    risk, se = np.nan_to_num(scores["privacy_risk"], nan=-1), scores["privacy_risk_stderr"]
+    assert len(shown) == 12 and list(risk[shown]) == sorted(risk[shown], reverse=True)
+    assert risk[shown[-1]] >= np.sort(risk)[-12]
+    for a, b in zip(shown, shown[1:]):  # equal risks (often at the ceiling, 1): the surer first
+        assert risk[a] > risk[b] or se[a] <= se[b]
+    few = json.loads(json.dumps(summary))
+    few["membership_inference"] = {"models": 4, "skipped": "needs at least 8 models"}
+    assert "Not measured: needs at least 8 models" in render_report(scores, influence, few, None)
+
+
+def test_the_report_shows_the_spearman_matrix_of_the_per_example_metrics(digits_run):
+    from scipy.stats import spearmanr
+
+    from memscore.report.metrics import spearman_matrix
+
+    scores, influence, summary = read_result_files(_files(digits_run))
+    names, r = spearman_matrix(scores)
+    assert {"memorization", "privacy_risk", "model_confidence", "holdout_retraining"} <= set(names)
+    a, b = names.index("memorization"), names.index("heldout_accuracy")
+    ok = np.isfinite(scores["memorization"]) & np.isfinite(scores["heldout_accuracy"])
+    expected = spearmanr(scores["memorization"][ok], scores["heldout_accuracy"][ok]).statistic
+    assert r[a, b] == pytest.approx(expected) and r[a, a] == pytest.approx(1.0)
+    section = render_report(scores, influence, summary, None).split('<section id="correlations">', 1)[1]
+    assert 'alt="Spearman correlation matrix"' in section and f"{r[a, b]:.2f}" in section
+
+
+def test_audit_prints_the_roc_summary_and_the_most_exposed_examples(digits_run, capsys):
+    _, _, summary = read_result_files(_files(digits_run))
+    mi = summary["membership_inference"]
+    assert main(["audit", str(digits_run), "--top", "5", "--roc"]) == 0
+    out = capsys.readouterr().out
+    assert f"LiRA (online) on the run's own {mi['models']} models" in out
+    auc_line = next(line for line in out.splitlines() if line.startswith("AUC"))
+    assert f"{mi['auc']:.4f}" in auc_line and f"{mi['chance_auc']:.4f}" in auc_line
+    assert f"examples leaking at FDR 5%: {mi['privacy_risk_significant']}" in out
+    roc = out.split("ROC", 1)[1].split("most exposed", 1)[0]
+    assert len([line for line in roc.splitlines() if line.strip()[:1].isdigit()]) == len(mi["roc"]["fpr"])
+    table = out.split("most exposed training examples", 1)[1].splitlines()[2:]
+    risks = [float(line.split()[2]) for line in table if line.strip()]
+    assert len(risks) == 5 and risks == sorted(risks, reverse=True)
+    # neither a directory nor a job a Results service knows: exit 1, saying so
+    assert main(["audit", str(digits_run.parent / "no-such-dir"), "--results", "127.0.0.1:1"]) == 1
+    assert "is not a directory" in capsys.readouterr().err

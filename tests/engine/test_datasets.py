@@ -330,7 +330,7 @@ def test_image_folder_needs_train_and_test_with_the_same_classes(tmp_path):
 # -- label noise ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 1.0])
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.99])
 def test_flip_labels_flips_exactly_that_fraction_each_to_another_class(fraction):
     ds = load_longtail(seed=0, n_train=300, n_test=100, num_classes=4, image_size=8)
     noisy, idx = flip_labels(ds, fraction, seed=5)
@@ -344,6 +344,21 @@ def test_flip_labels_flips_exactly_that_fraction_each_to_another_class(fraction)
     assert again.fingerprint() == noisy.fingerprint()
     if len(idx):
         np.testing.assert_array_equal(noisy.extras["clean_y_train"], ds.y_train)
+
+
+def test_fraction_one_draws_every_label_at_random_as_zhang_et_al():
+    """Not "another class" (which would tell the model the class an example is not): uniform
+    over all C classes, independent of the example, so about 1/C keep their class."""
+    ds = load_longtail(seed=0, n_train=2000, n_test=100, num_classes=4, image_size=8)
+    noisy, idx = flip_labels(ds, 1.0, seed=5)
+    np.testing.assert_array_equal(idx, np.flatnonzero(noisy.y_train != ds.y_train))
+    assert abs(len(idx) / ds.n_train - 0.75) < 0.04
+    counts = np.bincount(noisy.y_train, minlength=4)
+    assert (np.abs(counts / ds.n_train - 0.25) < 0.04).all()
+    for c in range(4):  # the new label says nothing of the old one
+        new = noisy.y_train[ds.y_train == c]
+        assert abs((new == c).mean() - 0.25) < 0.07
+    np.testing.assert_array_equal(flip_labels(ds, 1.0, seed=5)[0].y_train, noisy.y_train)
 
 
 def test_flip_labels_rejects_fractions_outside_0_1():

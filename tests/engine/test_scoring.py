@@ -113,3 +113,22 @@ def test_the_balanced_plan_needs_ratio_one_half_and_whole_pairs_of_models():
     assert "models" in problems(models=15)
     assert "shard_size" in problems(models=6, shard_size=3, until_reliability=0.9, max_models=12)
     assert "plan" in dict(ScoringSpec(dataset="digits", plan="stratified").validate())
+
+
+def test_random_labels_are_fitted_in_sample_and_memorized_at_one_minus_one_over_c(digits):
+    """Zhang et al. 2017's sanity run, `label_noise=1.0`: every label drawn at random, so the
+    models can only memorize. 400 digits, 8 MLPs for 100 epochs: in-sample accuracy ≈ 1,
+    held-out ≈ 1/C, memorization of the changed labels ≈ 1 − 1/C (measured 0.99, 0.10, 0.89)."""
+    from dataclasses import replace
+
+    small = replace(digits, x_train=digits.x_train[:400], y_train=digits.y_train[:400])
+    fields = dict(dataset="digits", model="mlp", epochs=100, seed=2, models=8, plan="balanced", label_noise=1.0)
+    spec = ScoringSpec.from_dict(fields)
+    result = run_scoring(small, spec, device="cpu")
+    s, C = result.scores, digits.num_classes
+    changed = s["label_flipped"]
+    assert 0.8 < changed.mean() < 0.97  # about 1/C keep their class by chance
+    assert np.mean(s["in_sample_accuracy"]) > 0.95
+    assert abs(np.mean(s["heldout_accuracy"][changed]) - 1 / C) < 0.06
+    assert abs(np.mean(s["memorization"][changed]) - (1 - 1 / C)) < 0.08
+    assert abs(result.summary["mean_test_accuracy"] - 1 / C) < 0.06  # random labels teach nothing

@@ -2,17 +2,17 @@
 
 One idea per file: `tables` prints every table and CSV, `spec_flags` holds the scoring-spec flags
 shared by `run` and `submit`, `local` has the commands that compute in this process (run,
-exposure, report), `service` the client commands of a running service, `up` the embedded
-service itself. Each command is a registration function (flags only) and a command function;
-heavy imports (torch, grpc, tqdm) happen inside the command functions so `memscore --help`
-stays fast.
+exposure), `report` those that read a run's result files (report, audit), `service` the client
+commands of a running service, `up` the embedded service itself. Each command is a registration
+function (flags only) and a command function; heavy imports (torch, grpc, tqdm) happen inside
+the command functions so `memscore --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from . import local, service, up
+from . import local, report, service, up
 
 # Order here is the order in `memscore --help`.
 COMMANDS = [
@@ -28,7 +28,8 @@ COMMANDS = [
     service.add_extend,
     service.add_upload,
     service.add_health,
-    local.add_report,
+    report.add_report,
+    report.add_audit,
 ]
 
 

@@ -41,7 +41,11 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         "--influence-threshold", type=float, default=0.15, help="influence: global pairs kept at or above this"
     )
     p.add_argument(
-        "--label-noise", type=float, default=0.0, help="flip this fraction of training labels (validation experiments)"
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help="flip this fraction of training labels to another class (validation experiments; "
+        "1.0 = every label drawn at random, the sanity run of Zhang et al. 2017)",
     )
     p.add_argument("--keep-checkpoints", action="store_true", help="store each shard's stacked weights")
     p.add_argument(

@@ -782,8 +782,11 @@ def load_dataset(ref: str, seed: int | None = None, max_train_examples: int | No
 def flip_labels(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, np.ndarray]:
     """Relabel round(fraction * n_train) training examples, chosen with `seed`, each to a
     uniformly random *different* class: the examples a model can only fit by memorizing.
-    Returns (new dataset, sorted flipped indices); `extras["clean_y_train"]` keeps the labels
-    before flipping. Test labels are untouched."""
+    Fraction 1 is Zhang et al. 2017's random-label run instead: every label drawn uniformly
+    from all classes, independent of the example (a "different class" would tell the model
+    which class an example is not), so about 1/C keep their class by chance.
+    Returns (new dataset, sorted indices of the labels that changed); `extras["clean_y_train"]`
+    keeps the labels before flipping. Test labels are untouched."""
     if not 0.0 <= fraction <= 1.0:
         raise DatasetError(f"fraction: must be in [0, 1], got {fraction}")
     k = round(fraction * ds.n_train)
@@ -792,9 +795,13 @@ def flip_labels(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, np.nd
     if ds.num_classes < 2:
         raise DatasetError("num_classes: flipping labels needs at least 2 classes")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x464C4950]))  # "FLIP"
-    idx = np.sort(rng.choice(ds.n_train, size=k, replace=False)).astype(np.int64)
     y = ds.y_train.copy()
-    y[idx] = (y[idx] + rng.integers(1, ds.num_classes, size=k)) % ds.num_classes  # never 0 shift
+    if fraction == 1.0:
+        y = rng.integers(0, ds.num_classes, size=ds.n_train).astype(ds.y_train.dtype)
+        idx = np.flatnonzero(y != ds.y_train).astype(np.int64)
+    else:
+        idx = np.sort(rng.choice(ds.n_train, size=k, replace=False)).astype(np.int64)
+        y[idx] = (y[idx] + rng.integers(1, ds.num_classes, size=k)) % ds.num_classes  # never 0 shift
     extras = dict(ds.extras)
     extras.setdefault("clean_y_train", ds.y_train)
     return replace(ds, y_train=y, extras=extras), idx

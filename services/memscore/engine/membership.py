@@ -40,6 +40,8 @@ MIN_SHADOWS = 2  # shadow models needed on each side of an example to fit its Ga
 PER_EXAMPLE_VARIANCE_MODELS = 64  # the paper's switch: per-example variances from this many models on
 VAR_FLOOR = 1e-4  # margins' variance never taken below this (a constant margin, float32 saturation)
 FPR_TARGETS = (0.001, 0.01)
+# The ROC curve summary.json keeps (the report draws it on log-log axes, as the paper does): a 1-2-5 grid of FPRs
+ROC_FPRS = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 BOOTSTRAP = 200
 PERMUTATIONS = 50
 FDR = 0.05  # false-discovery rate of the examples reported as leaking
@@ -54,7 +56,7 @@ class MembershipInference:
     variance: str  # "per_example" | "global"
     auc: float
     auc_interval: tuple[float, float]
-    tpr_at_fpr: dict[float, float]
+    tpr_at_fpr: dict[float, float]  # at FPR_TARGETS and ROC_FPRS
     tpr_intervals: dict[float, tuple[float, float]]
     privacy_risk: np.ndarray  # float64 (n,), NaN where an example has no member or no non-member scored
     privacy_risk_stderr: np.ndarray
@@ -97,6 +99,11 @@ class MembershipInference:
                 and self.auc_interval[0] > self.chance_auc_interval[1]
             ),
             "privacy_risk_significant": self.significant_examples(),
+            "roc": {
+                "fpr": list(ROC_FPRS),
+                "tpr": [r(self.tpr_at_fpr[f]) for f in ROC_FPRS],
+                "chance_tpr": [r(self.chance_tpr_at_fpr[f]) for f in ROC_FPRS],
+            },
         }
 
 
@@ -153,20 +160,20 @@ class _Roc:
         self.groups = len(values)
         self.col, self.pos = col, pos
 
-    def figures(self, weights: np.ndarray) -> tuple[float, dict[float, float]]:
+    def figures(self, weights: np.ndarray, fprs=FPR_TARGETS) -> tuple[float, dict[float, float]]:
         """(AUC, {target FPR: TPR at the largest FPR not above it}) with `weights` per example."""
         w = weights[self.col].astype(np.float64)
         wpos = np.bincount(self.group, weights=w * self.pos, minlength=self.groups)
         wneg = np.bincount(self.group, weights=w * ~self.pos, minlength=self.groups)
         total_pos, total_neg = wpos.sum(), wneg.sum()
         if total_pos <= 0 or total_neg <= 0:
-            return math.nan, {f: math.nan for f in FPR_TARGETS}
+            return math.nan, {f: math.nan for f in fprs}
         neg_below = np.cumsum(wneg) - wneg
         auc = float((wpos * (neg_below + 0.5 * wneg)).sum() / (total_pos * total_neg))
         neg_above = total_neg - np.cumsum(wneg)  # strictly above each group's score
         pos_above = total_pos - np.cumsum(wpos)
         tprs = {}
-        for f in FPR_TARGETS:
+        for f in fprs:
             g = int(np.argmax(neg_above <= f * total_neg + 1e-9))  # the lowest threshold letting few enough through
             tprs[f] = float(pos_above[g] / total_pos)
         return auc, tprs
@@ -208,7 +215,7 @@ def membership_inference(
     scores, used = lira_scores(members, margins, variance)
     roc = _Roc(scores, members)
     n = members.shape[1]
-    auc, tprs = roc.figures(np.ones(n))
+    auc, tprs = roc.figures(np.ones(n), FPR_TARGETS + ROC_FPRS)
     rng = np.random.default_rng(seed)
     boot = [roc.figures(np.bincount(rng.integers(0, n, size=n), minlength=n)) for _ in range(bootstrap)] if n else []
 
@@ -229,7 +236,7 @@ def membership_inference(
         null_auc, _, _ = per_example_auc(null_scores, shuffled)
         null_sum += np.nan_to_num(null_auc, nan=0.5)
         null_squares += np.nan_to_num(null_auc, nan=0.5) ** 2
-        null_roc.append(_Roc(null_scores, shuffled).figures(np.ones(n)))
+        null_roc.append(_Roc(null_scores, shuffled).figures(np.ones(n), FPR_TARGETS + ROC_FPRS))
     null_mean = null_sum / permutations if permutations else np.full(n, 0.5)
     risk = np.clip(0.5 + raw - null_mean, 0.0, 1.0)
     # The scores of one example's targets share its shadow fits, so its AUC varies more under
@@ -256,7 +263,7 @@ def membership_inference(
         chance_auc=float(np.mean(chance)) if chance else math.nan,
         chance_auc_interval=interval(chance),
         chance_tpr_at_fpr={
-            f: float(np.mean([r[1][f] for r in null_roc])) if null_roc else math.nan for f in FPR_TARGETS
+            f: float(np.mean([r[1][f] for r in null_roc])) if null_roc else math.nan for f in FPR_TARGETS + ROC_FPRS
         },
     )
 

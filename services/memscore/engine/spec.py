@@ -37,7 +37,7 @@ class ScoringSpec:
     influence_top_k: int = 10  # per test example, its top-k training examples
     influence_threshold: float = 0.15  # global pairs kept when influence >= this (paper: 0.15)
     max_influence_pairs: int = 100_000
-    label_noise: float = 0.0  # fraction of training labels flipped (for validation experiments)
+    label_noise: float = 0.0  # fraction of training labels flipped (validation; 1 = random labels, Zhang et al. 2017)
     keep_checkpoints: bool = False
     influence_fdr: float = 0.05  # false discovery rate q for significant influence pairs
     until_reliability: float = 0.0  # self-stopping target (Spearman-Brown reliability); 0 = off
@@ -90,8 +90,8 @@ class ScoringSpec:
             problems.append(("influence_threshold", f"must be in [-1, 1], got {self.influence_threshold}"))
         if not 0 <= self.max_influence_pairs <= 10_000_000:
             problems.append(("max_influence_pairs", f"must be between 0 and 10000000, got {self.max_influence_pairs}"))
-        if not 0.0 <= self.label_noise < 1.0:
-            problems.append(("label_noise", f"must be in [0, 1), got {self.label_noise}"))
+        if not 0.0 <= self.label_noise <= 1.0:
+            problems.append(("label_noise", f"must be in [0, 1], got {self.label_noise}"))
         if not 0.0 < self.influence_fdr < 1.0:  # also rejects NaN
             problems.append(("influence_fdr", f"must be strictly between 0 and 1, got {self.influence_fdr}"))
         if not (self.until_reliability == 0.0 or 0.0 < self.until_reliability < 1.0):

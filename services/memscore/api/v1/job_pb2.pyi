@@ -196,7 +196,8 @@ class ScoringSpec(_message.Message):
     """
     label_noise: _builtins.float
     """Fraction of training labels replaced by a random other class before training, to validate
-    the scores (flipped examples should score high). Default 0. In [0, 1).
+    the scores (flipped examples should score high). Default 0. In [0, 1]; 1 draws every label
+    uniformly at random (Zhang et al. 2017's random-label sanity run: memorization near 1 - 1/C).
     """
     keep_checkpoints: _builtins.bool
     """Also store each shard's stacked model weights (jobs/<id>/shards/<s>/checkpoint.pt).
