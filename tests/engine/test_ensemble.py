@@ -225,3 +225,20 @@ def test_trace_keeps_margins_predictions_and_heldout_distributions(small_mnist1d
     np.testing.assert_allclose(t.group_entropy[:4], -(p * np.log(np.maximum(p, 1e-300))).sum(-1), atol=2e-3)
     np.testing.assert_allclose(t.group_maxprob[:4], p.max(-1), atol=2e-4)
     assert not t.group_prob_in[4:].any() and not t.group_entropy[4:].any()
+
+
+def test_adversarial_distances_do_not_depend_on_the_group_a_model_trains_in(small_mnist1d):
+    """The opt-in adversarial fields: per model and training example, the same (up to the
+    bisection's resolution, eps_max / 256) whether the model trains with others or alone; absent
+    unless asked for."""
+    ds = small_mnist1d
+    recipe = replace(make_recipe("mlp"), epochs=0, min_steps=40, batch_size=32)
+    run = dict(seed=4, recipe=recipe, device="cpu", metrics=("adversarial",))
+    together = train_ensemble(ds, "mlp", [1, 2, 3], 0.5, group_size=3, **run).trace
+    alone = train_ensemble(ds, "mlp", [1, 2, 3], 0.5, group_size=1, **run).trace
+    for field in ("adv_l2", "adv_linf"):
+        eps = together.meta["adv_eps_max"][field[4:]]
+        d = getattr(together, field)
+        assert d.shape == (3, ds.n_train) and (d > 0).all() and (d <= eps).all()
+        assert np.mean(np.abs(d - getattr(alone, field)) <= eps / 128) > 0.99, field
+    assert train_ensemble(ds, "mlp", [1], 0.5, seed=4, recipe=recipe, device="cpu").trace.adv_l2 is None

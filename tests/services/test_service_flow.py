@@ -163,6 +163,11 @@ def test_bad_requests_get_the_right_status_codes(stack, client, tmp_path):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in field_violations(e.value)] == ["spec.scoring.model"]
 
+    with pytest.raises(grpc.RpcError) as e:  # a balanced plan needs pairs; metric groups must exist
+        client.submit_scoring(dataset="mnist1d", models=7, plan="balanced", metrics=["adversarial", "telepathy"])
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {f for f, _ in field_violations(e.value)} == {"spec.scoring.models", "spec.scoring.metrics"}
+
     with pytest.raises(grpc.RpcError) as e:
         client.submit(job_pb2.JobSpec())
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -296,3 +301,25 @@ def test_a_self_stopping_job_grows_on_redis_and_s3_until_max_models(stack, clien
     served = pq.read_table(io.BytesIO(client.artifact(job.job_id, "scores.parquet")))
     np.testing.assert_array_equal(served.column("memorization").to_numpy(), local.scores["memorization"])
     assert all(stack.runtime.jobs.incr_attempts(job.job_id, s) == 2 for s in range(3))  # each shard trained once
+
+
+def test_a_balanced_job_with_adversarial_metrics_matches_an_embedded_run(stack, client, blobs):
+    """The plan and the opt-in metric groups travel from SubmitJob to the worker: every example in
+    exactly half the models, and the adversarial distances the worker measured are the ones an
+    embedded run measures."""
+    spec = dict(SPEC, models=4, plan="balanced", metrics=["adversarial"])
+    ref = client.upload(blobs).dataset_ref
+    stack.start_worker()
+    job = client.submit_scoring(dataset=ref, **spec)
+    assert job.spec.scoring.plan == "balanced" and list(job.spec.scoring.metrics) == ["adversarial"]
+    events = list(client.watch(job.job_id, timeout=180))
+    assert events[-1].state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    served = pq.read_table(io.BytesIO(client.artifact(job.job_id, "scores.parquet")))
+    assert (served.column("n_in").to_numpy() == 2).all() and (served.column("n_out").to_numpy() == 2).all()
+    local = run_scoring(load_dataset(str(blobs)), ScoringSpec.from_dict({"dataset": str(blobs), **spec}), device="cpu")
+    for col in ("adv_distance_l2", "adv_distance_linf_heldout", "holdout_retraining"):
+        np.testing.assert_allclose(served.column(col).to_numpy(), local.scores[col], rtol=1e-5, err_msg=col)
+    summary = json.loads(client.artifact(job.job_id, "summary.json"))
+    assert summary["spec"]["ratio"] == 0.5 and set(summary["adversarial"]["eps_max"]) == {"l2", "linf"}
+    top = client.ranked(job.job_id, metric="adv_distance_l2", ascending=True, limit=3)
+    assert [e.adv_distance_l2 for e in top] == sorted(local.scores["adv_distance_l2"])[:3]

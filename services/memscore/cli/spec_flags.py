@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..engine.catalog import BUILTINS, PLANS, RELIABILITY_METRICS
+from ..engine.catalog import BUILTINS, OPT_IN_METRICS, PLANS, RELIABILITY_METRICS
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
@@ -23,6 +23,14 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="subset ratio r (default 0.7, as in Feldman & Zhang; 0.5 with --plan balanced)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="",
+        help="comma list of opt-in metric groups, each costing extra work per model: "
+        + " | ".join(OPT_IN_METRICS)
+        + " (adversarial: every model's L2 and L-inf distance to the nearest adversarial example of each "
+        "training example; the cheap metrics are always on)",
     )
     p.add_argument(
         "--plan",
@@ -81,6 +89,7 @@ def spec_from_args(args: argparse.Namespace):
         model=args.model,
         models=args.models,
         plan=args.plan,
+        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
         epochs=args.epochs,
         seed=args.seed,
         batch_size=args.batch_size,

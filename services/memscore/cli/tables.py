@@ -21,6 +21,14 @@ _NOT_PRINTED = (
     "model_confidence_stderr",
     "holdout_retraining_stderr",
     "ensemble_agreement_stderr",
+    "adv_distance_l2",  # the run table is wide enough; the CSV and parquet have them
+    "adv_distance_l2_stderr",
+    "adv_distance_l2_heldout",
+    "adv_distance_l2_heldout_stderr",
+    "adv_distance_linf",
+    "adv_distance_linf_stderr",
+    "adv_distance_linf_heldout",
+    "adv_distance_linf_heldout_stderr",
 )
 RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED)
 

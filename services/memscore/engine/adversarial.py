@@ -49,15 +49,17 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from .recipes import ADV_BATCH, ADV_NORMS, ADV_PGD_STEPS, ADV_SEARCH_STEPS
+
 # fn(params, buffers, x (G, B, *feature_shape)) -> logits (G, B, C): ensemble._stack_models' train_fn
 StackedForward = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 Tensors = dict[str, torch.Tensor]
 
-NORMS = ("l2", "linf")
-STEPS = 10  # PGD steps per ε tried; enough for the step size below to cross the ball 2.5 times
-SEARCH_STEPS = 8  # bisection steps: resolution eps_max / 256
+NORMS = ADV_NORMS
+STEPS = ADV_PGD_STEPS  # PGD steps per ε tried; enough for the step size below to cross the ball 2.5 times
+SEARCH_STEPS = ADV_SEARCH_STEPS  # bisection steps: resolution eps_max / 256
 STEP_FACTOR = 2.5  # PGD step size = STEP_FACTOR · ε / steps (Madry et al. 2018)
-BATCH = 256  # examples per chunk; the PGD batch is G × BATCH inputs
+BATCH = ADV_BATCH  # examples per chunk; the PGD batch is G × BATCH inputs
 # The random start is uniform in the ball of radius START · ε: off x, so a flat or masked gradient
 # at x cannot stall the search, yet close enough that 10 L2 steps converge (linear model: the
 # found ε is within 1% of d; from the whole ball, the projections leave it up to 5% above d).
@@ -244,3 +246,17 @@ def _on_device(x: torch.Tensor | np.ndarray, params: Tensors) -> torch.Tensor:
 def _check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+
+
+def trace_distances(
+    fn: StackedForward, params: Tensors, buffers: Tensors, x: np.ndarray, seed: int
+) -> tuple[dict, dict]:
+    """What the trainer records for a job with the `adversarial` metrics: ({trace field:
+    distance float32 (G, n)} for both norms, {norm: eps_max}). eps_max comes from the data alone
+    (`default_eps_max`), so every shard searches the same range."""
+    fields, eps = {}, {}
+    for norm in NORMS:
+        eps[norm] = default_eps_max(x, norm)
+        found = min_perturbation(fn, params, buffers, x, norm, eps[norm], seed=seed)
+        fields[f"adv_{norm}"] = found.distance.numpy().astype(np.float32)
+    return fields, eps

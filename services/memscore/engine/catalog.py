@@ -34,6 +34,11 @@ ARCH_INPUT_DESCRIPTION = {
     "resnet": "(c, h, w) images",
 }
 
+# Metric groups a job opts into (ScoringSpec.metrics, `--metrics`): they cost extra work per model.
+# adversarial: each model's distance to the nearest adversarial example of every training example
+# (engine/adversarial.py), L2 and L∞, after training.
+OPT_IN_METRICS: tuple[str, ...] = ("adversarial",)
+
 # Subset plans (engine/subsets.py): independent random subsets, or LiRA's balanced complementary pairs.
 PLANS: tuple[str, ...] = ("random", "balanced")
 
@@ -69,6 +74,14 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "holdout_retraining_stderr",
     "ensemble_agreement",
     "ensemble_agreement_stderr",
+    "adv_distance_l2",
+    "adv_distance_l2_stderr",
+    "adv_distance_l2_heldout",
+    "adv_distance_l2_heldout_stderr",
+    "adv_distance_linf",
+    "adv_distance_linf_stderr",
+    "adv_distance_linf_heldout",
+    "adv_distance_linf_heldout_stderr",
 )
 
 # Score columns examples can be ranked by (Results.StreamRanked `metric`, `memscore results --metric`).
@@ -88,6 +101,8 @@ RANK_METRICS: tuple[str, ...] = (
     "model_confidence",
     "holdout_retraining",
     "ensemble_agreement",
+    "adv_distance_l2",
+    "adv_distance_linf",
 )
 
 # Scores whose split-half reliability every job reports (summary.json `reliability`), and which

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from .canaries import CanaryFormat
 from .catalog import DEFAULT_ARCH
 from .prototypes import JACKKNIFE_GROUPS
-from .recipes import LM_BATCH_SIZE, LM_SEQ_LEN, lm_steps, make_recipe, total_steps
+from .recipes import ADV_BATCH, LM_BATCH_SIZE, LM_SEQ_LEN, adversarial_passes, lm_steps, make_recipe, total_steps
 from .spec import ExposureSpec, ScoringSpec
 
 RUNTIME_BYTES = 512 << 20  # allocator slack, cuDNN/oneDNN workspaces, the augmentation buffers
@@ -162,9 +162,14 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
     features = math.prod(facts.feature_shape)
     examples = facts.n_train + facts.n_test
     train = 3.0 * m.forward_flops * batch * steps + m.forward_flops * examples
+    if "adversarial" in spec.metrics:  # each pass is a forward and an input-gradient backward
+        train += 3.0 * m.forward_flops * facts.n_train * adversarial_passes()
     train_act = batch * m.activations * FLOAT * 2
     eval_act = min(EVAL_BATCH, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
-    per_model = m.params * FLOAT * 4 + max(train_act, eval_act)
+    adv_act = (
+        ADV_BATCH * m.activations * FLOAT * 2 if "adversarial" in spec.metrics else 0
+    )  # PGD: as a batch of training
+    per_model = m.params * FLOAT * 4 + max(train_act, eval_act, adv_act)
     return JobCost(
         arch=arch,
         model=m,

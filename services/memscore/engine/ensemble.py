@@ -32,7 +32,7 @@ from .models import build_model, default_arch
 from .prototypes import JACKKNIFE_GROUPS, group_of
 from .recipes import RECIPES, Recipe, make_recipe, total_steps  # noqa: F401  (re-exported: the trainer's API)
 from .subsets import AUGMENT, BATCHES, INIT, model_seed, subset_indices, subset_size
-from .traces import GROUP_FIELDS, Trace
+from .traces import ADV_FIELDS, GROUP_FIELDS, Trace
 
 
 class Cancelled(Exception):
@@ -204,10 +204,12 @@ def train_ensemble(
     eval_batch: int = 0,
     group_size: int = 0,
     plan: str = "random",
+    metrics: tuple[str, ...] = (),
 ) -> TrainOutput:
     """Train models `model_ids` on their subsets (`subsets.PLANS`); return their trace. The
     models are trained `group_size` at a time (0 = all at once on a GPU, `CPU_GROUP_SIZE` on the
-    CPU); the result does not depend on the grouping."""
+    CPU); the result does not depend on the grouping. `metrics`: opt-in groups
+    (catalog.OPT_IN_METRICS) measured on the trained models before they are dropped."""
     dev = resolve_device(device) if isinstance(device, str) else device
     if not group_size:
         group_size = len(model_ids) if dev.type == "cuda" else CPU_GROUP_SIZE
@@ -215,7 +217,19 @@ def train_ensemble(
         eval_batch = 8192 if dev.type == "cuda" else 256
     if len(model_ids) <= group_size:
         return _train_group(
-            ds, arch, model_ids, ratio, seed, recipe, dev, progress, should_stop, keep_weights, eval_batch, plan
+            ds,
+            arch,
+            model_ids,
+            ratio,
+            seed,
+            recipe,
+            dev,
+            progress,
+            should_stop,
+            keep_weights,
+            eval_batch,
+            plan,
+            metrics,
         )
     outs = []
     groups = [model_ids[a : a + group_size] for a in range(0, len(model_ids), group_size)]
@@ -227,8 +241,20 @@ def train_ensemble(
 
         outs.append(
             _train_group(
-                ds, arch, ids, ratio, seed, recipe, dev, group_progress, should_stop, keep_weights, eval_batch, plan
-            )
+                ds,
+                arch,
+                ids,
+                ratio,
+                seed,
+                recipe,
+                dev,
+                group_progress,
+                should_stop,
+                keep_weights,
+                eval_batch,
+                plan,
+                metrics,
+            )  # fmt: skip
         )
     return _concat(outs)
 
@@ -236,10 +262,12 @@ def train_ensemble(
 def _concat(outs: list[TrainOutput]) -> TrainOutput:
     t = [o.trace for o in outs]
     meta = dict(t[0].meta)
-    for key in ("train_seconds", "total_seconds"):
-        meta[key] = sum(x.meta[key] for x in t)
+    for key in ("train_seconds", "total_seconds", "adversarial_seconds"):
+        if key in meta:
+            meta[key] = sum(x.meta[key] for x in t)
     held = [x.heldout_prob_sum for x in t]
     groups = {k: sum(getattr(x, k) for x in t) for k in GROUP_FIELDS}
+    groups.update({k: np.concatenate([getattr(x, k) for x in t]) for k in ADV_FIELDS if t[0].adv_l2 is not None})
     trace = Trace(
         model_ids=np.concatenate([x.model_ids for x in t]),
         masks=np.concatenate([x.masks for x in t]),
@@ -272,6 +300,7 @@ def _train_group(
     keep_weights: bool,
     eval_batch: int,
     plan: str = "random",
+    metrics: tuple[str, ...] = (),
 ) -> TrainOutput:
     """Train models `model_ids` at once."""
     t0 = time.perf_counter()
@@ -310,6 +339,13 @@ def _train_group(
             eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp, masks, group_of(model_ids)
         )
         test = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, use_amp)
+    extra, meta = {}, {}
+    if "adversarial" in metrics:
+        from .adversarial import trace_distances
+
+        t_adv = time.perf_counter()
+        extra, meta["adv_eps_max"] = trace_distances(train_fn, params, buffers, ds.x_train, seed)
+        meta["adversarial_seconds"] = time.perf_counter() - t_adv
     t_total = time.perf_counter() - t0
 
     trace = Trace(
@@ -323,7 +359,9 @@ def _train_group(
         test_pred=test.pred,
         heldout_prob_sum=train.groups["group_prob_out"].sum(0),
         **train.groups,
+        **extra,
         meta={
+            **meta,
             "arch": arch,
             "recipe": asdict(recipe),
             "ratio": ratio,

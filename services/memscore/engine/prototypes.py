@@ -1,6 +1,7 @@
 """Three of the prototypicality metrics of Carlini, Erlingsson & Papernot 2019 ("Distribution
 Density, Tails, and Outliers in Machine Learning: Metrics and Applications", arXiv 1910.13427),
-from the predicted distributions the job's subset models already compute.
+from the predicted distributions the job's subset models already compute, and a fourth,
+adversarial robustness, from the distances jobs that opt in measure (engine/adversarial.py).
 
 With p_k(i) the softmax of model k on training example i, K models of which K_in trained on i:
 
@@ -12,6 +13,12 @@ With p_k(i) the softmax of model k on training example i, K models of which K_in
 - **ensemble_agreement** = exp(−JS(i)) in (0, 1], where JS(i) = H(p̄) − mean_k H(p_k) is the
   generalised Jensen–Shannon divergence among all K models' distributions (nats). 1 means every
   model predicts the same distribution; lower means the models disagree. JS = −ln(agreement).
+
+- **adv_distance_l2 / adv_distance_linf** = the mean, over the models that trained on i (as the
+  paper's models all did), of the distance to the nearest input the model labels differently;
+  `_heldout` the same over the models that held i out. Small = the boundary runs close by.
+  A plain mean of independent models, with its standard error; a pair whose search found no
+  flip within eps_max counts as eps_max (a lower bound; summary.json says how many).
 
 The models never see each other's predictions, so each metric is a plug-in function of sums
 that shards add up: per *jackknife group* (model id mod J), the sums of p over members that
@@ -32,6 +39,8 @@ correction and the standard errors on planted distributions.
 from __future__ import annotations
 
 import numpy as np
+
+from .traces import ADV_FIELDS
 
 JACKKNIFE_GROUPS = 8  # J: model k belongs to group k mod J, whichever shard trained it
 _P_FLOOR = 1e-7  # probabilities floored inside the KL's logs (float32 softmax can underflow to 0)
@@ -66,9 +75,16 @@ class PrototypeSums:
         self.n_in = np.zeros((JACKKNIFE_GROUPS, n))
         self.n_out = np.zeros((JACKKNIFE_GROUPS, n))
         self.models = 0  # members whose sums were added (traces without them add nothing)
+        # adversarial distances: per field, Σd and Σd² over members in / out; censored pairs
+        self.adv: dict[str, np.ndarray] = {}  # field -> (4, n): Σd in, Σd² in, Σd out, Σd² out
+        self.adv_counts = np.zeros((2, n))  # members in / out with distances
+        self.adv_censored: dict[str, list[int]] = {}  # field -> [censored pairs, pairs]
+        self.adv_eps_max: dict[str, float] = {}
 
     def add(self, trace) -> None:
-        """One trace's group sums (`Trace.group_*`; a trace without them adds nothing)."""
+        """One trace's group sums (`Trace.group_*`; a trace without them adds nothing) and its
+        adversarial distances, if it has them."""
+        self._add_adversarial(trace)
         if trace.group_prob_in is None:
             return
         if self.prob_in is None:
@@ -85,10 +101,58 @@ class PrototypeSums:
             self.n_out[j] += (~rows).sum(0)
         self.models += trace.num_models
 
+    def _add_adversarial(self, trace) -> None:
+        if trace.adv_l2 is None:
+            return
+        inside = trace.masks.astype(np.float64)
+        self.adv_counts += [inside.sum(0), (1 - inside).sum(0)]
+        for field in ADV_FIELDS:
+            d = getattr(trace, field).astype(np.float64)
+            sums = self.adv.setdefault(field, np.zeros((4, self.n)))
+            sums += [
+                (inside * d).sum(0),
+                (inside * d * d).sum(0),
+                ((1 - inside) * d).sum(0),
+                ((1 - inside) * d * d).sum(0),
+            ]
+            eps = float(trace.meta.get("adv_eps_max", {}).get(field[4:], np.inf))
+            self.adv_eps_max[field] = eps
+            counts = self.adv_censored.setdefault(field, [0, 0])
+            counts[0] += int((d >= eps * (1 - 1e-6)).sum())
+            counts[1] += d.size
+
+    def adversarial_summary(self) -> dict | None:
+        """summary.json's `adversarial`: the search range and the share of (model, example) pairs
+        whose search found no flip within it; None for jobs without the adversarial metrics."""
+        if not self.adv:
+            return None
+        return {
+            "eps_max": {f[4:]: self.adv_eps_max[f] for f in self.adv},
+            "censored_fraction": {f[4:]: c[0] / max(c[1], 1) for f, c in self.adv_censored.items()},
+        }
+
     def scores(self) -> dict[str, np.ndarray]:
         """The three metrics and their standard errors, float64 (n,); NaN where an estimate
         needs models the job does not have (no trace with sums; fewer than two groups; for
         holdout_retraining, no model in or none out)."""
+        return {**self._distribution_scores(), **self._adversarial_scores()}
+
+    def _adversarial_scores(self) -> dict[str, np.ndarray]:
+        out = {}
+        for field in ADV_FIELDS:
+            name = "adv_distance_" + field[4:]
+            sums = self.adv.get(field, np.full((4, self.n), np.nan))
+            for side, suffix in ((0, ""), (1, "_heldout")):
+                n = self.adv_counts[side] if field in self.adv else np.zeros(self.n)
+                s, ss = sums[2 * side], sums[2 * side + 1]
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    mean = np.where(n > 0, s / n, np.nan)
+                    var = np.where(n > 1, (ss - s * s / n) / (n - 1), np.nan)
+                out[name + suffix] = mean
+                out[name + suffix + "_stderr"] = np.sqrt(np.maximum(var, 0) / np.maximum(n, 1))
+        return out
+
+    def _distribution_scores(self) -> dict[str, np.ndarray]:
         names = ("model_confidence", "holdout_retraining", "ensemble_agreement")
         if self.prob_in is None:
             nan = np.full(self.n, np.nan)

@@ -79,3 +79,18 @@ def lm_steps(
         return max(1, math.ceil(epochs * corpus_chars / (batch_size * seq_len)))
     lo, hi = LM_STEPS_RANGE
     return min(hi, max(lo, math.ceil(LM_DEFAULT_EPOCHS * corpus_chars / (batch_size * seq_len))))
+
+
+# The adversarial metrics' search (engine/adversarial.py), here so the gateway sizes a job that
+# opts into them without importing torch (engine/cost.py): per norm, one PGD at eps_max and
+# ADV_SEARCH_STEPS bisection steps, each ADV_PGD_STEPS forward+backward passes over every
+# (model, training example) pair.
+ADV_PGD_STEPS = 10  # enough for a step of 2.5·ε/steps to cross the ball 2.5 times
+ADV_SEARCH_STEPS = 8  # bisection steps: resolution eps_max / 256
+ADV_NORMS = ("l2", "linf")
+ADV_BATCH = 256  # examples per chunk: each PGD step runs G × ADV_BATCH inputs forward and backward
+
+
+def adversarial_passes() -> int:
+    """Forward+backward passes per (model, training example) of the adversarial metrics."""
+    return len(ADV_NORMS) * (1 + ADV_SEARCH_STEPS) * ADV_PGD_STEPS

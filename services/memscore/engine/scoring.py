@@ -95,6 +95,7 @@ def train_shard(
         should_stop=should_stop,
         keep_weights=spec.keep_checkpoints,
         plan=spec.plan,
+        metrics=tuple(spec.metrics),
     )
     out.trace.meta.update(shard=shard, dataset=ds.fingerprint())
     return out
@@ -220,6 +221,7 @@ class Reducer:
         self.split_half = SplitHalf(ds.n_train, ds.n_test)  # even vs odd model ids: the job's reliability
         self.membership = MembershipBank(ds.n_train)  # LiRA over the job's own models
         self.train_seconds = 0.0
+        self.adversarial_seconds = 0.0  # part of train_seconds
         self.shards: set[int] = set()
         self.devices: set[str] = set()
 
@@ -232,6 +234,7 @@ class Reducer:
         self.split_half.add(trace)
         self.membership.add(trace.model_ids, trace.masks, trace.train_margin)
         self.train_seconds += float(trace.meta.get("total_seconds", 0.0))
+        self.adversarial_seconds += float(trace.meta.get("adversarial_seconds", 0.0))
         if "shard" in trace.meta:
             self.shards.add(int(trace.meta["shard"]))
         self.devices.add(str(trace.meta.get("device", "")))
@@ -295,6 +298,10 @@ class Reducer:
         }
         summary["reliability"] = self.split_half.report()
         summary["membership_inference"] = membership
+        adversarial = self.scores.prototypes.adversarial_summary()
+        if adversarial is not None:
+            summary["adversarial"] = adversarial
+            summary["timings"]["adversarial_seconds"] = self.adversarial_seconds
         summary["timings"]["membership_seconds"] = attack_seconds
         return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test, self.scores.heldout_probs())
 

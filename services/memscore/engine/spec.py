@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .catalog import ARCH_FEATURE_NDIM, PLANS, RELIABILITY_METRICS
+from .catalog import ARCH_FEATURE_NDIM, OPT_IN_METRICS, PLANS, RELIABILITY_METRICS
 
 ARCHS = ("auto", *ARCH_FEATURE_NDIM)
 DEFAULT_SHARD_SIZE = 64  # models per shard (one task) when the spec says 0
@@ -44,6 +44,7 @@ class ScoringSpec:
     max_models: int = 0  # cap on models a self-stopping job trains; 0 = `models`
     reliability_metric: str = "memorization"  # whose reliability stops the job (RELIABILITY_METRICS)
     plan: str = "random"  # subset plan (subsets.PLANS): "balanced" = each example in exactly half the models
+    metrics: list[str] = dataclasses.field(default_factory=list)  # opt-in metric groups (OPT_IN_METRICS)
 
     @property
     def effective_shard_size(self) -> int:
@@ -108,6 +109,12 @@ class ScoringSpec:
                 )
             )
         problems += self._plan_problems()
+        if not isinstance(self.metrics, list) or any(m not in OPT_IN_METRICS for m in self.metrics):
+            problems.append(
+                ("metrics", f"unknown metric groups {self.metrics!r}; this memscore offers {', '.join(OPT_IN_METRICS)}")
+            )
+        elif len(set(self.metrics)) != len(self.metrics):
+            problems.append(("metrics", f"each metric group once, got {self.metrics!r}"))
         if self.reliability_metric not in RELIABILITY_METRICS:
             problems.append(
                 (

@@ -38,6 +38,9 @@ _P_MAX, _P_MIN = float(np.float32(1) - np.finfo(np.float32).epsneg), float(np.fi
 # Per-group sums (engine/prototypes.py): (J, n, C), (J, n, C), (J, n), (J, n) float32; absent in
 # traces written before them (their metrics are then NaN).
 GROUP_FIELDS = ("group_prob_in", "group_prob_out", "group_entropy", "group_maxprob")
+# Per member and training example, float32 (G, n), only in jobs that opt into them: the distance to
+# the nearest adversarial example (engine/adversarial.py; eps_max where none was found within it).
+ADV_FIELDS = ("adv_l2", "adv_linf")
 
 
 def margin_of_prob(p: np.ndarray) -> np.ndarray:
@@ -67,6 +70,8 @@ class Trace:
     group_prob_out: np.ndarray | None = None
     group_entropy: np.ndarray | None = None  # float32 (J, n)
     group_maxprob: np.ndarray | None = None
+    adv_l2: np.ndarray | None = None  # float32 (G, n), ADV_FIELDS
+    adv_linf: np.ndarray | None = None
     meta: dict = field(default_factory=dict)  # spec fingerprint, timings, recipe
 
     @classmethod
@@ -119,6 +124,7 @@ class Trace:
             test_margin=self.test_margin[rows],
             train_pred=pick(self.train_pred),
             test_pred=pick(self.test_pred),
+            **{k: pick(getattr(self, k)) for k in ADV_FIELDS},
             heldout_prob_sum=self.heldout_prob_sum if keep_all else None,
             **{k: getattr(self, k) if keep_all else None for k in GROUP_FIELDS},
             meta=dict(self.meta),
@@ -141,7 +147,7 @@ class Trace:
             v = getattr(self, name)
             if v is not None:
                 arrays[name] = v.astype(np.int32)
-        for name in ("heldout_prob_sum", *GROUP_FIELDS):
+        for name in ("heldout_prob_sum", *GROUP_FIELDS, *ADV_FIELDS):
             v = getattr(self, name)
             if v is not None:
                 arrays[name] = v.astype(np.float32)
@@ -173,6 +179,6 @@ class Trace:
                 test_margin=z["test_margin"],
                 train_pred=z["train_pred"] if "train_pred" in z.files else None,
                 test_pred=z["test_pred"] if "test_pred" in z.files else None,
-                **{k: z[k] if k in z.files else None for k in ("heldout_prob_sum", *GROUP_FIELDS)},
+                **{k: z[k] if k in z.files else None for k in ("heldout_prob_sum", *GROUP_FIELDS, *ADV_FIELDS)},
                 meta=meta,
             )

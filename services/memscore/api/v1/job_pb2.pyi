@@ -148,6 +148,7 @@ class ScoringSpec(_message.Message):
     MAX_MODELS_FIELD_NUMBER: _builtins.int
     RELIABILITY_METRIC_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Training data. Required. A built-in name ("mnist1d", "digits", "longtail"), a path the
     workers can read, or "datasets/<sha256>.npz" as returned by ScoringService.UploadDataset.
@@ -228,6 +229,15 @@ class ScoringSpec(_message.Message):
     every example is in exactly half the models, as LiRA's shadow models are built; needs ratio
     0.5 and an even number of models).
     """
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Opt-in metric groups, each costing extra work per model (empty = none; the metrics that need
+        no extra work are always computed). "adversarial": after training, every model's L2 and
+        L-inf distance to the nearest adversarial example of every training example (batched PGD
+        with a binary search; several times the training's compute on small models,
+        docs/performance.md), giving the adv_distance_* scores.
+        """
+
     def __init__(
         self,
         *,
@@ -250,10 +260,11 @@ class ScoringSpec(_message.Message):
         max_models: _builtins.int = ...,
         reliability_metric: _builtins.str = ...,
         plan: _builtins.str = ...,
+        metrics: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "max_influence_pairs", b"max_influence_pairs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "keep_checkpoints", b"keep_checkpoints", "label_noise", b"label_noise", "lr", b"lr", "max_influence_pairs", b"max_influence_pairs", "max_models", b"max_models", "model", b"model", "models", b"models", "plan", b"plan", "ratio", b"ratio", "reliability_metric", b"reliability_metric", "seed", b"seed", "shard_size", b"shard_size", "until_reliability", b"until_reliability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "keep_checkpoints", b"keep_checkpoints", "label_noise", b"label_noise", "lr", b"lr", "max_influence_pairs", b"max_influence_pairs", "max_models", b"max_models", "metrics", b"metrics", "model", b"model", "models", b"models", "plan", b"plan", "ratio", b"ratio", "reliability_metric", b"reliability_metric", "seed", b"seed", "shard_size", b"shard_size", "until_reliability", b"until_reliability"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__influence_fdr: _TypeAlias = _typing.Literal["influence_fdr"]  # noqa: Y015
     _WhichOneofArgType__influence_fdr: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr"]  # noqa: Y015

@@ -148,6 +148,14 @@ class RankedExample(_message.Message):
     HOLDOUT_RETRAINING_STDERR_FIELD_NUMBER: _builtins.int
     ENSEMBLE_AGREEMENT_FIELD_NUMBER: _builtins.int
     ENSEMBLE_AGREEMENT_STDERR_FIELD_NUMBER: _builtins.int
+    ADV_DISTANCE_L2_FIELD_NUMBER: _builtins.int
+    ADV_DISTANCE_L2_STDERR_FIELD_NUMBER: _builtins.int
+    ADV_DISTANCE_L2_HELDOUT_FIELD_NUMBER: _builtins.int
+    ADV_DISTANCE_L2_HELDOUT_STDERR_FIELD_NUMBER: _builtins.int
+    ADV_DISTANCE_LINF_FIELD_NUMBER: _builtins.int
+    ADV_DISTANCE_LINF_STDERR_FIELD_NUMBER: _builtins.int
+    ADV_DISTANCE_LINF_HELDOUT_FIELD_NUMBER: _builtins.int
+    ADV_DISTANCE_LINF_HELDOUT_STDERR_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Index of the example in the training set."""
     label: _builtins.int
@@ -226,6 +234,26 @@ class RankedExample(_message.Message):
     """
     ensemble_agreement_stderr: _builtins.float
     """Standard error of `ensemble_agreement`."""
+    adv_distance_l2: _builtins.float
+    """Adversarial robustness (jobs with metrics "adversarial"; NaN otherwise): the mean, over the
+    models that trained on the example, of the L2 distance (in feature units) to the nearest
+    input the model labels differently; small = an outlier the boundary runs close to. A pair
+    whose search found no flip within summary.json's adversarial.eps_max counts as eps_max.
+    """
+    adv_distance_l2_stderr: _builtins.float
+    """Standard error of `adv_distance_l2`."""
+    adv_distance_l2_heldout: _builtins.float
+    """The same over the models that held the example out."""
+    adv_distance_l2_heldout_stderr: _builtins.float
+    """Standard error of `adv_distance_l2_heldout`."""
+    adv_distance_linf: _builtins.float
+    """As `adv_distance_l2`, with the L-infinity norm."""
+    adv_distance_linf_stderr: _builtins.float
+    """Standard error of `adv_distance_linf`."""
+    adv_distance_linf_heldout: _builtins.float
+    """As `adv_distance_l2_heldout`, with the L-infinity norm."""
+    adv_distance_linf_heldout_stderr: _builtins.float
+    """Standard error of `adv_distance_linf_heldout`."""
     def __init__(
         self,
         *,
@@ -256,10 +284,18 @@ class RankedExample(_message.Message):
         holdout_retraining_stderr: _builtins.float = ...,
         ensemble_agreement: _builtins.float = ...,
         ensemble_agreement_stderr: _builtins.float = ...,
+        adv_distance_l2: _builtins.float = ...,
+        adv_distance_l2_stderr: _builtins.float = ...,
+        adv_distance_l2_heldout: _builtins.float = ...,
+        adv_distance_l2_heldout_stderr: _builtins.float = ...,
+        adv_distance_linf: _builtins.float = ...,
+        adv_distance_linf_stderr: _builtins.float = ...,
+        adv_distance_linf_heldout: _builtins.float = ...,
+        adv_distance_linf_heldout_stderr: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ensemble_agreement", b"ensemble_agreement", "ensemble_agreement_stderr", b"ensemble_agreement_stderr", "heldout_accuracy", b"heldout_accuracy", "holdout_retraining", b"holdout_retraining", "holdout_retraining_stderr", b"holdout_retraining_stderr", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "model_confidence", b"model_confidence", "model_confidence_stderr", b"model_confidence_stderr", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_risk", b"privacy_risk", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adv_distance_l2", b"adv_distance_l2", "adv_distance_l2_heldout", b"adv_distance_l2_heldout", "adv_distance_l2_heldout_stderr", b"adv_distance_l2_heldout_stderr", "adv_distance_l2_stderr", b"adv_distance_l2_stderr", "adv_distance_linf", b"adv_distance_linf", "adv_distance_linf_heldout", b"adv_distance_linf_heldout", "adv_distance_linf_heldout_stderr", b"adv_distance_linf_heldout_stderr", "adv_distance_linf_stderr", b"adv_distance_linf_stderr", "ensemble_agreement", b"ensemble_agreement", "ensemble_agreement_stderr", b"ensemble_agreement_stderr", "heldout_accuracy", b"heldout_accuracy", "holdout_retraining", b"holdout_retraining", "holdout_retraining_stderr", b"holdout_retraining_stderr", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "model_confidence", b"model_confidence", "model_confidence_stderr", b"model_confidence_stderr", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_risk", b"privacy_risk", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
