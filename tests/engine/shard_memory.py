@@ -13,6 +13,21 @@ import resource
 import sys
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident set. Linux's VmHWM, which starts afresh with the exec'd
+    program: getrusage's ru_maxrss is carried across fork and exec, so a child of a large
+    process (the test suite's pytest, 1-2 GB) would report its parent's size as its own
+    baseline and under-measure the shard's growth."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(arch: str, shape: tuple[int, ...], n: int, m: int, classes: int, g: int, epochs: int) -> dict:
     import numpy as np
     import torch
@@ -37,11 +52,11 @@ def measure(arch: str, shape: tuple[int, ...], n: int, m: int, classes: int, g: 
     # one tiny run first: the framework's one-off allocations belong to the baseline
     tiny = make_recipe(arch, epochs=1, batch_size=8)
     train_ensemble(ds, arch, [0], 0.7, seed=0, recipe=tiny, device="cpu", group_size=1, eval_batch=8)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = peak_rss_bytes()
     recipe = make_recipe(arch, epochs=epochs)
     ids = list(range(g))
     train_ensemble(ds, arch, ids, 0.7, seed=0, recipe=recipe, device="cpu", group_size=g, eval_batch=EVAL_BATCH)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     cost = job_cost(
         ScoringSpec(dataset="x", model=arch, models=g, epochs=epochs), DatasetFacts(n, m, classes, kind, shape)
     )
