@@ -106,3 +106,29 @@ def test_examples_without_shadows_on_a_side_get_no_score():
     assert np.isfinite(scores[:, 0]).all() and np.isnan(scores[:, 1:]).all()
     mi = membership_inference(masks, np.random.default_rng(4).normal(size=(6, 3)), bootstrap=10)
     assert np.isnan(mi.privacy_risk[1:]).all() and np.isfinite(mi.privacy_risk[0])
+
+
+def test_the_attacks_peak_memory_stays_within_what_admission_counts_per_cell():
+    """engine/cost.py sizes the reduce with ATTACK_BYTES_PER_CELL per (model, example) margin:
+    the attack's peak, measured in a fresh process (its own VmHWM), must stay under it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from memscore.engine.membership import ATTACK_BYTES_PER_CELL
+
+    code = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from shard_memory import peak_rss_bytes
+from memscore.engine.membership import membership_inference, planted_bank
+masks, margins, *_ = planted_bank(64, 8000, 2.0, 0.1, seed=1)
+base = peak_rss_bytes()
+membership_inference(masks, margins)
+print(json.dumps({"cells": masks.size, "grew": peak_rss_bytes() - base}))
+"""
+    here = str(Path(__file__).parent)
+    out = subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True, timeout=300, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 0 < r["grew"] <= ATTACK_BYTES_PER_CELL * r["cells"], r

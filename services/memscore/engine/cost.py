@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from .canaries import CanaryFormat
 from .catalog import DEFAULT_ARCH
+from .membership import ATTACK_BYTES_PER_CELL, MAX_CELLS
 from .prototypes import JACKKNIFE_GROUPS
 from .recipes import ADV_BATCH, LM_BATCH_SIZE, LM_SEQ_LEN, adversarial_passes, lm_steps, make_recipe, total_steps
 from .spec import ExposureSpec, ScoringSpec
@@ -190,8 +191,8 @@ def group_sums_bytes(num_classes: int) -> int:
 def reduce_bytes(models: int, facts: DatasetFacts, max_pairs: int) -> int:
     """Peak host memory of reduce (estimators + influence.InfluenceAccumulator.compute): the
     models' packed masks and test bits, the unpacked (K, m) test correctness in float32, a
-    handful of 16 MiB (rows × m) blocks, per-example sums (n × C held-out distributions, ~24
-    score columns) and the kept pairs."""
+    handful of 16 MiB (rows × m) blocks, per-example sums (n × C held-out distributions, ~30
+    score columns, the prototypicality group sums), the kept pairs and LiRA's working set."""
     n, m, c = facts.n_train, facts.n_test, facts.num_classes
     packed = models * ((n + 7) // 8 + (m + 7) // 8)
     correctness = models * m * FLOAT
@@ -200,7 +201,8 @@ def reduce_bytes(models: int, facts: DatasetFacts, max_pairs: int) -> int:
     # leave-one-group-out copies (engine/prototypes.py)
     per_example = n * (2 * c * 8 + 30 * 8 + 4 * group_sums_bytes(c))
     pairs = 3 * max_pairs * 32 + m * 10 * 32
-    return packed + correctness + blocks + per_example + pairs
+    attack = min(models * n, MAX_CELLS) * ATTACK_BYTES_PER_CELL  # LiRA (membership.py); skipped past MAX_CELLS
+    return packed + correctness + blocks + per_example + pairs + attack
 
 
 # -- exposure jobs ------------------------------------------------------------------------------
