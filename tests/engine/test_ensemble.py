@@ -242,3 +242,29 @@ def test_adversarial_distances_do_not_depend_on_the_group_a_model_trains_in(smal
         assert d.shape == (3, ds.n_train) and (d > 0).all() and (d <= eps).all()
         assert np.mean(np.abs(d - getattr(alone, field)) <= eps / 128) > 0.99, field
     assert train_ensemble(ds, "mlp", [1], 0.5, seed=4, recipe=recipe, device="cpu").trace.adv_l2 is None
+
+
+def test_snapshots_do_not_depend_on_the_group_and_survive_the_trace_format(small_mnist1d):
+    """The `dynamics` fields: per snapshot (one per epoch, at most MAX_SNAPSHOTS), member and
+    example, the training correctness; the critical flags of the CSR sample at every snapshot
+    and of every example at the last one (the sample's are the same search)."""
+    from memscore.engine.dynamics import snapshot_steps
+    from memscore.engine.traces import Trace
+
+    ds = small_mnist1d
+    recipe = replace(make_recipe("mlp"), epochs=6, min_steps=0, batch_size=32)
+    run = dict(seed=4, recipe=recipe, device="cpu", metrics=("dynamics",))
+    together = train_ensemble(ds, "mlp", [1, 2, 3], 0.5, group_size=3, **run).trace
+    alone = train_ensemble(ds, "mlp", [1, 2, 3], 0.5, group_size=1, **run).trace
+    S, sample = 6, np.asarray(together.meta["csr_sample"])
+    assert together.snap_correct.shape == (S, 3, ds.n_train) and together.meta["snapshot_epochs"] == [1, 2, 3, 4, 5, 6]
+    assert together.snap_critical.shape == (S, 3, len(sample))
+    np.testing.assert_array_equal(together.snap_critical[-1], together.critical_final[:, sample])
+    assert np.mean(together.snap_correct[-1] == together.train_correct) > 0.999  # the last is the trained model
+    for field in ("snap_correct", "snap_critical", "critical_final"):
+        assert np.mean(getattr(together, field) == getattr(alone, field)) > 0.99, field
+    again = Trace.from_bytes(together.to_bytes())
+    for field in ("snap_correct", "snap_critical", "critical_final"):
+        np.testing.assert_array_equal(getattr(again, field), getattr(together, field))
+    assert snapshot_steps(4400, 44)[-1] == 4400 and len(snapshot_steps(4400, 44)) == 20
+    assert snapshot_steps(100, 44) == [44, 88, 100]

@@ -134,17 +134,20 @@ def test_random_labels_are_fitted_in_sample_and_memorized_at_one_minus_one_over_
     assert abs(result.summary["mean_test_accuracy"] - 1 / C) < 0.06  # random labels teach nothing
 
 
-def test_opted_in_adversarial_distances_are_short_where_a_model_memorized_a_flipped_label(digits):
-    """metrics=["adversarial"]: 400 digits, 20% of the labels flipped, 8 MLPs of 100 epochs that
-    fit them all. A model that trained on a flipped example carves a small region around it, so
-    the nearest input it labels differently is close (measured L2 0.13 vs 0.26 for clean
-    examples); models that held it out treat it as any example of its class (0.17 vs 0.19)."""
+def test_opted_in_metrics_find_the_flipped_labels_a_model_memorized_late_and_narrowly(digits):
+    """metrics=["adversarial", "dynamics"]: 400 digits, 20% of the labels flipped, 8 MLPs of 100
+    epochs that fit them all. A model that trained on a flipped example carves a small region
+    around it, so the nearest input it labels differently is close (measured L2 0.13 vs 0.26 for
+    clean examples; models that held it out: 0.17 vs 0.19), it learns it late (learning speed
+    0.69 vs 0.94, first learned at epoch 29 vs 6) and leaves it critical (0.70 vs 0.13): Arpit et
+    al.'s patterns first, noise later."""
     from dataclasses import replace
 
     small = replace(digits, x_train=digits.x_train[:400], y_train=digits.y_train[:400])
     fields = dict(dataset="digits", model="mlp", epochs=100, seed=2, models=8, plan="balanced", label_noise=0.2)
     traces: list = []
-    result = run_scoring(small, ScoringSpec.from_dict({**fields, "metrics": ["adversarial"]}), "cpu", None, traces)
+    opted = {**fields, "metrics": ["adversarial", "dynamics"]}
+    result = run_scoring(small, ScoringSpec.from_dict(opted), "cpu", None, traces)
     s, flipped = result.scores, result.scores["label_flipped"]
     for name in ("adv_distance_l2", "adv_distance_linf"):
         for col in (name, name + "_stderr", name + "_heldout", name + "_heldout_stderr"):
@@ -157,14 +160,30 @@ def test_opted_in_adversarial_distances_are_short_where_a_model_memorized_a_flip
     adv = result.summary["adversarial"]
     assert set(adv["eps_max"]) == {"l2", "linf"} and 0 <= adv["censored_fraction"]["l2"] < 0.05
     assert 0 < result.summary["timings"]["adversarial_seconds"] < result.summary["timings"]["train_seconds"]
+    # dynamics
+    for col in ("learning_speed", "learning_speed_stderr", "first_learned_epoch", "first_learned_epoch_stderr"):
+        assert np.isfinite(s[col]).all(), col
+    assert s["learning_speed"][flipped].mean() < s["learning_speed"][~flipped].mean() - 0.15
+    assert s["first_learned_epoch"][flipped].mean() > s["first_learned_epoch"][~flipped].mean() + 10
+    assert s["critical"].dtype == bool and s["critical"][flipped].mean() > s["critical"][~flipped].mean() + 0.3
+    csr = result.summary["critical_sample_ratio"]
+    assert len(csr["epochs"]) == len(csr["clean"]) == len(csr["noisy"]) == 20 and csr["epochs"][-1] == 100
+    assert csr["noisy"][-1] > csr["clean"][-1] + 0.3  # noise is fitted by carving critical regions
+    assert max(csr["clean"][5:]) < min(csr["noisy"][5:])  # from epoch ~27 on, every snapshot shows it
+    from memscore.report import render_report
+
+    page = render_report(result.scores, {}, result.summary, None)
+    assert 'alt="critical sample ratio per epoch"' in page.split('<section id="dynamics">', 1)[1]
     # without opting in: none of it is computed, the columns are "no estimate"
     plain = run_scoring(small, ScoringSpec.from_dict(fields), device="cpu")
     assert "adversarial" not in plain.summary and np.isnan(plain.scores["adv_distance_l2"]).all()
+    assert "critical_sample_ratio" not in plain.summary and not plain.scores["critical"].any()
+    assert np.isnan(plain.scores["learning_speed"]).all()
     np.testing.assert_array_equal(plain.scores["memorization"], s["memorization"])  # the models are the same
 
 
 def test_unknown_metric_groups_are_refused():
-    problems = dict(ScoringSpec(dataset="digits", metrics=["adversarial", "telepathy"]).validate())
-    assert "telepathy" in problems["metrics"] and "adversarial" in problems["metrics"]
+    problems = dict(ScoringSpec(dataset="digits", metrics=["dynamics", "telepathy"]).validate())
+    assert "telepathy" in problems["metrics"] and "adversarial, dynamics" in problems["metrics"]
     assert "metrics" in dict(ScoringSpec(dataset="digits", metrics=["adversarial", "adversarial"]).validate())
     assert ScoringSpec(dataset="digits", metrics=["adversarial"]).validate() == []

@@ -30,7 +30,8 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         help="comma list of opt-in metric groups, each costing extra work per model: "
         + " | ".join(OPT_IN_METRICS)
         + " (adversarial: every model's L2 and L-inf distance to the nearest adversarial example of each "
-        "training example; the cheap metrics are always on)",
+        "training example; dynamics: per-epoch snapshots, learning speed and critical samples; "
+        "the cheap metrics are always on)",
     )
     p.add_argument(
         "--plan",

@@ -29,6 +29,9 @@ _NOT_PRINTED = (
     "adv_distance_linf_stderr",
     "adv_distance_linf_heldout",
     "adv_distance_linf_heldout_stderr",
+    "learning_speed_stderr",
+    "first_learned_epoch",
+    "first_learned_epoch_stderr",
 )
 RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED)
 

@@ -353,7 +353,10 @@ def _complete(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     n = len(cols["index"])
     for c in SCORE_COLUMNS:
         if c not in cols:
-            cols[c] = np.full(n, -1, np.int64) if c == "predicted_label_heldout" else np.full(n, np.nan)
+            if c == "critical":
+                cols[c] = np.zeros(n, bool)
+            else:
+                cols[c] = np.full(n, -1, np.int64) if c == "predicted_label_heldout" else np.full(n, np.nan)
     return cols
 
 

@@ -37,7 +37,9 @@ ARCH_INPUT_DESCRIPTION = {
 # Metric groups a job opts into (ScoringSpec.metrics, `--metrics`): they cost extra work per model.
 # adversarial: each model's distance to the nearest adversarial example of every training example
 # (engine/adversarial.py), L2 and L∞, after training.
-OPT_IN_METRICS: tuple[str, ...] = ("adversarial",)
+# dynamics: per-epoch snapshots of every model's training predictions (learning speed, first
+# learned epoch) and Arpit et al.'s critical samples (engine/dynamics.py).
+OPT_IN_METRICS: tuple[str, ...] = ("adversarial", "dynamics")
 
 # Subset plans (engine/subsets.py): independent random subsets, or LiRA's balanced complementary pairs.
 PLANS: tuple[str, ...] = ("random", "balanced")
@@ -82,6 +84,11 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "adv_distance_linf_stderr",
     "adv_distance_linf_heldout",
     "adv_distance_linf_heldout_stderr",
+    "learning_speed",
+    "learning_speed_stderr",
+    "first_learned_epoch",
+    "first_learned_epoch_stderr",
+    "critical",
 )
 
 # Score columns examples can be ranked by (Results.StreamRanked `metric`, `memscore results --metric`).
@@ -103,6 +110,8 @@ RANK_METRICS: tuple[str, ...] = (
     "ensemble_agreement",
     "adv_distance_l2",
     "adv_distance_linf",
+    "learning_speed",
+    "first_learned_epoch",
 )
 
 # Scores whose split-half reliability every job reports (summary.json `reliability`), and which

@@ -24,9 +24,19 @@ from dataclasses import dataclass
 
 from .canaries import CanaryFormat
 from .catalog import DEFAULT_ARCH
+from .dynamics import CSR_SAMPLE, MAX_SNAPSHOTS
 from .membership import ATTACK_BYTES_PER_CELL, MAX_CELLS
 from .prototypes import JACKKNIFE_GROUPS
-from .recipes import ADV_BATCH, LM_BATCH_SIZE, LM_SEQ_LEN, adversarial_passes, lm_steps, make_recipe, total_steps
+from .recipes import (
+    ADV_BATCH,
+    ADV_PGD_STEPS,
+    LM_BATCH_SIZE,
+    LM_SEQ_LEN,
+    adversarial_passes,
+    lm_steps,
+    make_recipe,
+    total_steps,
+)
 from .spec import ExposureSpec, ScoringSpec
 
 RUNTIME_BYTES = 512 << 20  # allocator slack, cuDNN/oneDNN workspaces, the augmentation buffers
@@ -165,6 +175,11 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
     train = 3.0 * m.forward_flops * batch * steps + m.forward_flops * examples
     if "adversarial" in spec.metrics:  # each pass is a forward and an input-gradient backward
         train += 3.0 * m.forward_flops * facts.n_train * adversarial_passes()
+    if "dynamics" in spec.metrics:  # per snapshot an evaluation pass and a critical search of the sample
+        snaps = min(MAX_SNAPSHOTS, recipe.epochs or 1)
+        search = 3.0 * m.forward_flops * ADV_PGD_STEPS
+        train += snaps * (m.forward_flops * facts.n_train + search * min(CSR_SAMPLE, facts.n_train))
+        train += search * facts.n_train  # the last snapshot searches every example
     train_act = batch * m.activations * FLOAT * 2
     eval_act = min(EVAL_BATCH, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
     adv_act = (

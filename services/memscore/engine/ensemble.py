@@ -32,7 +32,7 @@ from .models import build_model, default_arch
 from .prototypes import JACKKNIFE_GROUPS, group_of
 from .recipes import RECIPES, Recipe, make_recipe, total_steps  # noqa: F401  (re-exported: the trainer's API)
 from .subsets import AUGMENT, BATCHES, INIT, model_seed, subset_indices, subset_size
-from .traces import ADV_FIELDS, GROUP_FIELDS, Trace
+from .traces import ADV_FIELDS, GROUP_FIELDS, SNAP_FIELDS, Trace
 
 
 class Cancelled(Exception):
@@ -268,6 +268,9 @@ def _concat(outs: list[TrainOutput]) -> TrainOutput:
     held = [x.heldout_prob_sum for x in t]
     groups = {k: sum(getattr(x, k) for x in t) for k in GROUP_FIELDS}
     groups.update({k: np.concatenate([getattr(x, k) for x in t]) for k in ADV_FIELDS if t[0].adv_l2 is not None})
+    if t[0].snap_correct is not None:  # snapshots: members along axis 1
+        groups.update({k: np.concatenate([getattr(x, k) for x in t], axis=1) for k in SNAP_FIELDS[:2]})
+        groups["critical_final"] = np.concatenate([x.critical_final for x in t])
     trace = Trace(
         model_ids=np.concatenate([x.model_ids for x in t]),
         masks=np.concatenate([x.masks for x in t]),
@@ -318,6 +321,9 @@ def _train_group(
     opt = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     use_amp = dev.type == "cuda"
     check_every = max(1, steps // 100)
+    snaps = _snapshots(
+        ds, metrics, steps, -(-s_size // batch), seed, train_fn, eval_fn, params, buffers, dev, eval_batch
+    )
     for step in range(steps):
         if should_stop is not None and step % check_every == 0 and should_stop():
             raise Cancelled(f"stopped at step {step} of {steps}")
@@ -330,6 +336,8 @@ def _train_group(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if snaps is not None and snaps.due(step + 1):
+            snaps.take()
         if progress is not None and (step % check_every == 0 or step == steps - 1):
             progress(step + 1, steps)
     t_train = time.perf_counter() - t0
@@ -339,12 +347,13 @@ def _train_group(
             eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp, masks, group_of(model_ids)
         )
         test = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, use_amp)
-    extra, meta = {}, {}
+    extra, meta = snaps.fields() if snaps is not None else ({}, {})
     if "adversarial" in metrics:
         from .adversarial import trace_distances
 
         t_adv = time.perf_counter()
-        extra, meta["adv_eps_max"] = trace_distances(train_fn, params, buffers, ds.x_train, seed)
+        distances, meta["adv_eps_max"] = trace_distances(train_fn, params, buffers, ds.x_train, seed)
+        extra.update(distances)
         meta["adversarial_seconds"] = time.perf_counter() - t_adv
     t_total = time.perf_counter() - t0
 
@@ -377,6 +386,26 @@ def _train_group(
     if keep_weights:
         weights = {k: v.detach().cpu() for k, v in {**params, **buffers}.items()}
     return TrainOutput(trace=trace, weights=weights)
+
+
+def _snapshots(ds, metrics, steps, steps_per_epoch, seed, train_fn, eval_fn, params, buffers, dev, eval_batch):
+    """With the `dynamics` metrics, the Snapshots of this group (engine/dynamics.py), whose
+    `take()` evaluates the models as they are at that step; None without them."""
+    if "dynamics" not in metrics:
+        return None
+    from .adversarial import critical
+    from .dynamics import Snapshots
+
+    def correct():
+        with torch.no_grad():
+            return _evaluate(
+                eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, dev.type == "cuda"
+            ).correct
+
+    def is_critical(x, radius, seed):
+        return critical(train_fn, params, buffers, x, radius, seed=seed).numpy()
+
+    return Snapshots(ds.x_train, steps, steps_per_epoch, seed, correct, is_critical)
 
 
 def _stack_models(arch: str, ds: Dataset, seed: int, model_ids: list[int], dev: torch.device):

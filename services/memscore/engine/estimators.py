@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dynamics import DynamicsSums
 from .intervals import corrected_fractions, mean_difference_interval, newcombe_interval
 from .prototypes import PrototypeSums
 from .traces import Trace
@@ -75,6 +76,7 @@ class ScoreAccumulator:
         self.heldout_models = np.zeros(n, np.int64)  # held-out members behind heldout_sum
         self.test_correct = np.zeros(m, np.int64)
         self.prototypes = PrototypeSums(n)  # model_confidence, holdout_retraining, ensemble_agreement
+        self.dynamics = DynamicsSums(n)  # learning_speed, first_learned_epoch, critical
 
     @property
     def num_models(self) -> int:
@@ -116,6 +118,7 @@ class ScoreAccumulator:
             self.heldout_models += out.sum(0)
         self.test_correct += trace.test_correct.sum(0)
         self.prototypes.add(trace)
+        self.dynamics.add(trace)
 
     def heldout_probs(self) -> np.ndarray | None:
         """Per training example, the mean predicted distribution of the models that held it out
@@ -157,6 +160,7 @@ class ScoreAccumulator:
             "n_out": self.n_out.copy(),
             **label_quality(self.heldout_probs(), labels, self.n),
             **self.prototypes.scores(),
+            **self.dynamics.scores(),
         }
 
     def intervals(self, level: float = 0.95) -> dict[str, np.ndarray]:

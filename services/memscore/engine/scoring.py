@@ -298,6 +298,9 @@ class Reducer:
         }
         summary["reliability"] = self.split_half.report()
         summary["membership_inference"] = membership
+        csr = self.scores.dynamics.summary(self.flipped)
+        if csr is not None:
+            summary["critical_sample_ratio"] = csr
         adversarial = self.scores.prototypes.adversarial_summary()
         if adversarial is not None:
             summary["adversarial"] = adversarial

@@ -41,6 +41,10 @@ GROUP_FIELDS = ("group_prob_in", "group_prob_out", "group_entropy", "group_maxpr
 # Per member and training example, float32 (G, n), only in jobs that opt into them: the distance to
 # the nearest adversarial example (engine/adversarial.py; eps_max where none was found within it).
 ADV_FIELDS = ("adv_l2", "adv_linf")
+# Learning dynamics (engine/dynamics.py), only in jobs that opt into them, bool: per snapshot,
+# member and training example whether it was classified correctly (S, G, n); per snapshot, member
+# and CSR-sample example whether it was critical (S, G, s); at the end, critical (G, n).
+SNAP_FIELDS = ("snap_correct", "snap_critical", "critical_final")
 
 
 def margin_of_prob(p: np.ndarray) -> np.ndarray:
@@ -53,6 +57,13 @@ def prob_of_margin(phi: np.ndarray) -> np.ndarray:
     """p_y = sigmoid(φ), float32."""
     with np.errstate(over="ignore"):
         return (1.0 / (1.0 + np.exp(-np.asarray(phi, np.float64)))).astype(np.float32)
+
+
+def _unpack_bits(z, name: str) -> np.ndarray | None:
+    if name not in z.files:
+        return None
+    shape = tuple(int(v) for v in z[name + "_shape"])
+    return np.unpackbits(z[name], count=int(np.prod(shape))).astype(bool).reshape(shape)
 
 
 @dataclass
@@ -72,6 +83,9 @@ class Trace:
     group_maxprob: np.ndarray | None = None
     adv_l2: np.ndarray | None = None  # float32 (G, n), ADV_FIELDS
     adv_linf: np.ndarray | None = None
+    snap_correct: np.ndarray | None = None  # bool (S, G, n), SNAP_FIELDS
+    snap_critical: np.ndarray | None = None  # bool (S, G, s)
+    critical_final: np.ndarray | None = None  # bool (G, n)
     meta: dict = field(default_factory=dict)  # spec fingerprint, timings, recipe
 
     @classmethod
@@ -124,7 +138,8 @@ class Trace:
             test_margin=self.test_margin[rows],
             train_pred=pick(self.train_pred),
             test_pred=pick(self.test_pred),
-            **{k: pick(getattr(self, k)) for k in ADV_FIELDS},
+            **{k: pick(getattr(self, k)) for k in (*ADV_FIELDS, "critical_final")},
+            **{k: None if getattr(self, k) is None else getattr(self, k)[:, rows] for k in SNAP_FIELDS[:2]},
             heldout_prob_sum=self.heldout_prob_sum if keep_all else None,
             **{k: getattr(self, k) if keep_all else None for k in GROUP_FIELDS},
             meta=dict(self.meta),
@@ -151,6 +166,11 @@ class Trace:
             v = getattr(self, name)
             if v is not None:
                 arrays[name] = v.astype(np.float32)
+        for name in SNAP_FIELDS:  # bits, with their shape
+            v = getattr(self, name)
+            if v is not None:
+                arrays[name] = np.packbits(v.astype(bool).ravel())
+                arrays[name + "_shape"] = np.array(v.shape, np.int64)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -180,5 +200,6 @@ class Trace:
                 train_pred=z["train_pred"] if "train_pred" in z.files else None,
                 test_pred=z["test_pred"] if "test_pred" in z.files else None,
                 **{k: z[k] if k in z.files else None for k in ("heldout_prob_sum", *GROUP_FIELDS, *ADV_FIELDS)},
+                **{k: _unpack_bits(z, k) for k in SNAP_FIELDS},
                 meta=meta,
             )

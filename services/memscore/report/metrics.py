@@ -26,6 +26,7 @@ CORRELATED = (
     "adv_distance_linf",
     "privacy_level",
     "learning_speed",
+    "first_learned_epoch",
 )
 MIN_PAIRS = 10  # examples with both values below which a correlation is not shown
 
@@ -170,6 +171,41 @@ def _exposed(scores: Columns, ds: Dataset | None, top: int) -> str:
             )
         )
     return "\n".join(out)
+
+
+def _csr_png(csr: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.2))
+    for key, label in (("clean", "clean labels"), ("noisy", "flipped labels"), ("all", "all examples")):
+        if key in csr and (key != "all" or "clean" not in csr):
+            ax.plot(csr["epochs"], csr[key], marker="o", ms=2.5, label=label)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("critical sample ratio", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig, plt)
+
+
+def dynamics_section(summary: dict) -> str:
+    """The critical sample ratio per epoch (jobs with the dynamics metrics; nothing otherwise)."""
+    csr = summary.get("critical_sample_ratio")
+    if not csr:
+        return ""
+    return (
+        '<section id="dynamics"><h2>Learning dynamics: critical samples per epoch (Arpit et al. 2017)</h2>'
+        f'<img class="plot" src="{_png_uri(_csr_png(csr))}" alt="critical sample ratio per epoch">'
+        f"<p>The fraction of (model, training example) pairs, over {_esc(csr['sample'])} sampled examples "
+        f"and the models that trained on each, for which an input in the L∞ box of radius "
+        f"{_fmt(csr['radius'], 4)} gets a different prediction. Networks fit real patterns first; "
+        "an example fitted by carving a small region around it (a flipped or atypical label) stays "
+        "critical.</p></section>"
+    )
 
 
 def correlation_section(scores: Columns) -> str:

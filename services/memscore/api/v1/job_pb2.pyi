@@ -235,7 +235,10 @@ class ScoringSpec(_message.Message):
         no extra work are always computed). "adversarial": after training, every model's L2 and
         L-inf distance to the nearest adversarial example of every training example (batched PGD
         with a binary search; several times the training's compute on small models,
-        docs/performance.md), giving the adv_distance_* scores.
+        docs/performance.md), giving the adv_distance_* scores. "dynamics": per-epoch snapshots of
+        every model's training predictions (at most 20 evaluation passes per model) and Arpit et
+        al.'s critical-sample search, giving learning_speed, first_learned_epoch, critical and
+        summary.json's critical_sample_ratio.
         """
 
     def __init__(

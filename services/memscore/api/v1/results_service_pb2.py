@@ -24,45 +24,45 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!memscore/v1/results_service.proto\x12\x0bmemscore.v1\"\xef\x01\n\x13StreamRankedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12%\n\x05order\x18\x03 \x01(\x0e\x32\x16.memscore.v1.SortOrder\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\x05\x12\x16\n\tmin_score\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_score\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05limit\x18\x07 \x01(\x05\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\tB\x0c\n\n_min_scoreB\x0c\n\n_max_score\"\xed\x07\n\rRankedExample\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05label\x18\x02 \x01(\x05\x12\x14\n\x0cmemorization\x18\x03 \x01(\x01\x12\x1b\n\x13memorization_stderr\x18\x04 \x01(\x01\x12\x19\n\x11memorization_soft\x18\x05 \x01(\x01\x12 \n\x18memorization_soft_stderr\x18\x06 \x01(\x01\x12\x1a\n\x12in_sample_accuracy\x18\x07 \x01(\x01\x12\x18\n\x10heldout_accuracy\x18\x08 \x01(\x01\x12\x0c\n\x04n_in\x18\t \x01(\x05\x12\r\n\x05n_out\x18\n \x01(\x05\x12\x0c\n\x04rank\x18\x0b \x01(\x03\x12\x1a\n\x12memorization_lower\x18\x0c \x01(\x01\x12\x1a\n\x12memorization_upper\x18\r \x01(\x01\x12\x1f\n\x17memorization_soft_lower\x18\x0e \x01(\x01\x12\x1f\n\x17memorization_soft_upper\x18\x0f \x01(\x01\x12\x1d\n\x15memorization_log_odds\x18\x10 \x01(\x01\x12$\n\x1cmemorization_log_odds_stderr\x18\x11 \x01(\x01\x12\x15\n\rlabel_quality\x18\x12 \x01(\x01\x12\x1f\n\x17predicted_label_heldout\x18\x13 \x01(\x05\x12\x14\n\x0cprivacy_risk\x18\x14 \x01(\x01\x12\x1b\n\x13privacy_risk_stderr\x18\x15 \x01(\x01\x12\x18\n\x10model_confidence\x18\x16 \x01(\x01\x12\x1f\n\x17model_confidence_stderr\x18\x17 \x01(\x01\x12\x1a\n\x12holdout_retraining\x18\x18 \x01(\x01\x12!\n\x19holdout_retraining_stderr\x18\x19 \x01(\x01\x12\x1a\n\x12\x65nsemble_agreement\x18\x1a \x01(\x01\x12!\n\x19\x65nsemble_agreement_stderr\x18\x1b \x01(\x01\x12\x17\n\x0f\x61\x64v_distance_l2\x18\x1c \x01(\x01\x12\x1e\n\x16\x61\x64v_distance_l2_stderr\x18\x1d \x01(\x01\x12\x1f\n\x17\x61\x64v_distance_l2_heldout\x18\x1e \x01(\x01\x12&\n\x1e\x61\x64v_distance_l2_heldout_stderr\x18\x1f \x01(\x01\x12\x19\n\x11\x61\x64v_distance_linf\x18  \x01(\x01\x12 \n\x18\x61\x64v_distance_linf_stderr\x18! \x01(\x01\x12!\n\x19\x61\x64v_distance_linf_heldout\x18\" \x01(\x01\x12(\n adv_distance_linf_heldout_stderr\x18# \x01(\x01\"|\n\x14StreamRankedResponse\x12,\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x1a.memscore.v1.RankedExample\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x0e\n\x06models\x18\x04 \x01(\x05\"2\n\x11GetExampleRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\"\x7f\n\x12GetExampleResponse\x12+\n\x07\x65xample\x18\x01 \x01(\x0b\x32\x1a.memscore.v1.RankedExample\x12-\n\tinfluence\x18\x02 \x03(\x0b\x32\x1a.memscore.v1.InfluencePair\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\xbd\x01\n\rInfluencePair\x12\x13\n\x0btrain_index\x18\x01 \x01(\x03\x12\x12\n\ntest_index\x18\x02 \x01(\x03\x12\x11\n\tinfluence\x18\x03 \x01(\x01\x12\x13\n\x0btrain_label\x18\x04 \x01(\x05\x12\x12\n\ntest_label\x18\x05 \x01(\x05\x12\x18\n\x10influence_stderr\x18\x06 \x01(\x01\x12\x13\n\x0bsignificant\x18\x07 \x01(\x08\x12\x18\n\x10influence_pvalue\x18\x08 \x01(\x01\"y\n\x16StreamInfluenceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\ntest_index\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x18\n\x10significant_only\x18\x04 \x01(\x08\x42\r\n\x0b_test_index\"D\n\x17StreamInfluenceResponse\x12)\n\x05pairs\x18\x01 \x03(\x0b\x32\x1a.memscore.v1.InfluencePair\"2\n\x12GetArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"O\n\x13GetArtifactResponse\x12\x15\n\rpresigned_url\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\"L\n\x15QueryInfluenceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xamples_npz\x18\x02 \x01(\x0c\x12\r\n\x05top_k\x18\x03 \x01(\x05\"C\n\x16QueryInfluenceResponse\x12)\n\x05pairs\x18\x01 \x03(\x0b\x32\x1a.memscore.v1.InfluencePair\"$\n\x12GetExposureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb7\x01\n\x0e\x43\x61naryExposure\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x02 \x01(\t\x12\x12\n\ninsertions\x18\x03 \x01(\x05\x12\x10\n\x08\x65xposure\x18\x04 \x01(\x01\x12\x0c\n\x04rank\x18\x05 \x01(\x01\x12\x12\n\nrank_exact\x18\x06 \x01(\x08\x12\x16\n\x0elog_perplexity\x18\x07 \x01(\x01\x12\x11\n\textracted\x18\x08 \x01(\x08\x12\x12\n\nspace_bits\x18\t \x01(\x01\"a\n\x13GetExposureResponse\x12-\n\x08\x63\x61naries\x18\x01 \x03(\x0b\x32\x1b.memscore.v1.CanaryExposure\x12\x1b\n\x13test_log_perplexity\x18\x02 \x01(\x01*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x01\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x02\x32\x97\x04\n\x0eResultsService\x12U\n\x0cStreamRanked\x12 .memscore.v1.StreamRankedRequest\x1a!.memscore.v1.StreamRankedResponse0\x01\x12M\n\nGetExample\x12\x1e.memscore.v1.GetExampleRequest\x1a\x1f.memscore.v1.GetExampleResponse\x12^\n\x0fStreamInfluence\x12#.memscore.v1.StreamInfluenceRequest\x1a$.memscore.v1.StreamInfluenceResponse0\x01\x12R\n\x0bGetArtifact\x12\x1f.memscore.v1.GetArtifactRequest\x1a .memscore.v1.GetArtifactResponse0\x01\x12Y\n\x0eQueryInfluence\x12\".memscore.v1.QueryInfluenceRequest\x1a#.memscore.v1.QueryInfluenceResponse\x12P\n\x0bGetExposure\x12\x1f.memscore.v1.GetExposureRequest\x1a .memscore.v1.GetExposureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!memscore/v1/results_service.proto\x12\x0bmemscore.v1\"\xef\x01\n\x13StreamRankedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12%\n\x05order\x18\x03 \x01(\x0e\x32\x16.memscore.v1.SortOrder\x12\x0f\n\x07\x63lasses\x18\x04 \x03(\x05\x12\x16\n\tmin_score\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tmax_score\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\r\n\x05limit\x18\x07 \x01(\x05\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\tB\x0c\n\n_min_scoreB\x0c\n\n_max_score\"\xf7\x08\n\rRankedExample\x12\r\n\x05index\x18\x01 \x01(\x03\x12\r\n\x05label\x18\x02 \x01(\x05\x12\x14\n\x0cmemorization\x18\x03 \x01(\x01\x12\x1b\n\x13memorization_stderr\x18\x04 \x01(\x01\x12\x19\n\x11memorization_soft\x18\x05 \x01(\x01\x12 \n\x18memorization_soft_stderr\x18\x06 \x01(\x01\x12\x1a\n\x12in_sample_accuracy\x18\x07 \x01(\x01\x12\x18\n\x10heldout_accuracy\x18\x08 \x01(\x01\x12\x0c\n\x04n_in\x18\t \x01(\x05\x12\r\n\x05n_out\x18\n \x01(\x05\x12\x0c\n\x04rank\x18\x0b \x01(\x03\x12\x1a\n\x12memorization_lower\x18\x0c \x01(\x01\x12\x1a\n\x12memorization_upper\x18\r \x01(\x01\x12\x1f\n\x17memorization_soft_lower\x18\x0e \x01(\x01\x12\x1f\n\x17memorization_soft_upper\x18\x0f \x01(\x01\x12\x1d\n\x15memorization_log_odds\x18\x10 \x01(\x01\x12$\n\x1cmemorization_log_odds_stderr\x18\x11 \x01(\x01\x12\x15\n\rlabel_quality\x18\x12 \x01(\x01\x12\x1f\n\x17predicted_label_heldout\x18\x13 \x01(\x05\x12\x14\n\x0cprivacy_risk\x18\x14 \x01(\x01\x12\x1b\n\x13privacy_risk_stderr\x18\x15 \x01(\x01\x12\x18\n\x10model_confidence\x18\x16 \x01(\x01\x12\x1f\n\x17model_confidence_stderr\x18\x17 \x01(\x01\x12\x1a\n\x12holdout_retraining\x18\x18 \x01(\x01\x12!\n\x19holdout_retraining_stderr\x18\x19 \x01(\x01\x12\x1a\n\x12\x65nsemble_agreement\x18\x1a \x01(\x01\x12!\n\x19\x65nsemble_agreement_stderr\x18\x1b \x01(\x01\x12\x17\n\x0f\x61\x64v_distance_l2\x18\x1c \x01(\x01\x12\x1e\n\x16\x61\x64v_distance_l2_stderr\x18\x1d \x01(\x01\x12\x1f\n\x17\x61\x64v_distance_l2_heldout\x18\x1e \x01(\x01\x12&\n\x1e\x61\x64v_distance_l2_heldout_stderr\x18\x1f \x01(\x01\x12\x19\n\x11\x61\x64v_distance_linf\x18  \x01(\x01\x12 \n\x18\x61\x64v_distance_linf_stderr\x18! \x01(\x01\x12!\n\x19\x61\x64v_distance_linf_heldout\x18\" \x01(\x01\x12(\n adv_distance_linf_heldout_stderr\x18# \x01(\x01\x12\x16\n\x0elearning_speed\x18$ \x01(\x01\x12\x1d\n\x15learning_speed_stderr\x18% \x01(\x01\x12\x1b\n\x13\x66irst_learned_epoch\x18& \x01(\x01\x12\"\n\x1a\x66irst_learned_epoch_stderr\x18\' \x01(\x01\x12\x10\n\x08\x63ritical\x18( \x01(\x08\"|\n\x14StreamRankedResponse\x12,\n\x08\x65xamples\x18\x01 \x03(\x0b\x32\x1a.memscore.v1.RankedExample\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12\x0e\n\x06models\x18\x04 \x01(\x05\"2\n\x11GetExampleRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x03\"\x7f\n\x12GetExampleResponse\x12+\n\x07\x65xample\x18\x01 \x01(\x0b\x32\x1a.memscore.v1.RankedExample\x12-\n\tinfluence\x18\x02 \x03(\x0b\x32\x1a.memscore.v1.InfluencePair\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\xbd\x01\n\rInfluencePair\x12\x13\n\x0btrain_index\x18\x01 \x01(\x03\x12\x12\n\ntest_index\x18\x02 \x01(\x03\x12\x11\n\tinfluence\x18\x03 \x01(\x01\x12\x13\n\x0btrain_label\x18\x04 \x01(\x05\x12\x12\n\ntest_label\x18\x05 \x01(\x05\x12\x18\n\x10influence_stderr\x18\x06 \x01(\x01\x12\x13\n\x0bsignificant\x18\x07 \x01(\x08\x12\x18\n\x10influence_pvalue\x18\x08 \x01(\x01\"y\n\x16StreamInfluenceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\ntest_index\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x18\n\x10significant_only\x18\x04 \x01(\x08\x42\r\n\x0b_test_index\"D\n\x17StreamInfluenceResponse\x12)\n\x05pairs\x18\x01 \x03(\x0b\x32\x1a.memscore.v1.InfluencePair\"2\n\x12GetArtifactRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"O\n\x13GetArtifactResponse\x12\x15\n\rpresigned_url\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\r\n\x05\x63hunk\x18\x03 \x01(\x0c\"L\n\x15QueryInfluenceRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x65xamples_npz\x18\x02 \x01(\x0c\x12\r\n\x05top_k\x18\x03 \x01(\x05\"C\n\x16QueryInfluenceResponse\x12)\n\x05pairs\x18\x01 \x03(\x0b\x32\x1a.memscore.v1.InfluencePair\"$\n\x12GetExposureRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xb7\x01\n\x0e\x43\x61naryExposure\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61nary\x18\x02 \x01(\t\x12\x12\n\ninsertions\x18\x03 \x01(\x05\x12\x10\n\x08\x65xposure\x18\x04 \x01(\x01\x12\x0c\n\x04rank\x18\x05 \x01(\x01\x12\x12\n\nrank_exact\x18\x06 \x01(\x08\x12\x16\n\x0elog_perplexity\x18\x07 \x01(\x01\x12\x11\n\textracted\x18\x08 \x01(\x08\x12\x12\n\nspace_bits\x18\t \x01(\x01\"a\n\x13GetExposureResponse\x12-\n\x08\x63\x61naries\x18\x01 \x03(\x0b\x32\x1b.memscore.v1.CanaryExposure\x12\x1b\n\x13test_log_perplexity\x18\x02 \x01(\x01*\\\n\tSortOrder\x12\x1a\n\x16SORT_ORDER_UNSPECIFIED\x10\x00\x12\x19\n\x15SORT_ORDER_DESCENDING\x10\x01\x12\x18\n\x14SORT_ORDER_ASCENDING\x10\x02\x32\x97\x04\n\x0eResultsService\x12U\n\x0cStreamRanked\x12 .memscore.v1.StreamRankedRequest\x1a!.memscore.v1.StreamRankedResponse0\x01\x12M\n\nGetExample\x12\x1e.memscore.v1.GetExampleRequest\x1a\x1f.memscore.v1.GetExampleResponse\x12^\n\x0fStreamInfluence\x12#.memscore.v1.StreamInfluenceRequest\x1a$.memscore.v1.StreamInfluenceResponse0\x01\x12R\n\x0bGetArtifact\x12\x1f.memscore.v1.GetArtifactRequest\x1a .memscore.v1.GetArtifactResponse0\x01\x12Y\n\x0eQueryInfluence\x12\".memscore.v1.QueryInfluenceRequest\x1a#.memscore.v1.QueryInfluenceResponse\x12P\n\x0bGetExposure\x12\x1f.memscore.v1.GetExposureRequest\x1a .memscore.v1.GetExposureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memscore.api.v1.results_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SORTORDER']._serialized_start=2595
-  _globals['_SORTORDER']._serialized_end=2687
+  _globals['_SORTORDER']._serialized_start=2733
+  _globals['_SORTORDER']._serialized_end=2825
   _globals['_STREAMRANKEDREQUEST']._serialized_start=51
   _globals['_STREAMRANKEDREQUEST']._serialized_end=290
   _globals['_RANKEDEXAMPLE']._serialized_start=293
-  _globals['_RANKEDEXAMPLE']._serialized_end=1298
-  _globals['_STREAMRANKEDRESPONSE']._serialized_start=1300
-  _globals['_STREAMRANKEDRESPONSE']._serialized_end=1424
-  _globals['_GETEXAMPLEREQUEST']._serialized_start=1426
-  _globals['_GETEXAMPLEREQUEST']._serialized_end=1476
-  _globals['_GETEXAMPLERESPONSE']._serialized_start=1478
-  _globals['_GETEXAMPLERESPONSE']._serialized_end=1605
-  _globals['_INFLUENCEPAIR']._serialized_start=1608
-  _globals['_INFLUENCEPAIR']._serialized_end=1797
-  _globals['_STREAMINFLUENCEREQUEST']._serialized_start=1799
-  _globals['_STREAMINFLUENCEREQUEST']._serialized_end=1920
-  _globals['_STREAMINFLUENCERESPONSE']._serialized_start=1922
-  _globals['_STREAMINFLUENCERESPONSE']._serialized_end=1990
-  _globals['_GETARTIFACTREQUEST']._serialized_start=1992
-  _globals['_GETARTIFACTREQUEST']._serialized_end=2042
-  _globals['_GETARTIFACTRESPONSE']._serialized_start=2044
-  _globals['_GETARTIFACTRESPONSE']._serialized_end=2123
-  _globals['_QUERYINFLUENCEREQUEST']._serialized_start=2125
-  _globals['_QUERYINFLUENCEREQUEST']._serialized_end=2201
-  _globals['_QUERYINFLUENCERESPONSE']._serialized_start=2203
-  _globals['_QUERYINFLUENCERESPONSE']._serialized_end=2270
-  _globals['_GETEXPOSUREREQUEST']._serialized_start=2272
-  _globals['_GETEXPOSUREREQUEST']._serialized_end=2308
-  _globals['_CANARYEXPOSURE']._serialized_start=2311
-  _globals['_CANARYEXPOSURE']._serialized_end=2494
-  _globals['_GETEXPOSURERESPONSE']._serialized_start=2496
-  _globals['_GETEXPOSURERESPONSE']._serialized_end=2593
-  _globals['_RESULTSSERVICE']._serialized_start=2690
-  _globals['_RESULTSSERVICE']._serialized_end=3225
+  _globals['_RANKEDEXAMPLE']._serialized_end=1436
+  _globals['_STREAMRANKEDRESPONSE']._serialized_start=1438
+  _globals['_STREAMRANKEDRESPONSE']._serialized_end=1562
+  _globals['_GETEXAMPLEREQUEST']._serialized_start=1564
+  _globals['_GETEXAMPLEREQUEST']._serialized_end=1614
+  _globals['_GETEXAMPLERESPONSE']._serialized_start=1616
+  _globals['_GETEXAMPLERESPONSE']._serialized_end=1743
+  _globals['_INFLUENCEPAIR']._serialized_start=1746
+  _globals['_INFLUENCEPAIR']._serialized_end=1935
+  _globals['_STREAMINFLUENCEREQUEST']._serialized_start=1937
+  _globals['_STREAMINFLUENCEREQUEST']._serialized_end=2058
+  _globals['_STREAMINFLUENCERESPONSE']._serialized_start=2060
+  _globals['_STREAMINFLUENCERESPONSE']._serialized_end=2128
+  _globals['_GETARTIFACTREQUEST']._serialized_start=2130
+  _globals['_GETARTIFACTREQUEST']._serialized_end=2180
+  _globals['_GETARTIFACTRESPONSE']._serialized_start=2182
+  _globals['_GETARTIFACTRESPONSE']._serialized_end=2261
+  _globals['_QUERYINFLUENCEREQUEST']._serialized_start=2263
+  _globals['_QUERYINFLUENCEREQUEST']._serialized_end=2339
+  _globals['_QUERYINFLUENCERESPONSE']._serialized_start=2341
+  _globals['_QUERYINFLUENCERESPONSE']._serialized_end=2408
+  _globals['_GETEXPOSUREREQUEST']._serialized_start=2410
+  _globals['_GETEXPOSUREREQUEST']._serialized_end=2446
+  _globals['_CANARYEXPOSURE']._serialized_start=2449
+  _globals['_CANARYEXPOSURE']._serialized_end=2632
+  _globals['_GETEXPOSURERESPONSE']._serialized_start=2634
+  _globals['_GETEXPOSURERESPONSE']._serialized_end=2731
+  _globals['_RESULTSSERVICE']._serialized_start=2828
+  _globals['_RESULTSSERVICE']._serialized_end=3363
 # @@protoc_insertion_point(module_scope)

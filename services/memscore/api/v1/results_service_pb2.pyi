@@ -156,6 +156,11 @@ class RankedExample(_message.Message):
     ADV_DISTANCE_LINF_STDERR_FIELD_NUMBER: _builtins.int
     ADV_DISTANCE_LINF_HELDOUT_FIELD_NUMBER: _builtins.int
     ADV_DISTANCE_LINF_HELDOUT_STDERR_FIELD_NUMBER: _builtins.int
+    LEARNING_SPEED_FIELD_NUMBER: _builtins.int
+    LEARNING_SPEED_STDERR_FIELD_NUMBER: _builtins.int
+    FIRST_LEARNED_EPOCH_FIELD_NUMBER: _builtins.int
+    FIRST_LEARNED_EPOCH_STDERR_FIELD_NUMBER: _builtins.int
+    CRITICAL_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Index of the example in the training set."""
     label: _builtins.int
@@ -254,6 +259,24 @@ class RankedExample(_message.Message):
     """As `adv_distance_l2_heldout`, with the L-infinity norm."""
     adv_distance_linf_heldout_stderr: _builtins.float
     """Standard error of `adv_distance_linf_heldout`."""
+    learning_speed: _builtins.float
+    """Learning dynamics (jobs with metrics "dynamics"; NaN otherwise). Learning speed (Jiang et
+    al. 2021's C-score proxy): the mean, over the models that trained on the example and over
+    their per-epoch snapshots, of whether they classified it correctly; 1 = learned at once.
+    """
+    learning_speed_stderr: _builtins.float
+    """Standard error of `learning_speed`."""
+    first_learned_epoch: _builtins.float
+    """The mean, over the models that trained on the example, of the first epoch at whose end they
+    classified it correctly (one past the last snapshot for a model that never did).
+    """
+    first_learned_epoch_stderr: _builtins.float
+    """Standard error of `first_learned_epoch`."""
+    critical: _builtins.bool
+    """Critical sample (Arpit et al. 2017): at the end of training, an input in the L-inf box of
+    summary.json's critical_sample_ratio.radius around the example gets a different prediction,
+    for at least half the models that trained on it. False without the dynamics metrics.
+    """
     def __init__(
         self,
         *,
@@ -292,10 +315,15 @@ class RankedExample(_message.Message):
         adv_distance_linf_stderr: _builtins.float = ...,
         adv_distance_linf_heldout: _builtins.float = ...,
         adv_distance_linf_heldout_stderr: _builtins.float = ...,
+        learning_speed: _builtins.float = ...,
+        learning_speed_stderr: _builtins.float = ...,
+        first_learned_epoch: _builtins.float = ...,
+        first_learned_epoch_stderr: _builtins.float = ...,
+        critical: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adv_distance_l2", b"adv_distance_l2", "adv_distance_l2_heldout", b"adv_distance_l2_heldout", "adv_distance_l2_heldout_stderr", b"adv_distance_l2_heldout_stderr", "adv_distance_l2_stderr", b"adv_distance_l2_stderr", "adv_distance_linf", b"adv_distance_linf", "adv_distance_linf_heldout", b"adv_distance_linf_heldout", "adv_distance_linf_heldout_stderr", b"adv_distance_linf_heldout_stderr", "adv_distance_linf_stderr", b"adv_distance_linf_stderr", "ensemble_agreement", b"ensemble_agreement", "ensemble_agreement_stderr", b"ensemble_agreement_stderr", "heldout_accuracy", b"heldout_accuracy", "holdout_retraining", b"holdout_retraining", "holdout_retraining_stderr", b"holdout_retraining_stderr", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "model_confidence", b"model_confidence", "model_confidence_stderr", b"model_confidence_stderr", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_risk", b"privacy_risk", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adv_distance_l2", b"adv_distance_l2", "adv_distance_l2_heldout", b"adv_distance_l2_heldout", "adv_distance_l2_heldout_stderr", b"adv_distance_l2_heldout_stderr", "adv_distance_l2_stderr", b"adv_distance_l2_stderr", "adv_distance_linf", b"adv_distance_linf", "adv_distance_linf_heldout", b"adv_distance_linf_heldout", "adv_distance_linf_heldout_stderr", b"adv_distance_linf_heldout_stderr", "adv_distance_linf_stderr", b"adv_distance_linf_stderr", "critical", b"critical", "ensemble_agreement", b"ensemble_agreement", "ensemble_agreement_stderr", b"ensemble_agreement_stderr", "first_learned_epoch", b"first_learned_epoch", "first_learned_epoch_stderr", b"first_learned_epoch_stderr", "heldout_accuracy", b"heldout_accuracy", "holdout_retraining", b"holdout_retraining", "holdout_retraining_stderr", b"holdout_retraining_stderr", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "learning_speed", b"learning_speed", "learning_speed_stderr", b"learning_speed_stderr", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "model_confidence", b"model_confidence", "model_confidence_stderr", b"model_confidence_stderr", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_risk", b"privacy_risk", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
