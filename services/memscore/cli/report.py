@@ -13,13 +13,18 @@ from .tables import print_table
 # -- report ------------------------------------------------------------------------------------
 
 
-def add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report", help="write a self-contained HTML report of a run (a `memscore run --out` DIR, or a JOB id)"
-    )
+def _add_source(sub: argparse._SubParsersAction, name: str, what: str) -> argparse.ArgumentParser:
+    """A command reading one run's result files, with its JOB|DIR argument and the service flags."""
+    p = sub.add_parser(name, help=f"{what} (a `memscore run --out` DIR, or a JOB id)")
     p.add_argument(
         "source", metavar="JOB|DIR", help="a directory written by `memscore run`, or a job id on the Results service"
     )
+    service.add_service_flags(p)
+    return p
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = _add_source(sub, "report", "write a self-contained HTML report of a run")
     p.add_argument("--out", required=True, metavar="FILE.html")
     p.add_argument(
         "--dataset",
@@ -31,7 +36,6 @@ def add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--influence-examples", type=int, default=12, help="test examples shown with their influencers (default 12)"
     )
-    service.add_service_flags(p)
     p.set_defaults(func=report)
 
 
@@ -126,17 +130,11 @@ def _report_dataset(args: argparse.Namespace, summary: dict, notes: list[str]):
 
 
 def add_audit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "audit",
-        help="print a run's membership-inference audit: LiRA's ROC summary and the most exposed examples "
-        "(a `memscore run --out` DIR, or a JOB id)",
-    )
-    p.add_argument(
-        "source", metavar="JOB|DIR", help="a directory written by `memscore run`, or a job id on the Results service"
+    p = _add_source(
+        sub, "audit", "print a run's membership-inference audit: LiRA's ROC summary and the most exposed examples"
     )
     p.add_argument("--top", type=int, default=10, help="most exposed examples listed (default 10; 0 = none)")
     p.add_argument("--roc", action="store_true", help="also print the ROC curve's points (FPR, TPR, chance TPR)")
-    service.add_service_flags(p)
     p.set_defaults(func=audit)
 
 

@@ -8,32 +8,20 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from ..engine.catalog import SCORE_COLUMNS
 
-# The ranked-examples table of `run` and `results` (their CSV files have every score column).
+# The ranked-examples table of `run` and `results` (their CSV files have every score column):
+# no standard errors (the interval says it for memorization; the CSV has them all) and not these.
 _NOT_PRINTED = (
-    "memorization_stderr",  # the interval says it
-    "memorization_soft_stderr",
     "memorization_soft_lower",
     "memorization_soft_upper",
     "in_sample_accuracy",
-    "memorization_log_odds_stderr",
     "predicted_label_heldout",
-    "privacy_risk_stderr",
-    "model_confidence_stderr",
-    "holdout_retraining_stderr",
-    "ensemble_agreement_stderr",
     "adv_distance_l2",  # the run table is wide enough; the CSV and parquet have them
-    "adv_distance_l2_stderr",
     "adv_distance_l2_heldout",
-    "adv_distance_l2_heldout_stderr",
     "adv_distance_linf",
-    "adv_distance_linf_stderr",
     "adv_distance_linf_heldout",
-    "adv_distance_linf_heldout_stderr",
-    "learning_speed_stderr",
     "first_learned_epoch",
-    "first_learned_epoch_stderr",
 )
-RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED)
+RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED and not c.endswith("_stderr"))
 
 
 def print_table(

@@ -57,9 +57,8 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from .datasets import Dataset
-from .ensemble import Cancelled, GroupBatches, _evaluate, _stack_models, lr_factor, resolve_device
+from .ensemble import Cancelled, GroupBatches, _stack_models, evaluated_trace, lr_factor, resolve_device
 from .models import build_model
-from .prototypes import group_of
 from .recipes import Recipe, total_steps
 from .subsets import model_seed, subset_indices, subset_size
 from .traces import Trace
@@ -220,25 +219,7 @@ def _trace(ds: Dataset, eval_fn, params, buffers, model_ids, subsets, dev, eval_
     masks = np.zeros((len(model_ids), ds.n_train), dtype=bool)
     for g, s in enumerate(subsets):
         masks[g, s] = True
-    amp = dev.type == "cuda"
-    with torch.no_grad():
-        train = _evaluate(
-            eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, amp, masks, group_of(model_ids)
-        )
-        test = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, amp)
-    return Trace(
-        model_ids=np.asarray(model_ids, dtype=np.int64),
-        masks=masks,
-        train_correct=train.correct,
-        train_margin=train.margin,
-        test_correct=test.correct,
-        test_margin=test.margin,
-        train_pred=train.pred,
-        test_pred=test.pred,
-        heldout_prob_sum=train.groups["group_prob_out"].sum(0),
-        **train.groups,
-        meta=meta,
-    )
+    return evaluated_trace(ds, eval_fn, params, buffers, model_ids, masks, dev, eval_batch, {}, meta)
 
 
 def dp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:

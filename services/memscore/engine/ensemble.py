@@ -342,11 +342,6 @@ def _train_group(
             progress(step + 1, steps)
     t_train = time.perf_counter() - t0
 
-    with torch.no_grad():
-        train = _evaluate(
-            eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, use_amp, masks, group_of(model_ids)
-        )
-        test = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, use_amp)
     extra, meta = snaps.fields() if snaps is not None else ({}, {})
     if "adversarial" in metrics:
         from .adversarial import trace_distances
@@ -355,9 +350,27 @@ def _train_group(
         distances, meta["adv_eps_max"] = trace_distances(train_fn, params, buffers, ds.x_train, seed)
         extra.update(distances)
         meta["adversarial_seconds"] = time.perf_counter() - t_adv
-    t_total = time.perf_counter() - t0
+    meta.update(arch=arch, recipe=asdict(recipe), ratio=ratio, plan=plan, seed=seed, steps=steps, device=str(dev))
+    trace = evaluated_trace(ds, eval_fn, params, buffers, model_ids, masks, dev, eval_batch, extra, meta)
+    trace.meta.update(train_seconds=t_train, total_seconds=time.perf_counter() - t0)
+    weights = None
+    if keep_weights:
+        weights = {k: v.detach().cpu() for k, v in {**params, **buffers}.items()}
+    return TrainOutput(trace=trace, weights=weights)
 
-    trace = Trace(
+
+def evaluated_trace(
+    ds: Dataset, eval_fn, params, buffers, model_ids, masks: np.ndarray, dev, eval_batch: int, extra: dict, meta: dict
+) -> Trace:
+    """The trace of G trained models: their predictions on the training and test sets, the
+    held-out and group sums, and `extra` fields (the opt-in metrics). Shared with engine/dp.py."""
+    amp = dev.type == "cuda"
+    with torch.no_grad():
+        train = _evaluate(
+            eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, amp, masks, group_of(model_ids)
+        )
+        test = _evaluate(eval_fn, params, buffers, ds.x_test, ds.y_test, dev, eval_batch, amp)
+    return Trace(
         model_ids=np.asarray(model_ids, dtype=np.int64),
         masks=masks,
         train_correct=train.correct,
@@ -369,23 +382,8 @@ def _train_group(
         heldout_prob_sum=train.groups["group_prob_out"].sum(0),
         **train.groups,
         **extra,
-        meta={
-            **meta,
-            "arch": arch,
-            "recipe": asdict(recipe),
-            "ratio": ratio,
-            "plan": plan,
-            "seed": seed,
-            "steps": steps,
-            "device": str(dev),
-            "train_seconds": t_train,
-            "total_seconds": t_total,
-        },
+        meta=meta,
     )
-    weights = None
-    if keep_weights:
-        weights = {k: v.detach().cpu() for k, v in {**params, **buffers}.items()}
-    return TrainOutput(trace=trace, weights=weights)
 
 
 def _snapshots(ds, metrics, steps, steps_per_epoch, seed, train_fn, eval_fn, params, buffers, dev, eval_batch):
