@@ -19,7 +19,9 @@ _NOT_PRINTED = (
     "adv_distance_l2_heldout",
     "adv_distance_linf",
     "adv_distance_linf_heldout",
+    "learning_speed",  # --metrics dynamics only: NaN / False otherwise
     "first_learned_epoch",
+    "critical",
 )
 RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED and not c.endswith("_stderr"))
 
