@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .moments import mean, var_of_mean
+
 MAX_SNAPSHOTS = 20  # evaluation passes over the training set a model makes at most
 CSR_SAMPLE = 500  # training examples searched for critical inputs at every snapshot
 CSR_RADIUS_SCALE = 0.1  # r = this × the mean per-feature standard deviation (L∞)
@@ -133,16 +135,13 @@ class DynamicsSums:
 
     def scores(self) -> dict[str, np.ndarray]:
         n, k = self.n, self.models
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = {}
-            for name, s, ss in (
-                ("learning_speed", self.speed, self.speed2),
-                ("first_learned_epoch", self.first, self.first2),
-            ):
-                out[name] = np.where(k > 0, s / k, np.nan)
-                var = np.where(k > 1, (ss - s * s / k) / (k - 1), np.nan)
-                out[name + "_stderr"] = np.sqrt(np.maximum(var, 0) / np.maximum(k, 1))
-            out["critical"] = (k > 0) & (self.critical >= 0.5 * k)
+        out = {}
+        for name, s, ss in (
+            ("learning_speed", self.speed, self.speed2),
+            ("first_learned_epoch", self.first, self.first2),
+        ):
+            out[name], out[name + "_stderr"] = mean(s, k), np.sqrt(var_of_mean(s, ss, k))
+        out["critical"] = (k > 0) & (self.critical >= 0.5 * k)
         if self.epochs is None:
             out = {c: np.full(n, np.nan) for c in out} | {"critical": np.zeros(n, bool)}
         return out

@@ -30,27 +30,9 @@ import numpy as np
 
 from .dynamics import DynamicsSums
 from .intervals import corrected_fractions, mean_difference_interval, newcombe_interval
+from .moments import binary_var_of_mean, mean, var_of_mean
 from .prototypes import PrototypeSums
 from .traces import Trace
-
-
-def _mean(s: np.ndarray, n: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
-
-
-def _binary_var_of_mean(s: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Variance of the mean of n 0/1 outcomes summing to s, with p̃ = (s + ½)/(n + 1)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = (s + 0.5) / (n + 1.0)
-        return np.where(n > 0, p * (1 - p) / np.maximum(n, 1), np.nan)
-
-
-def _var_of_mean(s: np.ndarray, ss: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Variance of a sample mean from its sum and sum of squares: s²/n with s² Bessel-corrected."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        var = (ss - s * s / np.maximum(n, 1)) / np.maximum(n - 1, 1)
-        return np.where(n > 1, np.maximum(var, 0.0) / np.maximum(n, 1), np.nan)
 
 
 class ScoreAccumulator:
@@ -136,16 +118,15 @@ class ScoreAccumulator:
         in-sample and held-out accuracy, the counts n_in, n_out behind them, and from the
         held-out distributions the predicted class and (given the training `labels`) the label
         quality; the prototypicality metrics of engine/prototypes.py."""
-        acc_in = _mean(self.correct_in, self.n_in)
-        acc_out = _mean(self.correct_out, self.n_out)
-        soft_in = _mean(self.prob_in, self.n_in)
-        soft_out = _mean(self.prob_out, self.n_out)
+        acc_in = mean(self.correct_in, self.n_in)
+        acc_out = mean(self.correct_out, self.n_out)
+        soft_in = mean(self.prob_in, self.n_in)
+        soft_out = mean(self.prob_out, self.n_out)
         mem_se = np.sqrt(
-            _binary_var_of_mean(self.correct_in, self.n_in) + _binary_var_of_mean(self.correct_out, self.n_out)
+            binary_var_of_mean(self.correct_in, self.n_in) + binary_var_of_mean(self.correct_out, self.n_out)
         )
         soft_se = np.sqrt(
-            _var_of_mean(self.prob_in, self.prob2_in, self.n_in)
-            + _var_of_mean(self.prob_out, self.prob2_out, self.n_out)
+            var_of_mean(self.prob_in, self.prob2_in, self.n_in) + var_of_mean(self.prob_out, self.prob2_out, self.n_out)
         )
         return {
             "memorization": acc_in - acc_out,
@@ -192,15 +173,15 @@ class ScoreAccumulator:
         Of the statistics compared in docs/validation.md §6 it needs the fewest models; mapping
         it back to probabilities, σ(mean_in φ) − σ(mean_out φ), erases exactly the held-out
         side's differences that find mislabeled examples."""
-        d = _mean(self.margin_in, self.n_in) - _mean(self.margin_out, self.n_out)
-        var = _var_of_mean(self.margin_in, self.margin2_in, self.n_in) + _var_of_mean(
+        d = mean(self.margin_in, self.n_in) - mean(self.margin_out, self.n_out)
+        var = var_of_mean(self.margin_in, self.margin2_in, self.n_in) + var_of_mean(
             self.margin_out, self.margin2_out, self.n_out
         )
         return {"memorization_log_odds": d, "memorization_log_odds_stderr": np.sqrt(var)}
 
     def test_scores(self) -> dict[str, np.ndarray]:
         """Per test example: the fraction of models that classify it correctly."""
-        return {"test_accuracy": _mean(self.test_correct, np.full(self.m, self.num_models))}
+        return {"test_accuracy": mean(self.test_correct, np.full(self.m, self.num_models))}
 
 
 def label_quality(heldout_probs: np.ndarray | None, labels: np.ndarray | None, n: int) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .estimators import _binary_var_of_mean
+from .moments import binary_var_of_mean
 from .significance import PairTest, PValueCounts
 from .traces import Trace
 
@@ -116,7 +116,7 @@ class InfluenceAccumulator:
             s_out = total[None, :] - s_in
             with np.errstate(invalid="ignore", divide="ignore"):
                 infl = np.where((n_in > 0) & (n_out > 0), s_in / n_in - s_out / n_out, np.nan).astype(np.float32)
-                se = np.sqrt(_binary_var_of_mean(s_in, n_in) + _binary_var_of_mean(s_out, n_out)).astype(np.float32)
+                se = np.sqrt(binary_var_of_mean(s_in, n_in) + binary_var_of_mean(s_out, n_out)).astype(np.float32)
             ranked = np.where(np.isnan(infl), -np.inf, infl)
             pv = test.pvalues(n_in[:, 0], s_in, s_out)
             counts.add(pv)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .moments import mean, var_of_mean
 from .traces import ADV_FIELDS
 
 JACKKNIFE_GROUPS = 8  # J: model k belongs to group k mod J, whichever shard trained it
@@ -74,7 +75,6 @@ class PrototypeSums:
         self.maxprob = np.zeros((JACKKNIFE_GROUPS, n))  # Σ max_c p_k(i)_c
         self.n_in = np.zeros((JACKKNIFE_GROUPS, n))
         self.n_out = np.zeros((JACKKNIFE_GROUPS, n))
-        self.models = 0  # members whose sums were added (traces without them add nothing)
         # adversarial distances: per field, Σd and Σd² over members in / out; censored pairs
         self.adv: dict[str, np.ndarray] = {}  # field -> (4, n): Σd in, Σd² in, Σd out, Σd² out
         self.adv_counts = np.zeros((2, n))  # members in / out with distances
@@ -99,7 +99,6 @@ class PrototypeSums:
             rows = trace.masks[groups == j]
             self.n_in[j] += rows.sum(0)
             self.n_out[j] += (~rows).sum(0)
-        self.models += trace.num_models
 
     def _add_adversarial(self, trace) -> None:
         if trace.adv_l2 is None:
@@ -145,11 +144,8 @@ class PrototypeSums:
             for side, suffix in ((0, ""), (1, "_heldout")):
                 n = self.adv_counts[side] if field in self.adv else np.zeros(self.n)
                 s, ss = sums[2 * side], sums[2 * side + 1]
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    mean = np.where(n > 0, s / n, np.nan)
-                    var = np.where(n > 1, (ss - s * s / n) / (n - 1), np.nan)
-                out[name + suffix] = mean
-                out[name + suffix + "_stderr"] = np.sqrt(np.maximum(var, 0) / np.maximum(n, 1))
+                out[name + suffix] = mean(s, n)
+                out[name + suffix + "_stderr"] = np.sqrt(var_of_mean(s, ss, n))
         return out
 
     def _distribution_scores(self) -> dict[str, np.ndarray]:
