@@ -215,47 +215,23 @@ def train_ensemble(
         group_size = len(model_ids) if dev.type == "cuda" else CPU_GROUP_SIZE
     if not eval_batch:  # examples per evaluation pass; on the CPU small passes stay in cache (256: 3x faster than 2048)
         eval_batch = 8192 if dev.type == "cuda" else 256
-    if len(model_ids) <= group_size:
+
+    def train(ids: list[int], report) -> TrainOutput:
         return _train_group(
-            ds,
-            arch,
-            model_ids,
-            ratio,
-            seed,
-            recipe,
-            dev,
-            progress,
-            should_stop,
-            keep_weights,
-            eval_batch,
-            plan,
-            metrics,
+            ds, arch, ids, ratio, seed, recipe, dev, report, should_stop, keep_weights, eval_batch, plan, metrics
         )
-    outs = []
+
+    if len(model_ids) <= group_size:
+        return train(model_ids, progress)
     groups = [model_ids[a : a + group_size] for a in range(0, len(model_ids), group_size)]
+    outs = []
     for gi, ids in enumerate(groups):
 
         def group_progress(step, steps, gi=gi):
             if progress is not None:
                 progress(gi * steps + step, len(groups) * steps)
 
-        outs.append(
-            _train_group(
-                ds,
-                arch,
-                ids,
-                ratio,
-                seed,
-                recipe,
-                dev,
-                group_progress,
-                should_stop,
-                keep_weights,
-                eval_batch,
-                plan,
-                metrics,
-            )  # fmt: skip
-        )
+        outs.append(train(ids, group_progress))
     return _concat(outs)
 
 
