@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .canaries import CanaryFormat
 from .catalog import DEFAULT_ARCH
-from .dynamics import CSR_SAMPLE, MAX_SNAPSHOTS
+from .dynamics import CSR_SAMPLE, snapshot_steps
 from .membership import ATTACK_BYTES_PER_CELL, MAX_CELLS
 from .prototypes import JACKKNIFE_GROUPS
 from .recipes import (
@@ -176,15 +176,14 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
     if "adversarial" in spec.metrics:  # each pass is a forward and an input-gradient backward
         train += 3.0 * m.forward_flops * facts.n_train * adversarial_passes()
     if "dynamics" in spec.metrics:  # per snapshot an evaluation pass and a critical search of the sample
-        snaps = min(MAX_SNAPSHOTS, recipe.epochs or 1)
+        snaps = len(snapshot_steps(steps, math.ceil(subset / batch)))  # as the trainer takes them
         search = 3.0 * m.forward_flops * ADV_PGD_STEPS
         train += snaps * (m.forward_flops * facts.n_train + search * min(CSR_SAMPLE, facts.n_train))
         train += search * facts.n_train  # the last snapshot searches every example
     train_act = batch * m.activations * FLOAT * 2
     eval_act = min(EVAL_BATCH, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
-    adv_act = (
-        ADV_BATCH * m.activations * FLOAT * 2 if "adversarial" in spec.metrics else 0
-    )  # PGD: as a batch of training
+    searches = {"adversarial", "dynamics"} & set(spec.metrics)  # both run PGD, ADV_BATCH examples at a time
+    adv_act = ADV_BATCH * m.activations * FLOAT * 2 if searches else 0  # as a batch of training
     per_model = m.params * FLOAT * 4 + max(train_act, eval_act, adv_act)
     return JobCost(
         arch=arch,
