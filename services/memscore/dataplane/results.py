@@ -349,15 +349,16 @@ def _py(v):
 
 def _complete(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Score columns a source lacks (a job reduced by an older memscore, an anytime snapshot's
-    membership columns), as "no estimate" (NaN; -1 for a class)."""
+    membership columns), as "no estimate" (NaN; -1 for a class; False for `critical`)."""
     n = len(cols["index"])
     for c in SCORE_COLUMNS:
         if c not in cols:
-            if c == "critical":
-                cols[c] = np.zeros(n, bool)
-            else:
-                cols[c] = np.full(n, -1, np.int64) if c == "predicted_label_heldout" else np.full(n, np.nan)
+            cols[c] = np.full(n, *_NO_ESTIMATE.get(c, (np.nan, np.float64)))
     return cols
+
+
+# The "no estimate" value of the columns that are not floats (NaN for the rest).
+_NO_ESTIMATE = {"predicted_label_heldout": (-1, np.int64), "critical": (False, bool)}
 
 
 def _row(cols, i: int, rank: int) -> dict:

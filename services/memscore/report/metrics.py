@@ -24,7 +24,6 @@ CORRELATED = (
     "ensemble_agreement",
     "adv_distance_l2",
     "adv_distance_linf",
-    "privacy_level",
     "learning_speed",
     "first_learned_epoch",
 )
