@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from memscore.engine.cost import DatasetFacts, job_cost, model_cost
+from memscore.engine.cost import DP_STEP_COST, DatasetFacts, job_cost, model_cost
+from memscore.engine.privacy_level import DP_EPSILONS, DP_MODELS
 from memscore.engine.spec import ScoringSpec
 
 SHAPES = [
@@ -46,6 +47,21 @@ def test_the_estimate_follows_the_recipe_and_the_spec():
     assert default.largest_shard(default.shard_bytes(10)) == 10
     more = job_cost(ScoringSpec(dataset="mnist1d", models=4000), facts)
     assert more.reduce_bytes > default.reduce_bytes + 3900 * 1000 * 4  # the (K, m) float32 test correctness
+
+
+def test_the_dp_levels_cost_their_shards_per_example_gradients_and_slower_steps():
+    facts = DatasetFacts(n_train=4000, n_test=1000, num_classes=10, kind="sequence", feature_shape=(40,))
+    plain = job_cost(ScoringSpec(dataset="mnist1d"), facts)
+    dp = job_cost(ScoringSpec(dataset="mnist1d", metrics=["dp"]), facts)
+    assert plain.dp_shards == 0 and plain.total_seconds(64, 1e12) == plain.seconds(64, 1e12)
+    assert dp.dp_shards == len(DP_EPSILONS) and dp.seconds(64, 1e12) == plain.seconds(64, 1e12)
+    # each DP model's steps cost DP_STEP_COST plain ones; its evaluation pass is the same
+    assert 0.9 * DP_STEP_COST < dp.dp_flops_per_model / plain.train_flops_per_model < DP_STEP_COST
+    extra = dp.total_seconds(64, 1e12) - plain.total_seconds(64, 1e12)
+    assert extra == pytest.approx(len(DP_EPSILONS) * DP_MODELS * dp.dp_flops_per_model / 1e12)
+    # B per-example gradients (and their clipped copies) per model on top of a plain model
+    assert dp.dp_per_model_bytes - plain.per_model_bytes == dp.batch * dp.model.params * 4 * 2
+    assert dp.dp_shard_bytes() > dp.data_bytes + DP_MODELS * dp.dp_per_model_bytes
 
 
 # Large enough that the models, not the framework's fixed allocations, dominate the peak.

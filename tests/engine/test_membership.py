@@ -9,7 +9,14 @@ import math
 import numpy as np
 import pytest
 
-from memscore.engine.membership import _Roc, lira_scores, membership_inference, planted_bank
+from memscore.engine.membership import (
+    MembershipBank,
+    _hanley_mcneil,
+    _Roc,
+    lira_scores,
+    membership_inference,
+    planted_bank,
+)
 
 _bank = planted_bank
 
@@ -132,3 +139,24 @@ print(json.dumps({"cells": masks.size, "grew": peak_rss_bytes() - base}))
     out = subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True, timeout=300, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert 0 < r["grew"] <= ATTACK_BYTES_PER_CELL * r["cells"], r
+
+
+def test_a_perfectly_separated_example_keeps_a_nonzero_standard_error():
+    """Hanley & McNeil's formula is 0 at AUC = 1, which 2 members and 2 non-members reach by
+    chance one time in six: with the tied pseudo-pair it is not reported as certain."""
+    auc = np.array([1.0, 0.0, 0.75, 1.0])
+    pos, neg = np.array([2.0, 2.0, 2.0, 32.0]), np.array([2.0, 2.0, 2.0, 32.0])
+    se = _hanley_mcneil(auc, pos, neg)
+    assert se[0] > 0.1 and se[1] > 0.1  # 4 pairs say little
+    assert 0 < se[3] < 0.01  # 1,024 pairs say much
+    assert se[2] == pytest.approx(_hanley_mcneil(np.array([0.75]), pos[:1], neg[:1])[0])
+
+
+def test_the_bank_gives_privacy_risk_with_its_stderr_and_pvalue():
+    masks, margins, delta, _, _ = planted_bank(16, 400, 2.0, 0.1, seed=3)
+    bank = MembershipBank(400)
+    bank.add(np.arange(16), masks, margins)
+    _, cols = bank.result()
+    assert set(cols) == {"privacy_risk", "privacy_risk_stderr", "privacy_risk_pvalue"}
+    p = cols["privacy_risk_pvalue"]
+    assert np.median(p[delta > 0]) < 0.05 < np.median(p[delta == 0])

@@ -166,8 +166,15 @@ def test_opted_in_metrics_find_the_flipped_labels_a_model_memorized_late_and_nar
     assert s["learning_speed"][flipped].mean() < s["learning_speed"][~flipped].mean() - 0.15
     assert s["first_learned_epoch"][flipped].mean() > s["first_learned_epoch"][~flipped].mean() + 10
     assert s["critical"].dtype == bool and s["critical"][flipped].mean() > s["critical"][~flipped].mean() + 0.3
+    # `critical` thresholds critical_fraction at 1/2; the fraction carries its binomial stderr
+    np.testing.assert_array_equal(s["critical"], s["critical_fraction"] >= 0.5)
+    assert (s["critical_fraction_stderr"] > 0).all() and (s["critical_fraction_stderr"] < 0.3).all()
     csr = result.summary["critical_sample_ratio"]
     assert len(csr["epochs"]) == len(csr["clean"]) == len(csr["noisy"]) == 20 and csr["epochs"][-1] == 100
+    assert len(csr["noisy_stderr"]) == 20 and all(0 < v < 0.2 for v in csr["noisy_stderr"] + csr["clean_stderr"])
+    lo_noisy = np.array(csr["noisy"]) - 1.96 * np.array(csr["noisy_stderr"])
+    hi_clean = np.array(csr["clean"]) + 1.96 * np.array(csr["clean_stderr"])
+    assert (lo_noisy[-5:] > hi_clean[-5:]).all()  # the separation is beyond the examples' sampling noise
     assert csr["noisy"][-1] > csr["clean"][-1] + 0.3  # noise is fitted by carving critical regions
     assert max(csr["clean"][5:]) < min(csr["noisy"][5:])  # from epoch ~27 on, every snapshot shows it
     from memscore.report import render_report

@@ -14,6 +14,7 @@ from memscore.client import Client
 from memscore.dataplane.admission import largest_shard
 from memscore.engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES
 from memscore.engine.cost import DatasetFacts, exposure_cost, job_cost
+from memscore.engine.privacy_level import DP_EPSILONS
 from memscore.engine.spec import ExposureSpec, ScoringSpec
 
 pytestmark = pytest.mark.integration
@@ -97,6 +98,26 @@ def test_shards_are_sized_to_half_the_shard_time_limit_and_a_model_over_it_is_re
         assert job.spec.scoring.shard_size == int(500 // per_model_s)
         why = _refused(lambda: c.submit_scoring(dataset="mnist1d", models=4, epochs=10000))
         assert "MEMSCORE_SHARD_TIMEOUT_S" in why and "fewer epochs" in why
+
+
+def test_a_dp_level_over_half_the_shard_time_is_refused_naming_the_metric(start):
+    rt, target = start(worker_flops=1e10, shard_timeout_s=1000)
+    cost = job_cost(ScoringSpec(dataset="digits", model="mlp", epochs=20, metrics=["dp"]), _facts("digits"))
+    assert (
+        cost.dp_shard_seconds(1e10)
+        < 500
+        < job_cost(
+            ScoringSpec(dataset="digits", model="mlp", epochs=2000, metrics=["dp"]), _facts("digits")
+        ).dp_shard_seconds(1e10)
+    )
+    with Client(target, target, timeout=10) as c:
+        why = _refused(lambda: c.submit_scoring(dataset="digits", model="mlp", models=4, epochs=2000, metrics=["dp"]))
+        assert "`dp`" in why and "MEMSCORE_SHARD_TIMEOUT_S" in why and "leave out `dp`" in why
+        _nothing_stored(rt, c)
+        job = c.submit_scoring(dataset="digits", model="mlp", models=4, epochs=2000)  # the same job without DP fits
+        assert job.progress.shards_total >= 1
+        dp = c.submit_scoring(dataset="digits", model="mlp", models=4, epochs=20, metrics=["dp"])
+        assert dp.progress.shards_total == 1 + len(DP_EPSILONS)
 
 
 def test_a_reduce_larger_than_its_memory_is_refused(start):

@@ -15,6 +15,7 @@ import pytest
 from memscore.api.v1 import job_pb2, results_service_pb2
 from memscore.client import Client, field_violations
 from memscore.engine.datasets import load_dataset
+from memscore.engine.privacy_level import DP_EPSILONS
 from memscore.engine.scoring import run_scoring
 from memscore.engine.spec import ScoringSpec
 
@@ -303,17 +304,20 @@ def test_a_self_stopping_job_grows_on_redis_and_s3_until_max_models(stack, clien
     assert all(stack.runtime.jobs.incr_attempts(job.job_id, s) == 2 for s in range(3))  # each shard trained once
 
 
-def test_a_balanced_job_with_adversarial_metrics_matches_an_embedded_run(stack, client, blobs):
+def test_a_balanced_job_with_adversarial_and_dp_metrics_matches_an_embedded_run(stack, client, blobs):
     """The plan and the opt-in metric groups travel from SubmitJob to the worker: every example in
-    exactly half the models, and the adversarial distances the worker measured are the ones an
-    embedded run measures."""
-    spec = dict(SPEC, models=4, plan="balanced", metrics=["adversarial"])
+    exactly half the models, and the adversarial distances and DP privacy levels the workers
+    measured are the ones an embedded run measures. Each DP level is one more shard (3 beside the
+    job's 2), trained by the workers as any shard and kept apart from the job's models."""
+    spec = dict(SPEC, models=4, plan="balanced", metrics=["adversarial", "dp"])
     ref = client.upload(blobs).dataset_ref
     stack.start_worker()
     job = client.submit_scoring(dataset=ref, **spec)
-    assert job.spec.scoring.plan == "balanced" and list(job.spec.scoring.metrics) == ["adversarial"]
-    events = list(client.watch(job.job_id, timeout=180))
+    assert job.spec.scoring.plan == "balanced" and list(job.spec.scoring.metrics) == ["adversarial", "dp"]
+    events = list(client.watch(job.job_id, timeout=240))
     assert events[-1].state == job_pb2.JOB_STATE_SUCCEEDED, stack.worker_logs()
+    assert events[-1].progress.shards_total == 2 + len(DP_EPSILONS) == events[-1].progress.shards_done
+    assert events[-1].progress.models_done == 4  # the DP models are not among the job's K
     served = pq.read_table(io.BytesIO(client.artifact(job.job_id, "scores.parquet")))
     assert (served.column("n_in").to_numpy() == 2).all() and (served.column("n_out").to_numpy() == 2).all()
     local = run_scoring(load_dataset(str(blobs)), ScoringSpec.from_dict({"dataset": str(blobs), **spec}), device="cpu")
@@ -323,3 +327,12 @@ def test_a_balanced_job_with_adversarial_metrics_matches_an_embedded_run(stack, 
     assert summary["spec"]["ratio"] == 0.5 and set(summary["adversarial"]["eps_max"]) == {"l2", "linf"}
     top = client.ranked(job.job_id, metric="adv_distance_l2", ascending=True, limit=3)
     assert [e.adv_distance_l2 for e in top] == sorted(local.scores["adv_distance_l2"])[:3]
+    for col in ("privacy_level", "privacy_level_lower", "privacy_level_upper"):
+        np.testing.assert_array_equal(served.column(col).to_numpy(), local.scores[col], err_msg=col)
+    assert [lv["epsilon_target"] for lv in summary["dp"]["levels"]] == list(DP_EPSILONS)
+    level = local.scores["privacy_level"]
+    strongest = client.ranked(job.job_id, metric="privacy_level", ascending=True, limit=5)
+    assert [e.privacy_level for e in strongest] == sorted(level[~np.isnan(level)])[:5]
+    one = client.example(job.job_id, int(strongest[0].index))
+    assert one.example.privacy_level == strongest[0].privacy_level
+    assert one.example.privacy_level_upper >= one.example.privacy_level

@@ -22,6 +22,11 @@ _NOT_PRINTED = (
     "learning_speed",  # --metrics dynamics only: NaN / False otherwise
     "first_learned_epoch",
     "critical",
+    "critical_fraction",
+    "privacy_risk_pvalue",
+    "privacy_level",  # --metrics dp only: NaN otherwise
+    "privacy_level_lower",
+    "privacy_level_upper",
 )
 RANKED_COLUMNS = tuple(c for c in SCORE_COLUMNS if c not in _NOT_PRINTED and not c.endswith("_stderr"))
 

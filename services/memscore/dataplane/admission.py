@@ -20,6 +20,7 @@ retried until MEMSCORE_MAX_ATTEMPTS and fails the job.
 from __future__ import annotations
 
 from ..engine.cost import DatasetFacts, JobCost, exposure_cost, job_cost
+from ..engine.privacy_level import DP_MODELS
 from ..engine.spec import DEFAULT_SHARD_SIZE, ExposureSpec, ScoringSpec
 from ..errors import ResourceExhausted
 from ..settings import Settings
@@ -56,10 +57,11 @@ def admit(spec: ScoringSpec, facts: DatasetFacts, settings: Settings) -> int:
             f"({_gib(settings.worker_memory_bytes)}, MEMSCORE_WORKER_MEMORY_BYTES)"
         )
     models = max(spec.models, spec.max_models)
-    job_s = cost.seconds(models, flops)
+    job_s = cost.total_seconds(models, flops)
     if job_s > settings.max_job_worker_hours * 3600:
         raise ResourceExhausted(
-            f"spec.scoring: {models} {cost.arch} models × {cost.steps} steps would take an estimated "
+            f"spec.scoring: {models} {cost.arch} models × {cost.steps} steps"
+            f"{f' and {cost.dp_shards} DP levels' if cost.dp_shards else ''} would take an estimated "
             f"{_hours(job_s)} of one worker at {flops:.3g} FLOP/s (MEMSCORE_WORKER_FLOPS), over this server's "
             f"limit of {settings.max_job_worker_hours:g} h (MEMSCORE_MAX_JOB_WORKER_HOURS); "
             "train fewer models or epochs"
@@ -70,6 +72,8 @@ def admit(spec: ScoringSpec, facts: DatasetFacts, settings: Settings) -> int:
             f"more than {_gib(settings.reduce_memory_bytes)} (MEMSCORE_REDUCE_MEMORY_BYTES); "
             "train fewer models or lower max_influence_pairs"
         )
+    if cost.dp_shards:
+        _admit_dp(cost, settings)
     fit = largest_shard(cost, settings)
     if fit < 1:
         raise ResourceExhausted(
@@ -92,6 +96,18 @@ def admit(spec: ScoringSpec, facts: DatasetFacts, settings: Settings) -> int:
         while spec.models % g:  # a self-stopping job grows by whole shards
             g -= 1
     return g
+
+
+def _admit_dp(cost: JobCost, settings: Settings) -> None:
+    """A DP level's shard (engine/privacy_level.py) must fit one worker's memory and time share."""
+    need, secs = cost.dp_shard_bytes(), cost.dp_shard_seconds(settings.worker_flops)
+    if need > settings.worker_memory_bytes or secs > SHARD_TIME_SHARE * settings.shard_timeout_s:
+        raise ResourceExhausted(
+            f"spec.scoring.metrics: a DP level of `dp` trains {DP_MODELS} {cost.arch} models with per-example "
+            f"gradients: an estimated {_gib(need)} and {_hours(secs)}, over a worker's "
+            f"{_gib(settings.worker_memory_bytes)} (MEMSCORE_WORKER_MEMORY_BYTES) or {SHARD_TIME_SHARE:g} × "
+            f"MEMSCORE_SHARD_TIMEOUT_S ({settings.shard_timeout_s} s); train fewer epochs or leave out `dp`"
+        )
 
 
 def admit_exposure(spec: ExposureSpec, corpus_chars: int, corpus_vocab: int, settings: Settings) -> None:

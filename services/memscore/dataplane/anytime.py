@@ -17,6 +17,7 @@ import numpy as np
 from ..engine.catalog import MEMORIZED_AT
 from ..engine.estimators import ScoreAccumulator
 from ..engine.intervals import count_lower_ge
+from ..engine.privacy_level import is_dp_shard
 from ..engine.reliability import SplitHalf, anytime_fields
 from ..engine.traces import Trace
 from ..runtime import Runtime
@@ -46,7 +47,8 @@ class AnytimeEstimates:
     def shards_available(self, rec: JobRecord) -> list[int]:
         keys = self.rt.objects.list(layout.shard_prefix(rec.job_id))
         shards = (layout.shard_of_trace_key(k) for k in keys)
-        return sorted(s for s in shards if s is not None and s < rec.shards_total)
+        # the DP levels' shards (privacy_level.py) are the reduce's alone
+        return sorted(s for s in shards if s is not None and s < rec.shards_total and not is_dp_shard(s))
 
     def snapshot(self, rec: JobRecord) -> Snapshot | None:
         """The scores over every stored trace of the job, or None before the first shard."""

@@ -19,7 +19,7 @@ from ..store import layout
 from ..store.jobs import DEFAULT_TENANT, JobNotFound, JobRecord, RequestIdReused
 from ..store.objects import ObjectNotFound, StoreUnavailable
 from .anytime import AnytimeEstimates
-from .specs import admit_spec, check_exposure, check_scoring, dataset_meta
+from .specs import admit_spec, check_exposure, check_scoring, dataset_meta, job_shards
 from .uploads import Upload, sweep_spool
 from .watch import ChangeFeed
 
@@ -127,7 +127,7 @@ class ScoringPlane:
         if record.kind == "exposure":
             self._enqueue(TASK_EXPOSURE, [record.job_id])
             return
-        for s in range(record.shards_total) if shards is None else shards:
+        for s in job_shards(record) if shards is None else shards:
             self._enqueue(TASK_TRAIN_SHARD, [record.job_id, s])
 
     def get(self, job_id: str, tenant: str | None = None) -> JobRecord:
@@ -211,7 +211,7 @@ class ScoringPlane:
                 request_id,
                 additional_models,
                 spec=spec.to_dict(),
-                shards_total=spec.num_shards,
+                shards_total=len(spec.shards()),
                 models_total=spec.models,
                 message="extended",
             )

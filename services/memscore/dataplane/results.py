@@ -339,8 +339,9 @@ def _rank(cols, metric, descending, classes, lo, hi) -> np.ndarray:
         keep &= v <= hi
     idx = np.nonzero(keep)[0]
     vals = v[idx]
-    key = np.where(np.isnan(vals), np.inf, -vals if descending else vals)
-    return idx[np.lexsort((idx, key))]  # ties by index: pages are stable
+    nan = np.isnan(vals)
+    key = np.where(nan, 0.0, -vals if descending else vals)
+    return idx[np.lexsort((idx, key, nan))]  # NaN last (+inf is a value), ties by index: pages are stable
 
 
 def _py(v):

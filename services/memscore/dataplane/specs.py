@@ -12,6 +12,7 @@ from ..datarefs import BUILTIN_CORPUS, allowed_path, check_corpus_ref, check_dat
 from ..engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES, model_takes
 from ..engine.cost import DatasetFacts
 from ..engine.datasets import DatasetError, image_folder_facts, npz_facts
+from ..engine.privacy_level import dp_shards
 from ..engine.spec import ExposureSpec, ScoringSpec
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..settings import Settings
@@ -51,7 +52,14 @@ def check_scoring(
     if problems:
         raise InvalidArgument(problems)
     s.shard_size = admit_spec(s, settings, meta)  # fixed at submit: model k's shard never changes
-    return s.to_dict(), s.num_shards, s.models
+    return s.to_dict(), len(s.shards()), s.models
+
+
+def job_shards(rec) -> list[int]:
+    """The shard ids of a job's tasks: a scoring job's `ScoringSpec.shards()` (its DP levels
+    are numbered apart from its models' shards), an exposure job's one task, 0."""
+    dp = dp_shards(rec.spec.get("metrics") or []) if rec.kind == "scoring" else []
+    return [*range(rec.shards_total - len(dp)), *dp]
 
 
 def admit_spec(s: ScoringSpec, settings: Settings, meta: dict | None) -> int:

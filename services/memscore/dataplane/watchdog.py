@@ -35,6 +35,7 @@ from ..broker import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD, queue_depth, 
 from ..errors import outage
 from ..runtime import Runtime
 from ..store.jobs import ACTIVE_STATES, JobNotFound, JobRecord
+from .specs import job_shards
 
 log = logging.getLogger("memscore.watchdog")
 
@@ -137,7 +138,7 @@ class Watchdog:
         if rec.cancel_requested:
             return out
         running = set(rec.shards_running)
-        missing = [s for s in range(rec.shards_total) if s not in done and s not in running]
+        missing = [s for s in job_shards(rec) if s not in done and s not in running]
         if missing:
             if not self._queue_empty(depths, shard_task):
                 return out

@@ -39,7 +39,9 @@ ARCH_INPUT_DESCRIPTION = {
 # (engine/adversarial.py), L2 and L∞, after training.
 # dynamics: per-epoch snapshots of every model's training predictions (learning speed, first
 # learned epoch) and Arpit et al.'s critical samples (engine/dynamics.py).
-OPT_IN_METRICS: tuple[str, ...] = ("adversarial", "dynamics")
+# dp: a few groups of models trained with DP-SGD at a ladder of ε, and per example the strongest
+# ε at which it is still classified correctly (engine/privacy_level.py); ~11x a model's training each.
+OPT_IN_METRICS: tuple[str, ...] = ("adversarial", "dynamics", "dp")
 
 # Subset plans (engine/subsets.py): independent random subsets, or LiRA's balanced complementary pairs.
 PLANS: tuple[str, ...] = ("random", "balanced")
@@ -70,6 +72,7 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "predicted_label_heldout",
     "privacy_risk",
     "privacy_risk_stderr",
+    "privacy_risk_pvalue",
     "model_confidence",
     "model_confidence_stderr",
     "holdout_retraining",
@@ -89,6 +92,11 @@ SCORE_COLUMNS: tuple[str, ...] = (
     "first_learned_epoch",
     "first_learned_epoch_stderr",
     "critical",
+    "critical_fraction",
+    "critical_fraction_stderr",
+    "privacy_level",
+    "privacy_level_lower",
+    "privacy_level_upper",
 )
 
 # Score columns examples can be ranked by (Results.StreamRanked `metric`, `memscore results --metric`).
@@ -112,6 +120,8 @@ RANK_METRICS: tuple[str, ...] = (
     "adv_distance_linf",
     "learning_speed",
     "first_learned_epoch",
+    "critical_fraction",
+    "privacy_level",
 )
 
 # Scores whose split-half reliability every job reports (summary.json `reliability`), and which

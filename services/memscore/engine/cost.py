@@ -15,6 +15,10 @@ Memory of one shard of G models trained at once (ensemble.train_ensemble on a GP
                                              widest layer, L: EVAL_LIVE of them; no grads)
     plus RUNTIME_BYTES for the framework's own workspace. Float32 throughout: a GPU worker's
     bf16 autocast needs less, so the estimate errs on the safe side.
+
+With `--metrics dp` each DP level is one more shard of DP_MODELS models (privacy_level.py)
+whose steps cost DP_STEP_COST times a plain step (per-example gradients, measured) and which
+hold the G · B per-example gradients at once (dp.py): G · B · P · 4 · 2 bytes more.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .canaries import CanaryFormat
 from .catalog import DEFAULT_ARCH
 from .dynamics import CSR_SAMPLE, snapshot_steps
 from .membership import ATTACK_BYTES_PER_CELL, MAX_CELLS
+from .privacy_level import DP_MODELS, dp_shards
 from .prototypes import JACKKNIFE_GROUPS
 from .recipes import (
     ADV_BATCH,
@@ -47,6 +52,9 @@ EVAL_BATCH = 8192  # examples per evaluation pass on a GPU (ensemble.train_ensem
 # the MLP's at ~3; tests/engine/test_cost.py).
 EVAL_LIVE = {"mlp": 3, "cnn1d": 3, "resnet": 5}
 FLOAT = 4  # bytes of a float32
+# A DP-SGD step over a plain one (engine/dp.py: per-example gradients; 11x measured for 16 MLPs
+# on mnist1d on the CPU, docs/performance.md)
+DP_STEP_COST = 11.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,19 @@ class JobCost:
     data_bytes: int  # x_train and labels resident on the device
     per_model_bytes: int  # what each model of a shard adds at peak
     reduce_bytes: int  # the reduce step's peak memory (host)
+    dp_shards: int = 0  # DP levels (`--metrics dp`), one shard of DP_MODELS models each
+    dp_flops_per_model: float = 0.0  # a DP model's training and evaluation
+    dp_per_model_bytes: int = 0  # what each DP model adds at peak
+
+    def dp_shard_bytes(self) -> int:
+        return RUNTIME_BYTES + self.data_bytes + DP_MODELS * self.dp_per_model_bytes
+
+    def dp_shard_seconds(self, flops_per_s: float) -> float:
+        return DP_MODELS * self.dp_flops_per_model / flops_per_s
+
+    def total_seconds(self, models: int, flops_per_s: float) -> float:
+        """The whole job on one worker: `models` models and the DP levels."""
+        return self.seconds(models, flops_per_s) + self.dp_shards * self.dp_shard_seconds(flops_per_s)
 
     def shard_bytes(self, models: int) -> int:
         """Peak device memory of a shard that trains `models` at once."""
@@ -185,6 +206,9 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
     searches = {"adversarial", "dynamics"} & set(spec.metrics)  # both run PGD, ADV_BATCH examples at a time
     adv_act = ADV_BATCH * m.activations * FLOAT * 2 if searches else 0  # as a batch of training
     per_model = m.params * FLOAT * 4 + max(train_act, eval_act, adv_act)
+    levels = len(dp_shards(spec.metrics))
+    dp_flops = DP_STEP_COST * 3.0 * m.forward_flops * batch * steps + m.forward_flops * examples
+    dp_bytes = m.params * FLOAT * 4 + max(train_act, eval_act) + batch * m.params * FLOAT * 2
     return JobCost(
         arch=arch,
         model=m,
@@ -194,6 +218,9 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
         data_bytes=facts.n_train * (features * FLOAT + 8 + group_sums_bytes(facts.num_classes)),
         per_model_bytes=per_model,
         reduce_bytes=reduce_bytes(max(spec.models, spec.max_models), facts, spec.max_influence_pairs),
+        dp_shards=levels,
+        dp_flops_per_model=dp_flops if levels else 0.0,
+        dp_per_model_bytes=dp_bytes if levels else 0,
     )
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .moments import mean, var_of_mean
+from .moments import binary_var_of_mean, mean, var_of_mean
 
 MAX_SNAPSHOTS = 20  # evaluation passes over the training set a model makes at most
 CSR_SAMPLE = 500  # training examples searched for critical inputs at every snapshot
@@ -142,6 +142,8 @@ class DynamicsSums:
         ):
             out[name], out[name + "_stderr"] = mean(s, k), np.sqrt(var_of_mean(s, ss, k))
         out["critical"] = (k > 0) & (self.critical >= 0.5 * k)
+        out["critical_fraction"] = mean(self.critical, k)
+        out["critical_fraction_stderr"] = np.sqrt(binary_var_of_mean(self.critical, k))
         if self.epochs is None:
             out = {c: np.full(n, np.nan) for c in out} | {"critical": np.zeros(n, bool)}
         return out
@@ -157,5 +159,19 @@ class DynamicsSums:
         for key, pick in (("all", np.ones(len(self.sample), bool)), ("clean", ~noisy), ("noisy", noisy)):
             pairs = self.csr_pairs[pick].sum()
             if pick.any() and pairs > 0 and (key == "all" or noisy.any()):
-                out[key] = [float(v) for v in self.csr_hits[:, pick].sum(1) / pairs]
+                ratio, stderr = ratio_and_stderr(self.csr_hits[:, pick], self.csr_pairs[pick])
+                out[key] = [float(v) for v in ratio]
+                out[key + "_stderr"] = [float(v) if np.isfinite(v) else None for v in stderr]
         return out
+
+
+def ratio_and_stderr(hits: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per snapshot, the CSR Σ_i hits_si / Σ_i pairs_i over the examples i and its standard
+    error with the examples as clusters (the ratio estimator's linearisation: a (model, example)
+    pair is not independent of the example's other pairs). NaN below two examples."""
+    total, e = pairs.sum(), pairs.shape[0]
+    ratio = hits.sum(1) / total
+    if e < 2:
+        return ratio, np.full(len(ratio), np.nan)
+    resid = hits - ratio[:, None] * pairs[None]
+    return ratio, np.sqrt(e / (e - 1) * (resid**2).sum(1)) / total

@@ -200,6 +200,12 @@ def per_example_auc(scores: np.ndarray, members: np.ndarray) -> tuple[np.ndarray
 
 
 def _hanley_mcneil(auc: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """Hanley & McNeil's (1982) standard error of an AUC from `pos` × `neg` pairs, at the AUC
+    with one tied pseudo-pair added ((A·pos·neg + ½) / (pos·neg + 1)): the plain formula is 0 at
+    AUC = 0 or 1, which a handful of models reaches by chance."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pairs = pos * neg
+        auc = (auc * pairs + 0.5) / (pairs + 1)
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
     with np.errstate(invalid="ignore", divide="ignore"):
         var = (auc * (1 - auc) + (pos - 1) * (q1 - auc**2) + (neg - 1) * (q2 - auc**2)) / (pos * neg)
@@ -312,10 +318,10 @@ class MembershipBank:
         self.margins.append(np.asarray(margins, np.float32))
 
     def result(self, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
-        """(summary.json's `membership_inference`, the score columns `privacy_risk` and
-        `privacy_risk_stderr`): the attack's figures (`MembershipInference.summary`), or
+        """(summary.json's `membership_inference`, the score columns `privacy_risk`,
+        `privacy_risk_stderr` and `privacy_risk_pvalue`): the attack's figures (`MembershipInference.summary`), or
         {"skipped": why} and NaN columns for too few models or too many margins."""
-        nan = {"privacy_risk": np.full(self.n, np.nan), "privacy_risk_stderr": np.full(self.n, np.nan)}
+        nan = {c: np.full(self.n, np.nan) for c in ("privacy_risk", "privacy_risk_stderr", "privacy_risk_pvalue")}
         if self.too_large:
             why = f"{self.models} models x {self.n} examples exceeds {self.max_cells:,} margins kept for the attack"
             return {"models": self.models, "skipped": why}, nan
@@ -326,4 +332,8 @@ class MembershipBank:
         masks = np.unpackbits(np.concatenate(self.masks), axis=1, count=self.n).astype(bool)[order]
         margins = np.concatenate(self.margins)[order]
         mi = membership_inference(masks, margins, seed=seed)
-        return mi.summary(), {"privacy_risk": mi.privacy_risk, "privacy_risk_stderr": mi.privacy_risk_stderr}
+        return mi.summary(), {
+            "privacy_risk": mi.privacy_risk,
+            "privacy_risk_stderr": mi.privacy_risk_stderr,
+            "privacy_risk_pvalue": mi.privacy_risk_pvalue,
+        }

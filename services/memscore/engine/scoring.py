@@ -27,6 +27,8 @@ from .estimators import ScoreAccumulator
 from .influence import InfluenceAccumulator, InfluenceResult
 from .intervals import count_lower_ge
 from .membership import MembershipBank
+from .privacy_level import PrivacyLevels, dp_shards, is_dp_shard, train_level
+from .privacy_level import shard_model_ids as dp_model_ids
 from .reliability import SplitHalf, next_growth
 from .spec import ScoringSpec
 from .subsets import shard_model_ids, subset_size
@@ -40,11 +42,18 @@ class Plan:
     arch: str
     recipe: Recipe
     shard_size: int
-    num_shards: int
+    num_shards: int  # of the FZ models, 0..num_shards-1
     subset_size: int
+    dp_shards: tuple[int, ...] = ()  # the DP levels' shards (privacy_level.dp_shards), with `--metrics dp`
 
     def model_ids(self, shard: int, total_models: int) -> list[int]:
+        if is_dp_shard(shard):
+            return dp_model_ids(shard)
         return shard_model_ids(total_models, self.shard_size, shard)
+
+    def shards(self) -> list[int]:
+        """Every shard of the job: the FZ models', then the DP levels'."""
+        return [*range(self.num_shards), *self.dp_shards]
 
 
 def prepare_dataset(ds: Dataset, spec: ScoringSpec) -> tuple[Dataset, np.ndarray]:
@@ -68,6 +77,7 @@ def make_plan(ds: Dataset, spec: ScoringSpec) -> Plan:
         shard_size=spec.effective_shard_size,
         num_shards=spec.num_shards,
         subset_size=subset_size(ds.n_train, spec.ratio),
+        dp_shards=tuple(dp_shards(spec.metrics)),
     )
 
 
@@ -81,6 +91,12 @@ def train_shard(
     should_stop: Callable[[], bool] | None = None,
 ) -> TrainOutput:
     """Train shard `shard`'s models; the trace's meta records the shard and dataset."""
+    if shard in plan.dp_shards:  # a DP level (privacy_level.py): private models, no weights kept
+        trace = train_level(
+            ds, plan.arch, plan.recipe, spec.ratio, spec.seed, spec.plan, shard, device, progress, should_stop
+        )
+        trace.meta.update(shard=shard, dataset=ds.fingerprint())
+        return TrainOutput(trace, None)
     if not 0 <= shard < plan.num_shards:
         raise ValueError(f"shard {shard} out of range 0..{plan.num_shards - 1}")
     out = train_ensemble(
@@ -220,6 +236,7 @@ class Reducer:
         self.influence = InfluenceAccumulator(ds.n_train, ds.n_test)
         self.split_half = SplitHalf(ds.n_train, ds.n_test)  # even vs odd model ids: the job's reliability
         self.membership = MembershipBank(ds.n_train)  # LiRA over the job's own models
+        self.privacy = PrivacyLevels(ds.n_train)  # the DP levels (--metrics dp), apart from all of the above
         self.train_seconds = 0.0
         self.adversarial_seconds = 0.0  # part of train_seconds
         self.shards: set[int] = set()
@@ -229,6 +246,11 @@ class Reducer:
         fp = trace.meta.get("dataset")
         if fp is not None and fp != self.ds.fingerprint():
             raise ValueError("trace was computed on a different dataset than this job's")
+        self.devices.add(str(trace.meta.get("device", "")))
+        if "dp_level" in trace.meta:
+            self.privacy.add(trace)
+            self.shards.add(int(trace.meta["shard"]))
+            return
         self.scores.add(trace)
         self.influence.add(trace)
         self.split_half.add(trace)
@@ -237,7 +259,6 @@ class Reducer:
         self.adversarial_seconds += float(trace.meta.get("adversarial_seconds", 0.0))
         if "shard" in trace.meta:
             self.shards.add(int(trace.meta["shard"]))
-        self.devices.add(str(trace.meta.get("device", "")))
 
     def result(self, with_influence: bool = True) -> ScoringResult:
         t0 = time.perf_counter()
@@ -247,6 +268,7 @@ class Reducer:
         membership, risk = self.membership.result(seed=self.spec.seed)
         attack_seconds = time.perf_counter() - t_attack
         s.update(risk)
+        s.update(self.privacy.columns(seed=self.spec.seed))
         scores = {c: s[c] for c in SCORE_COLUMNS}
         if len(self.flipped):
             flipped = np.zeros(self.ds.n_train, bool)
@@ -278,7 +300,7 @@ class Reducer:
             "models_done": self.scores.num_models,
             "models_total": self.spec.models,
             "shards_done": len(self.shards),
-            "shards_total": self.plan.num_shards,
+            "shards_total": len(self.plan.shards()),
             "final": self.scores.num_models == self.spec.models,
             "mean_test_accuracy": float(test_acc.mean()) if len(test_acc) else None,
             "std_test_accuracy": float(test_acc.std()) if len(test_acc) else None,
@@ -306,6 +328,10 @@ class Reducer:
             summary["adversarial"] = adversarial
             summary["timings"]["adversarial_seconds"] = self.adversarial_seconds
         summary["timings"]["membership_seconds"] = attack_seconds
+        dp = self.privacy.summary(scores["privacy_level"])
+        if dp is not None:
+            summary["dp"] = dp
+            summary["timings"]["dp_seconds"] = self.privacy.seconds
         return ScoringResult(scores, infl, summary, self.ds.y_train, self.ds.y_test, self.scores.heldout_probs())
 
 
@@ -375,6 +401,11 @@ def run_scoring(
     while True:
         for shard in range(first, plan.num_shards):
             out = train_shard(ds, spec, plan, shard, device, _shard_progress(progress, reducer, plan, spec, shard))
+            reducer.add(out.trace)
+            if traces_out is not None:
+                traces_out.append(out.trace)
+        for shard in plan.dp_shards if first == 0 else ():  # the DP levels, once
+            out = train_shard(ds, spec, plan, shard, device)
             reducer.add(out.trace)
             if traces_out is not None:
                 traces_out.append(out.trace)

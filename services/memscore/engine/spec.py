@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from .catalog import ARCH_FEATURE_NDIM, OPT_IN_METRICS, PLANS, RELIABILITY_METRICS
+from .privacy_level import dp_shards, is_dp_shard
 
 ARCHS = ("auto", *ARCH_FEATURE_NDIM)
 DEFAULT_SHARD_SIZE = 64  # models per shard (one task) when the spec says 0
@@ -54,6 +55,18 @@ class ScoringSpec:
     def num_shards(self) -> int:
         g = self.effective_shard_size
         return (self.models + g - 1) // g
+
+    def shards(self) -> list[int]:
+        """Every shard of the job: its models' 0..num_shards-1, then the DP levels' with
+        `--metrics dp` (engine/privacy_level.py; numbered apart, so a growing job keeps them)."""
+        return [*range(self.num_shards), *dp_shards(self.metrics)]
+
+    def shard_models(self, shard: int) -> int:
+        """How many of the job's K models shard `shard` trains (a DP level's are none of them)."""
+        if is_dp_shard(shard):
+            return 0
+        g = self.effective_shard_size
+        return max(0, min(g, self.models - shard * g))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -33,7 +33,7 @@ from .draw import (
     _table,
     example_png,
 )
-from .metrics import correlation_section, dynamics_section, privacy_section
+from .metrics import correlation_section, dp_section, dynamics_section, privacy_section
 
 RESULT_FILES = ("scores.parquet", "influence.parquet", "summary.json")
 
@@ -470,6 +470,7 @@ def render_report(
     parts.append(privacy_section(scores, summary, ds))
     parts.append(correlation_section(scores))
     parts.append(dynamics_section(summary))
+    parts.append(dp_section(summary))
     parts.append(_influence_section(influence, scores, ds, influence_examples, influence_k, summary))
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -26,6 +26,8 @@ CORRELATED = (
     "adv_distance_linf",
     "learning_speed",
     "first_learned_epoch",
+    "critical_fraction",
+    "privacy_level",
 )
 MIN_PAIRS = 10  # examples with both values below which a correlation is not shown
 
@@ -35,12 +37,13 @@ def spearman_matrix(scores: Columns, names=CORRELATED) -> tuple[list[str], np.nd
     finite; NaN below MIN_PAIRS such examples)."""
     from scipy.stats import rankdata
 
-    present = [c for c in names if c in scores and np.isfinite(np.asarray(scores[c], np.float64)).sum() >= MIN_PAIRS]
+    # NaN is "no estimate"; +inf is a value (privacy_level: no DP level learns the example), ranked last
+    present = [c for c in names if c in scores and (~np.isnan(np.asarray(scores[c], np.float64))).sum() >= MIN_PAIRS]
     cols = [np.asarray(scores[c], np.float64) for c in present]
     r = np.full((len(cols), len(cols)), np.nan)
     for a in range(len(cols)):
         for b in range(a, len(cols)):
-            ok = np.isfinite(cols[a]) & np.isfinite(cols[b])
+            ok = ~np.isnan(cols[a]) & ~np.isnan(cols[b])
             if ok.sum() < MIN_PAIRS:
                 continue
             ra, rb = rankdata(cols[a][ok]), rankdata(cols[b][ok])
@@ -181,7 +184,11 @@ def _csr_png(csr: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(4.6, 3.2))
     for key, label in (("clean", "clean labels"), ("noisy", "flipped labels"), ("all", "all examples")):
         if key in csr and (key != "all" or "clean" not in csr):
-            ax.plot(csr["epochs"], csr[key], marker="o", ms=2.5, label=label)
+            (line,) = ax.plot(csr["epochs"], csr[key], marker="o", ms=2.5, label=label)
+            se = np.array([np.nan if v is None else v for v in csr.get(key + "_stderr", [])], np.float64)
+            if len(se) == len(csr[key]):  # ±1.96 standard errors, the examples as clusters
+                mid = np.asarray(csr[key], np.float64)
+                ax.fill_between(csr["epochs"], mid - 1.96 * se, mid + 1.96 * se, color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch", fontsize=8)
     ax.set_ylabel("critical sample ratio", fontsize=8)
     ax.set_ylim(0, 1)
@@ -203,7 +210,32 @@ def dynamics_section(summary: dict) -> str:
         f"and the models that trained on each, for which an input in the L∞ box of radius "
         f"{_fmt(csr['radius'], 4)} gets a different prediction. Networks fit real patterns first; "
         "an example fitted by carving a small region around it (a flipped or atypical label) stays "
-        "critical.</p></section>"
+        "critical. Bands: 95% intervals (±1.96 standard errors, the examples as clusters).</p></section>"
+    )
+
+
+def dp_section(summary: dict) -> str:
+    """The DP levels (jobs with the dp metrics; nothing otherwise): each level's ε, noise and
+    accuracy, and how many examples each level is the strongest for."""
+    dp = summary.get("dp")
+    if not dp:
+        return ""
+    rows = [
+        [_fmt(lv["epsilon"]), _fmt(lv["delta"], 2), _fmt(lv["noise_multiplier"]), lv["models"],
+         _fmt(lv["mean_in_sample_accuracy"]), _fmt(lv["mean_test_accuracy"]),
+         dp.get("examples_at_level", {}).get(f"{lv['epsilon_target']:g}", "")]
+        for lv in dp["levels"]
+    ]  # fmt: skip
+    rows.append(["∞ (no level)", "", "", "", "", "", dp.get("examples_at_level", {}).get("inf", "")])
+    header = ["ε", "δ", "noise σ", "models", "in-sample acc.", "test acc.", "examples at this level"]
+    return (
+        '<section id="dp"><h2>Privacy level: the strongest ε that still learns an example</h2>'
+        + _table(header, rows)
+        + "<p>Each level's models are trained with DP-SGD (per-example clipping and Gaussian noise); "
+        "an example's privacy_level is the smallest ε at which the majority of that level's models "
+        "that trained on it classify it correctly (Carlini, Erlingsson &amp; Papernot 2019). "
+        f"{_esc(dp.get('examples_without_estimate', 0))} examples have no estimate; the "
+        "privacy_level_lower/upper columns give each example's 95% bootstrap interval.</p></section>"
     )
 
 

@@ -30,7 +30,6 @@ from ..datarefs import load_job_dataset
 from ..engine.catalog import MEMORIZED_AT
 from ..engine.datasets import Dataset, DatasetError
 from ..engine.spec import ScoringSpec
-from ..engine.subsets import shard_model_ids
 from ..errors import outage, store_outage_errors
 from ..runtime import Runtime, runtime
 from ..store import layout
@@ -90,7 +89,7 @@ def _run_shard(run: JobRun, rec: JobRecord) -> str:
     rt, job_id, shard = run.rt, run.job_id, run.shard
     spec = ScoringSpec.from_dict(rec.spec)
     if rt.objects.exists(layout.trace_key(job_id, shard)):
-        _shard_finished(job_id, shard, len(shard_model_ids(spec.models, spec.effective_shard_size, shard)))
+        _shard_finished(job_id, shard, spec.shard_models(shard))
         return "already done"
     attempts = rt.jobs.incr_attempts(job_id, shard)
     if attempts > rt.settings.max_attempts:
@@ -149,7 +148,7 @@ def _train(run: JobRun, ds: Dataset, spec: ScoringSpec) -> str:
         rt.objects.put_bytes(layout.checkpoint_key(job_id, shard), checkpoint_to_bytes(ids, plan.arch, out.weights))
     rt.objects.put_bytes(layout.trace_key(job_id, shard), out.trace.to_bytes())  # one put: the shard is done
     task_metrics.count_models(len(ids), plan.arch)
-    _shard_finished(job_id, shard, len(ids))
+    _shard_finished(job_id, shard, spec.shard_models(shard))
     return "trained"
 
 
@@ -173,14 +172,14 @@ def reduce(self, job_id: str) -> str:
             rt.jobs.mark_cancelled(job_id)
             return "cancelled"
         spec = ScoringSpec.from_dict(rec.spec)
-        missing = [s for s in range(spec.num_shards) if not rt.objects.exists(layout.trace_key(job_id, s))]
+        missing = [s for s in spec.shards() if not rt.objects.exists(layout.trace_key(job_id, s))]
         if missing:  # a redelivered reduce of a job that grew meanwhile (or lost traces): heal, never publish
             log.warning("reduce %s: shards %s have no trace; re-enqueuing them", job_id, missing)
             for s in missing:
                 _enqueue(TASK_TRAIN_SHARD, job_id, s)
             return "waiting for shards"
         rt.jobs.update(job_id, message="reducing")
-        log.info("reducing %d shards", spec.num_shards)
+        log.info("reducing %d shards", len(spec.shards()))
         _reduce(rt, job_id, spec, rec.tenant)
         return "reduced"
 
@@ -196,7 +195,7 @@ def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec, tenant: str) -> None:
     ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots, tenant)
     ds, flipped = prepare_dataset(ds, spec)
     reducer = Reducer(ds, spec, make_plan(ds, spec), flipped)
-    for s in range(spec.num_shards):
+    for s in spec.shards():
         reducer.add(Trace.from_bytes(rt.objects.get_bytes(layout.trace_key(job_id, s))))
     result = reducer.result()
     growth = next_growth(spec, result.summary["reliability"])
@@ -241,7 +240,7 @@ def _grow(rt: Runtime, job_id: str, spec: ScoringSpec, grown: ScoringSpec, messa
         job_id,
         spec.models,
         spec=grown.to_dict(),
-        shards_total=grown.num_shards,
+        shards_total=len(grown.shards()),
         models_total=grown.models,
         eta_s=None,
         message=message,

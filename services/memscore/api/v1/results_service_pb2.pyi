@@ -161,6 +161,12 @@ class RankedExample(_message.Message):
     FIRST_LEARNED_EPOCH_FIELD_NUMBER: _builtins.int
     FIRST_LEARNED_EPOCH_STDERR_FIELD_NUMBER: _builtins.int
     CRITICAL_FIELD_NUMBER: _builtins.int
+    PRIVACY_RISK_PVALUE_FIELD_NUMBER: _builtins.int
+    CRITICAL_FRACTION_FIELD_NUMBER: _builtins.int
+    CRITICAL_FRACTION_STDERR_FIELD_NUMBER: _builtins.int
+    PRIVACY_LEVEL_FIELD_NUMBER: _builtins.int
+    PRIVACY_LEVEL_LOWER_FIELD_NUMBER: _builtins.int
+    PRIVACY_LEVEL_UPPER_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """Index of the example in the training set."""
     label: _builtins.int
@@ -216,7 +222,9 @@ class RankedExample(_message.Message):
     models, for a running job's anytime estimate, and for jobs reduced before it existed.
     """
     privacy_risk_stderr: _builtins.float
-    """Standard error of that AUC (Hanley & McNeil 1982)."""
+    """Standard error of that AUC (Hanley & McNeil 1982, at the AUC with one tied pseudo-pair
+    added, so that a perfect separation by a few models is not reported as certain).
+    """
     model_confidence: _builtins.float
     """The prototypicality metrics of Carlini, Erlingsson & Papernot 2019 (docs/validation.md),
     each jackknife bias-corrected over 8 groups of models (model id mod 8) with its standard
@@ -277,6 +285,26 @@ class RankedExample(_message.Message):
     summary.json's critical_sample_ratio.radius around the example gets a different prediction,
     for at least half the models that trained on it. False without the dynamics metrics.
     """
+    privacy_risk_pvalue: _builtins.float
+    """One-sided p-value of "nothing leaks about this example" (its attack AUC against the
+    permutation null of privacy_risk); NaN where privacy_risk is.
+    """
+    critical_fraction: _builtins.float
+    """The fraction of the models that trained on the example for which it is critical (what
+    `critical` thresholds at 1/2); NaN without the dynamics metrics.
+    """
+    critical_fraction_stderr: _builtins.float
+    """Standard error of `critical_fraction` (binomial, with p = (hits + 1/2) / (models + 1))."""
+    privacy_level: _builtins.float
+    """Privacy level (Carlini, Erlingsson & Papernot 2019; jobs with metrics "dp", NaN otherwise):
+    the smallest epsilon of summary.json's dp.levels at which the majority of that level's
+    DP-SGD models that trained on the example classify it correctly; +inf when no level does.
+    Small = learnable under strong privacy (prototypical); +inf = an outlier or mislabeled.
+    """
+    privacy_level_lower: _builtins.float
+    """Lower end of its 95% percentile-bootstrap interval over each level's models (a level or +inf)."""
+    privacy_level_upper: _builtins.float
+    """Upper end of that interval."""
     def __init__(
         self,
         *,
@@ -320,10 +348,16 @@ class RankedExample(_message.Message):
         first_learned_epoch: _builtins.float = ...,
         first_learned_epoch_stderr: _builtins.float = ...,
         critical: _builtins.bool = ...,
+        privacy_risk_pvalue: _builtins.float = ...,
+        critical_fraction: _builtins.float = ...,
+        critical_fraction_stderr: _builtins.float = ...,
+        privacy_level: _builtins.float = ...,
+        privacy_level_lower: _builtins.float = ...,
+        privacy_level_upper: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adv_distance_l2", b"adv_distance_l2", "adv_distance_l2_heldout", b"adv_distance_l2_heldout", "adv_distance_l2_heldout_stderr", b"adv_distance_l2_heldout_stderr", "adv_distance_l2_stderr", b"adv_distance_l2_stderr", "adv_distance_linf", b"adv_distance_linf", "adv_distance_linf_heldout", b"adv_distance_linf_heldout", "adv_distance_linf_heldout_stderr", b"adv_distance_linf_heldout_stderr", "adv_distance_linf_stderr", b"adv_distance_linf_stderr", "critical", b"critical", "ensemble_agreement", b"ensemble_agreement", "ensemble_agreement_stderr", b"ensemble_agreement_stderr", "first_learned_epoch", b"first_learned_epoch", "first_learned_epoch_stderr", b"first_learned_epoch_stderr", "heldout_accuracy", b"heldout_accuracy", "holdout_retraining", b"holdout_retraining", "holdout_retraining_stderr", b"holdout_retraining_stderr", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "learning_speed", b"learning_speed", "learning_speed_stderr", b"learning_speed_stderr", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "model_confidence", b"model_confidence", "model_confidence_stderr", b"model_confidence_stderr", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_risk", b"privacy_risk", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adv_distance_l2", b"adv_distance_l2", "adv_distance_l2_heldout", b"adv_distance_l2_heldout", "adv_distance_l2_heldout_stderr", b"adv_distance_l2_heldout_stderr", "adv_distance_l2_stderr", b"adv_distance_l2_stderr", "adv_distance_linf", b"adv_distance_linf", "adv_distance_linf_heldout", b"adv_distance_linf_heldout", "adv_distance_linf_heldout_stderr", b"adv_distance_linf_heldout_stderr", "adv_distance_linf_stderr", b"adv_distance_linf_stderr", "critical", b"critical", "critical_fraction", b"critical_fraction", "critical_fraction_stderr", b"critical_fraction_stderr", "ensemble_agreement", b"ensemble_agreement", "ensemble_agreement_stderr", b"ensemble_agreement_stderr", "first_learned_epoch", b"first_learned_epoch", "first_learned_epoch_stderr", b"first_learned_epoch_stderr", "heldout_accuracy", b"heldout_accuracy", "holdout_retraining", b"holdout_retraining", "holdout_retraining_stderr", b"holdout_retraining_stderr", "in_sample_accuracy", b"in_sample_accuracy", "index", b"index", "label", b"label", "label_quality", b"label_quality", "learning_speed", b"learning_speed", "learning_speed_stderr", b"learning_speed_stderr", "memorization", b"memorization", "memorization_log_odds", b"memorization_log_odds", "memorization_log_odds_stderr", b"memorization_log_odds_stderr", "memorization_lower", b"memorization_lower", "memorization_soft", b"memorization_soft", "memorization_soft_lower", b"memorization_soft_lower", "memorization_soft_stderr", b"memorization_soft_stderr", "memorization_soft_upper", b"memorization_soft_upper", "memorization_stderr", b"memorization_stderr", "memorization_upper", b"memorization_upper", "model_confidence", b"model_confidence", "model_confidence_stderr", b"model_confidence_stderr", "n_in", b"n_in", "n_out", b"n_out", "predicted_label_heldout", b"predicted_label_heldout", "privacy_level", b"privacy_level", "privacy_level_lower", b"privacy_level_lower", "privacy_level_upper", b"privacy_level_upper", "privacy_risk", b"privacy_risk", "privacy_risk_pvalue", b"privacy_risk_pvalue", "privacy_risk_stderr", b"privacy_risk_stderr", "rank", b"rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
