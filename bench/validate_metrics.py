@@ -6,6 +6,7 @@ and wall times are in docs/validation.md ("Every metric on planted label noise a
     B="nice -n 10 .venv/bin/python bench/validate_metrics.py"; O="--out out/validate_metrics --img-dir docs/img"
     $B metrics $O
     $B lira-vs-k $O
+    $B privacy-level $O
 
 - metrics: two jobs through `run_scoring`, each with `--metrics adversarial,dynamics` (plus any
   group `--metrics` adds): mnist1d with 10% of its labels flipped (planted group: the flipped
@@ -16,6 +17,10 @@ and wall times are in docs/validation.md ("Every metric on planted label noise a
   correlation matrix of the metrics.
 - lira-vs-k: one balanced bank on mnist1d, LiRA (engine/membership.py) on its first K models
   for each K: AUC, TPR at 0.1% and 1% FPR, the chance level, and the log-log ROC per K.
+- privacy-level: one longtail job with `--metrics dp` (engine/privacy_level.py): each DP level's
+  ε, σ and accuracies, the distribution of privacy_level for the rare-subgroup examples and the
+  common ones, its AUROC for finding the rare ones (+inf ranks highest), and the share of
+  examples whose bootstrap interval leaves the level undecided (lower < upper).
 
 Each subcommand prints markdown tables and writes `<name>.json` and PNGs under --out (PNGs also
 under --img-dir). A job's scores are cached under --out (`--no-cache` retrains).
@@ -32,6 +37,7 @@ import numpy as np
 
 from memscore.engine.datasets import load_dataset
 from memscore.engine.membership import FPR_TARGETS, ROC_FPRS, membership_inference
+from memscore.engine.privacy_level import DP_EPSILONS
 from memscore.engine.scoring import run_scoring
 from memscore.engine.spec import ScoringSpec
 from memscore.report.metrics import spearman_matrix
@@ -405,6 +411,90 @@ def _plot_roc(points: list[dict], title: str, args) -> list[str]:
     return _save_fig(fig, args, "lira_vs_k.png")
 
 
+# -- privacy_level on the long tail ---------------------------------------------------------------
+
+# privacy_level's possible values: the ladder, +inf (no level classifies it) and NaN (no estimate)
+LEVEL_BINS: tuple[tuple[str, float], ...] = (*((f"{e:g}", e) for e in DP_EPSILONS), ("inf", np.inf), ("nan", np.nan))
+
+
+def level_distribution(levels: np.ndarray) -> dict[str, int]:
+    """How many of `levels` take each value of LEVEL_BINS."""
+    return {k: int(np.isnan(levels).sum() if np.isnan(e) else (levels == e).sum()) for k, e in LEVEL_BINS}
+
+
+def undecided(lower: np.ndarray, upper: np.ndarray) -> dict[str, int]:
+    """Examples whose bootstrap interval spans more than one value (lower < upper), of those
+    that have an interval at all."""
+    ok = ~(np.isnan(lower) | np.isnan(upper))
+    return {"undecided": int((lower[ok] < upper[ok]).sum()), "with_interval": int(ok.sum())}
+
+
+def privacy_level(args) -> dict:
+    extra = [m for m in args.metrics.split(",") if m and m != "dp"]
+    spec = _spec(args, "longtail", args.models, 0.0, ["dp", *extra])
+    scores, summary = _cached_job(args, f"privacy_level-{_key(spec)}", spec)
+    facts = _job_facts(summary)
+    rare = _planted_group("longtail", scores, "longtail")
+    level, lower, upper = (np.asarray(scores[c], np.float64) for c in ("privacy_level", "privacy_level_lower",
+                                                                        "privacy_level_upper"))  # fmt: skip
+    groups = {"rare": rare, "common": ~rare}
+    dist = {g: level_distribution(level[m]) for g, m in groups.items()}
+    doubt = {g: undecided(lower[m], upper[m]) for g, m in {**groups, "all": np.ones_like(rare)}.items()}
+    sep = separation(level, rare, METRIC_DIRECTIONS["privacy_level"], args.seed)
+    print(f"longtail, {spec.models} {facts['arch']} job models, {spec.epochs} epochs, plan {spec.plan}")
+    _print_facts(facts)
+    _print_privacy_level(summary["dp"], dist, doubt, sep)
+    title = f"privacy_level on longtail ({int(rare.sum())} rare vs {int((~rare).sum())} common training examples)"
+    plots = _plot_level_distribution(dist, title, args)
+    out = {"config": _config(args), "spec": spec.to_dict(), **facts, "dp": summary["dp"], "distribution": dist,
+           "undecided": doubt, "separation": sep, "plots": plots}  # fmt: skip
+    _save_json(args, "privacy_level", out)
+    return out
+
+
+def _print_privacy_level(dp: dict, dist: dict, doubt: dict, sep: dict | None) -> None:
+    rows = [[lv["level"], f"{lv['epsilon_target']:g}", f"{lv['epsilon']:.2f}", f"{lv['noise_multiplier']:.2f}",
+             lv["steps"], lv["models"], f"{lv['mean_in_sample_accuracy']:.3f}", f"{lv['mean_test_accuracy']:.3f}"]
+            for lv in dp["levels"]]  # fmt: skip
+    header = ["level", "ε target", "ε accounted", "σ", "steps", "models", "mean in-sample acc", "mean test acc"]
+    print(f"DP models: {dp['seconds']:.0f} s\n\n" + _markdown(header, rows) + "\n")
+    rows = []
+    for g, d in dist.items():
+        n = sum(d.values())
+        rows.append([f"{g} ({n:,})", *(f"{100 * c / n:.1f}% ({c})" for c in d.values())])
+    print(_markdown(["examples", *(f"privacy_level {k}" for k, _ in LEVEL_BINS)], rows) + "\n")
+    rows = [[g, f"{d['undecided']} / {d['with_interval']}", f"{100 * d['undecided'] / max(1, d['with_interval']):.1f}%"]
+            for g, d in doubt.items()]  # fmt: skip
+    print(_markdown(["examples", "lower < upper", "share undecided"], rows) + "\n")
+    if sep is None:
+        print(f"AUROC: fewer than {MIN_EXAMPLES} examples with an estimate in a group")
+    else:
+        lo, hi = sep["auroc_interval"]
+        print(f"AUROC of privacy_level (higher = rare, +inf largest): {sep['auroc']:.3f} [{lo:.3f}, {hi:.3f}], "
+              f"{sep['missing']} without an estimate")  # fmt: skip
+
+
+def _plot_level_distribution(dist: dict, title: str, args) -> list[str]:
+    plt = _plt()
+    labels = [f"ε = {k}" if k not in ("inf", "nan") else {"inf": "+inf\n(no level)", "nan": "NaN\n(no estimate)"}[k]
+              for k, _ in LEVEL_BINS]  # fmt: skip
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    for i, ((g, d), color) in enumerate(zip(dist.items(), ("tab:red", "tab:blue"))):
+        n = sum(d.values())
+        share = np.array(list(d.values())) / n
+        bars = ax.bar(x + (i - 0.5) * 0.38, share, 0.38, color=color, label=f"{g} ({n:,})")
+        ax.bar_label(bars, [str(c) for c in d.values()], fontsize=6.5, padding=1)
+    ax.set_xticks(x, labels, fontsize=7.5)
+    ax.set_ylabel("share of the group", fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.tick_params(labelsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save_fig(fig, args, "privacy_level_longtail.png")
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 
@@ -455,6 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", type=lambda s: sorted(int(v) for v in s.split(",")), default=[8, 16, 32, 64],
                    help="bank sizes (first K models), comma-separated, each at most --models")  # fmt: skip
     p.set_defaults(func=lira_vs_k)
+
+    p = sub.add_parser("privacy-level", help="privacy_level (--metrics dp) on longtail: rare vs common examples")
+    common(p, models=16, epochs=20)
+    p.set_defaults(func=privacy_level)
     return ap
 
 

@@ -66,6 +66,12 @@ def progress_to_pb(rec) -> job_pb2.JobProgress:
     return p
 
 
+# AnytimeSummary's LiRA figures (engine.membership.anytime_fields)
+MEMBERSHIP_FIELDS = tuple(
+    f"membership_{f}{end}" for f in ("auc", "tpr_at_fpr_0_001", "tpr_at_fpr_0_01") for end in ("", "_lower", "_upper")
+) + ("membership_chance_auc",)
+
+
 def anytime_to_pb(rec) -> job_pb2.AnytimeSummary:
     """The figures the summary has; one without an estimate yet stays unset (absent)."""
     s = rec.summary or {}
@@ -80,6 +86,9 @@ def anytime_to_pb(rec) -> job_pb2.AnytimeSummary:
         "fraction_memorized_corrected",
         "fraction_memorized_lower",
         "fraction_memorized_upper",
+        *MEMBERSHIP_FIELDS,
+        "critical_sample_ratio",
+        "critical_sample_ratio_stderr",
     ):
         if s.get(name) is not None:
             setattr(out, name, float(s[name]))
@@ -88,6 +97,7 @@ def anytime_to_pb(rec) -> job_pb2.AnytimeSummary:
         "count_memorization_lower_ge_0_25",
         "influence_pairs_above_threshold",
         "influence_pairs_significant",
+        "critical_sample_ratio_epoch",
     ):
         if s.get(name) is not None:
             setattr(out, name, int(s[name]))

@@ -194,3 +194,17 @@ def test_unknown_metric_groups_are_refused():
     assert "telepathy" in problems["metrics"] and "adversarial, dynamics" in problems["metrics"]
     assert "metrics" in dict(ScoringSpec(dataset="digits", metrics=["adversarial", "adversarial"]).validate())
     assert ScoringSpec(dataset="digits", metrics=["adversarial"]).validate() == []
+
+
+def test_the_anytime_figures_of_the_critical_sample_ratio_are_its_last_snapshot():
+    from memscore.engine.dynamics import anytime_fields
+
+    csr = {"epochs": [1, 2, 3], "all": [0.5, 0.4, 0.3], "all_stderr": [0.05, 0.04, 0.03], "radius": 0.1}
+    assert anytime_fields(csr) == {
+        "critical_sample_ratio": 0.3,
+        "critical_sample_ratio_stderr": 0.03,
+        "critical_sample_ratio_epoch": 3,
+    }
+    assert anytime_fields(None) == {} and "critical_sample_ratio_stderr" not in anytime_fields(
+        {**csr, "all_stderr": [None] * 3}
+    )

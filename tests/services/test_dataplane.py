@@ -158,3 +158,62 @@ def test_the_change_feed_ends_every_watcher_with_the_stores_outage(make_settings
 
     monkeypatch.setattr(rt.jobs, "get_many", down)
     assert feed.poll() == 2 and heard == [redis.exceptions.ConnectionError] * 2
+
+
+def test_the_anytime_summary_carries_lira_so_far_and_a_job_too_large_for_it_waits_for_the_reduce(
+    make_settings, monkeypatch
+):
+    """Planted leakage (engine.membership.planted_bank: 10% of the examples leak): after 16 of
+    32 models the anytime summary has the attack's AUC, as the full attack on those 16 models
+    computes it, with an interval and a chance level; the examples' privacy_risk is in the
+    anytime scores. Past ANYTIME_MAX_CELLS the attack is left to the reduce: no figure at all."""
+    import numpy as np
+
+    from memscore.convert import anytime_to_pb
+    from memscore.dataplane import anytime
+    from memscore.engine import membership
+    from memscore.engine.traces import Trace
+    from memscore.store import layout
+    from memscore.store.jobs import JobRecord
+
+    rt = Runtime.from_settings(make_settings())
+    n = 600
+    masks, margins, delta, _, _ = membership.planted_bank(32, n, 2.0, 0.1, seed=5)
+
+    def store_shard(job: str, s: int) -> None:
+        ids = np.arange(8 * s, 8 * s + 8)
+        trace = Trace(
+            ids,
+            masks[ids],
+            margins[ids] > 0,
+            margins[ids].astype(np.float32),
+            np.ones((8, 3), bool),
+            np.ones((8, 3), np.float32),
+        )
+        rt.objects.put_bytes(layout.trace_key(job, s), trace.to_bytes())
+
+    estimates = anytime.AnytimeEstimates(rt)
+    rec = JobRecord(job_id="j", state="RUNNING", shards_total=4, models_total=32, spec={"seed": 3})
+    store_shard("j", 0)
+    assert estimates.summary(rec)["models_done"] == 8
+    store_shard("j", 1)
+    s = estimates.summary(rec)
+    full = membership.membership_inference(masks[:16], margins[:16], seed=3).summary()
+    assert s["membership_auc"] == pytest.approx(full["auc"])
+    assert s["membership_auc_lower"] < s["membership_auc"] < s["membership_auc_upper"]
+    assert abs(s["membership_chance_auc"] - 0.5) < 0.05 and s["membership_auc_lower"] > s["membership_chance_auc"]
+    assert s["membership_tpr_at_fpr_0_01_lower"] <= s["membership_tpr_at_fpr_0_01"]
+    risk = estimates.snapshot(rec).scores["privacy_risk"]
+    assert np.nanmean(risk[delta > 0]) > np.nanmean(risk[delta == 0]) + 0.2
+    rec.summary = s
+    pb = anytime_to_pb(rec)
+    assert pb.membership_auc == pytest.approx(s["membership_auc"]) and pb.HasField("membership_tpr_at_fpr_0_001")
+    assert not pb.HasField("critical_sample_ratio")  # no dynamics in this job
+
+    monkeypatch.setattr(membership, "ANYTIME_MAX_CELLS", 8 * n)
+    big = JobRecord(job_id="k", state="RUNNING", shards_total=4, models_total=32, spec={})
+    for shard in range(2):
+        store_shard("k", shard)
+    s = estimates.summary(big)
+    assert s["models_done"] == 16 and not any(k.startswith("membership_") for k in s)
+    assert np.isnan(estimates.snapshot(big).scores["privacy_risk"]).all()

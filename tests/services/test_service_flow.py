@@ -54,6 +54,12 @@ def test_submit_watch_and_results_match_an_embedded_run(stack, client, blobs):
     expected = local.scores_table()
     for col in ("index", "label", "memorization", "memorization_soft", "heldout_accuracy", "n_in", "n_out"):
         np.testing.assert_array_equal(served.column(col).to_numpy(), expected.column(col).to_numpy(), err_msg=col)
+    # the finished job's record carries the LiRA figures of its summary.json
+    mi, anytime = local.summary["membership_inference"], events[-1].anytime
+    assert anytime.membership_auc == pytest.approx(mi["auc"]) and anytime.membership_chance_auc == pytest.approx(
+        mi["chance_auc"]
+    )
+    assert [anytime.membership_auc_lower, anytime.membership_auc_upper] == pytest.approx(mi["auc_interval"])
 
     ranked = client.ranked(job.job_id, metric="memorization", limit=0)
     assert len(ranked) == 240 and ranked[0].rank == 1

@@ -175,3 +175,14 @@ def ratio_and_stderr(hits: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, n
         return ratio, np.full(len(ratio), np.nan)
     resid = hits - ratio[:, None] * pairs[None]
     return ratio, np.sqrt(e / (e - 1) * (resid**2).sum(1)) / total
+
+
+def anytime_fields(csr: dict | None) -> dict:
+    """The job record's (AnytimeSummary's) figures of summary.json's `critical_sample_ratio`:
+    the CSR of all sampled examples at the last snapshot, its standard error and epoch."""
+    if not csr or "all" not in csr:
+        return {}
+    out = {"critical_sample_ratio": csr["all"][-1], "critical_sample_ratio_epoch": csr["epochs"][-1]}
+    if csr.get("all_stderr") and csr["all_stderr"][-1] is not None:
+        out["critical_sample_ratio_stderr"] = csr["all_stderr"][-1]
+    return out

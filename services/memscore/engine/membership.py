@@ -47,6 +47,10 @@ PERMUTATIONS = 50
 FDR = 0.05  # false-discovery rate of the examples reported as leaking
 MIN_MODELS = 8  # fewer models leave too few shadows on each side to fit anything
 MAX_CELLS = 50_000_000  # K · n margins kept for the attack (200 MB of float32); beyond, it is skipped
+# A running job's anytime attack (dataplane/anytime.py, on the gateway, once per new shard): at
+# most this many cells, with fewer resamplings (~0.5 s at K = 32, n = 4,000; 5x under the reduce's).
+ANYTIME_MAX_CELLS = 1_000_000
+ANYTIME_BOOTSTRAP, ANYTIME_PERMUTATIONS = 50, 10
 # Peak host memory of the attack per (model, example) cell: the kept margins and bits, and the
 # float64 (K, n) arrays the scores, the ROC and each permutation make. Measured 180 B at K = 64,
 # n = 20,000 (tests/engine/test_membership.py checks the bound); engine/cost.py counts it.
@@ -299,8 +303,11 @@ class MembershipBank:
     the reduce step can run the attack (`summary`). Holds K · n float32 margins and bits; past
     MAX_CELLS it stops keeping them and the summary says the attack was skipped."""
 
-    def __init__(self, n: int, max_cells: int = MAX_CELLS):
+    def __init__(
+        self, n: int, max_cells: int = MAX_CELLS, bootstrap: int = BOOTSTRAP, permutations: int = PERMUTATIONS
+    ):
         self.n, self.max_cells = n, max_cells
+        self.bootstrap, self.permutations = bootstrap, permutations
         self.ids: list[np.ndarray] = []
         self.masks: list[np.ndarray] = []
         self.margins: list[np.ndarray] = []
@@ -331,9 +338,23 @@ class MembershipBank:
         order = np.argsort(ids, kind="stable")  # the same figures whatever order the shards came in
         masks = np.unpackbits(np.concatenate(self.masks), axis=1, count=self.n).astype(bool)[order]
         margins = np.concatenate(self.margins)[order]
-        mi = membership_inference(masks, margins, seed=seed)
+        mi = membership_inference(masks, margins, bootstrap=self.bootstrap, permutations=self.permutations, seed=seed)
         return mi.summary(), {
             "privacy_risk": mi.privacy_risk,
             "privacy_risk_stderr": mi.privacy_risk_stderr,
             "privacy_risk_pvalue": mi.privacy_risk_pvalue,
         }
+
+
+def anytime_fields(mi: dict) -> dict:
+    """The job record's (AnytimeSummary's) flat figures of summary.json's
+    `membership_inference`: the AUC and TPRs with their 95% intervals beside the chance AUC;
+    none when the attack was skipped."""
+    if "auc" not in mi:
+        return {}
+    out = {"membership_auc": mi["auc"], "membership_chance_auc": mi["chance_auc"]}
+    out["membership_auc_lower"], out["membership_auc_upper"] = mi["auc_interval"]
+    for f in ("tpr_at_fpr_0_001", "tpr_at_fpr_0_01"):
+        out[f"membership_{f}"] = mi[f]
+        out[f"membership_{f}_lower"], out[f"membership_{f}_upper"] = mi[f + "_interval"]
+    return {k: v for k, v in out.items() if v is not None}

@@ -188,6 +188,8 @@ def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec, tenant: str) -> None:
     """Merge every shard's trace and store the results. Then the job is SUCCEEDED, unless it is
     self-stopping and `next_growth` adds models: the results so far stay stored (valid for the
     models done) and the new shards are enqueued; their last one enqueues reduce again."""
+    from ..engine.dynamics import anytime_fields as csr_fields
+    from ..engine.membership import anytime_fields as membership_fields
     from ..engine.reliability import anytime_fields, next_growth
     from ..engine.scoring import Reducer, make_plan, prepare_dataset
     from ..engine.traces import Trace
@@ -213,6 +215,8 @@ def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec, tenant: str) -> None:
         **_corrected_fields(s),
         **{k: s["dataset"][k] for k in ("n_train", "n_test")},  # bounds of GetExample / StreamInfluence
         **anytime_fields(s["reliability"]),
+        **membership_fields(s["membership_inference"]),
+        **csr_fields(s.get("critical_sample_ratio")),
     }
     if not growth.add_models:
         rt.jobs.update(job_id, state="SUCCEEDED", results=keys, eta_s=0.0, message=growth.message, summary=summary)

@@ -422,6 +422,19 @@ class AnytimeSummary(_message.Message):
     COUNT_MEMORIZATION_LOWER_GE_0_25_FIELD_NUMBER: _builtins.int
     INFLUENCE_PAIRS_ABOVE_THRESHOLD_FIELD_NUMBER: _builtins.int
     INFLUENCE_PAIRS_SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_AUC_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_AUC_LOWER_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_AUC_UPPER_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_CHANCE_AUC_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_TPR_AT_FPR_0_001_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_TPR_AT_FPR_0_001_LOWER_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_TPR_AT_FPR_0_001_UPPER_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_TPR_AT_FPR_0_01_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_TPR_AT_FPR_0_01_LOWER_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_TPR_AT_FPR_0_01_UPPER_FIELD_NUMBER: _builtins.int
+    CRITICAL_SAMPLE_RATIO_FIELD_NUMBER: _builtins.int
+    CRITICAL_SAMPLE_RATIO_STDERR_FIELD_NUMBER: _builtins.int
+    CRITICAL_SAMPLE_RATIO_EPOCH_FIELD_NUMBER: _builtins.int
     models_done: _builtins.int
     """Models the estimates below are based on."""
     mean_memorization: _builtins.float
@@ -466,6 +479,39 @@ class AnytimeSummary(_message.Message):
     """
     influence_pairs_significant: _builtins.int
     """Influence pairs significant at false discovery rate ScoringSpec.influence_fdr."""
+    membership_auc: _builtins.float
+    """Membership inference (LiRA on the models done, each attacked with the others as shadow
+    models; summary.json's membership_inference): the attack's AUC over all (model, training
+    example) pairs. Unset below 8 models, and while running for jobs of more than 1,000,000
+    (model, example) pairs (the reduce runs it). While running, its 95% intervals come from
+    fewer resamplings than the final ones.
+    """
+    membership_auc_lower: _builtins.float
+    """Lower end of the 95% bootstrap interval of `membership_auc`."""
+    membership_auc_upper: _builtins.float
+    """Upper end of that interval."""
+    membership_chance_auc: _builtins.float
+    """The attack's AUC with membership shuffled: what the AUC is when nothing leaks."""
+    membership_tpr_at_fpr_0_001: _builtins.float
+    """True-positive rate at 0.1% false-positive rate (the paper's headline figure)."""
+    membership_tpr_at_fpr_0_001_lower: _builtins.float
+    """Lower end of its 95% interval."""
+    membership_tpr_at_fpr_0_001_upper: _builtins.float
+    """Upper end of its 95% interval."""
+    membership_tpr_at_fpr_0_01: _builtins.float
+    """True-positive rate at 1% false-positive rate."""
+    membership_tpr_at_fpr_0_01_lower: _builtins.float
+    """Lower end of its 95% interval."""
+    membership_tpr_at_fpr_0_01_upper: _builtins.float
+    """Upper end of its 95% interval."""
+    critical_sample_ratio: _builtins.float
+    """Jobs with the dynamics metrics: the critical sample ratio (Arpit et al. 2017) over the
+    sampled training examples at the last snapshot of the models done.
+    """
+    critical_sample_ratio_stderr: _builtins.float
+    """Its standard error (the examples as clusters)."""
+    critical_sample_ratio_epoch: _builtins.int
+    """The epoch of that snapshot."""
     def __init__(
         self,
         *,
@@ -483,13 +529,32 @@ class AnytimeSummary(_message.Message):
         count_memorization_lower_ge_0_25: _builtins.int | None = ...,
         influence_pairs_above_threshold: _builtins.int | None = ...,
         influence_pairs_significant: _builtins.int | None = ...,
+        membership_auc: _builtins.float | None = ...,
+        membership_auc_lower: _builtins.float | None = ...,
+        membership_auc_upper: _builtins.float | None = ...,
+        membership_chance_auc: _builtins.float | None = ...,
+        membership_tpr_at_fpr_0_001: _builtins.float | None = ...,
+        membership_tpr_at_fpr_0_001_lower: _builtins.float | None = ...,
+        membership_tpr_at_fpr_0_001_upper: _builtins.float | None = ...,
+        membership_tpr_at_fpr_0_01: _builtins.float | None = ...,
+        membership_tpr_at_fpr_0_01_lower: _builtins.float | None = ...,
+        membership_tpr_at_fpr_0_01_upper: _builtins.float | None = ...,
+        critical_sample_ratio: _builtins.float | None = ...,
+        critical_sample_ratio_stderr: _builtins.float | None = ...,
+        critical_sample_ratio_epoch: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_count_memorization_lower_ge_0_25", b"_count_memorization_lower_ge_0_25", "_fraction_memorized", b"_fraction_memorized", "_fraction_memorized_corrected", b"_fraction_memorized_corrected", "_fraction_memorized_lower", b"_fraction_memorized_lower", "_fraction_memorized_upper", b"_fraction_memorized_upper", "_influence_pairs_above_threshold", b"_influence_pairs_above_threshold", "_influence_pairs_significant", b"_influence_pairs_significant", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "count_memorization_lower_ge_0_25", b"count_memorization_lower_ge_0_25", "fraction_memorized", b"fraction_memorized", "fraction_memorized_corrected", b"fraction_memorized_corrected", "fraction_memorized_lower", b"fraction_memorized_lower", "fraction_memorized_upper", b"fraction_memorized_upper", "influence_pairs_above_threshold", b"influence_pairs_above_threshold", "influence_pairs_significant", b"influence_pairs_significant", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_count_memorization_lower_ge_0_25", b"_count_memorization_lower_ge_0_25", "_critical_sample_ratio", b"_critical_sample_ratio", "_critical_sample_ratio_epoch", b"_critical_sample_ratio_epoch", "_critical_sample_ratio_stderr", b"_critical_sample_ratio_stderr", "_fraction_memorized", b"_fraction_memorized", "_fraction_memorized_corrected", b"_fraction_memorized_corrected", "_fraction_memorized_lower", b"_fraction_memorized_lower", "_fraction_memorized_upper", b"_fraction_memorized_upper", "_influence_pairs_above_threshold", b"_influence_pairs_above_threshold", "_influence_pairs_significant", b"_influence_pairs_significant", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_membership_auc", b"_membership_auc", "_membership_auc_lower", b"_membership_auc_lower", "_membership_auc_upper", b"_membership_auc_upper", "_membership_chance_auc", b"_membership_chance_auc", "_membership_tpr_at_fpr_0_001", b"_membership_tpr_at_fpr_0_001", "_membership_tpr_at_fpr_0_001_lower", b"_membership_tpr_at_fpr_0_001_lower", "_membership_tpr_at_fpr_0_001_upper", b"_membership_tpr_at_fpr_0_001_upper", "_membership_tpr_at_fpr_0_01", b"_membership_tpr_at_fpr_0_01", "_membership_tpr_at_fpr_0_01_lower", b"_membership_tpr_at_fpr_0_01_lower", "_membership_tpr_at_fpr_0_01_upper", b"_membership_tpr_at_fpr_0_01_upper", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "count_memorization_lower_ge_0_25", b"count_memorization_lower_ge_0_25", "critical_sample_ratio", b"critical_sample_ratio", "critical_sample_ratio_epoch", b"critical_sample_ratio_epoch", "critical_sample_ratio_stderr", b"critical_sample_ratio_stderr", "fraction_memorized", b"fraction_memorized", "fraction_memorized_corrected", b"fraction_memorized_corrected", "fraction_memorized_lower", b"fraction_memorized_lower", "fraction_memorized_upper", b"fraction_memorized_upper", "influence_pairs_above_threshold", b"influence_pairs_above_threshold", "influence_pairs_significant", b"influence_pairs_significant", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "membership_auc", b"membership_auc", "membership_auc_lower", b"membership_auc_lower", "membership_auc_upper", b"membership_auc_upper", "membership_chance_auc", b"membership_chance_auc", "membership_tpr_at_fpr_0_001", b"membership_tpr_at_fpr_0_001", "membership_tpr_at_fpr_0_001_lower", b"membership_tpr_at_fpr_0_001_lower", "membership_tpr_at_fpr_0_001_upper", b"membership_tpr_at_fpr_0_001_upper", "membership_tpr_at_fpr_0_01", b"membership_tpr_at_fpr_0_01", "membership_tpr_at_fpr_0_01_lower", b"membership_tpr_at_fpr_0_01_lower", "membership_tpr_at_fpr_0_01_upper", b"membership_tpr_at_fpr_0_01_upper", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count_memorization_lower_ge_0_25", b"_count_memorization_lower_ge_0_25", "_fraction_memorized", b"_fraction_memorized", "_fraction_memorized_corrected", b"_fraction_memorized_corrected", "_fraction_memorized_lower", b"_fraction_memorized_lower", "_fraction_memorized_upper", b"_fraction_memorized_upper", "_influence_pairs_above_threshold", b"_influence_pairs_above_threshold", "_influence_pairs_significant", b"_influence_pairs_significant", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "count_memorization_lower_ge_0_25", b"count_memorization_lower_ge_0_25", "fraction_memorized", b"fraction_memorized", "fraction_memorized_corrected", b"fraction_memorized_corrected", "fraction_memorized_lower", b"fraction_memorized_lower", "fraction_memorized_upper", b"fraction_memorized_upper", "influence_pairs_above_threshold", b"influence_pairs_above_threshold", "influence_pairs_significant", b"influence_pairs_significant", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half", "models_done", b"models_done"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_count_memorization_lower_ge_0_25", b"_count_memorization_lower_ge_0_25", "_critical_sample_ratio", b"_critical_sample_ratio", "_critical_sample_ratio_epoch", b"_critical_sample_ratio_epoch", "_critical_sample_ratio_stderr", b"_critical_sample_ratio_stderr", "_fraction_memorized", b"_fraction_memorized", "_fraction_memorized_corrected", b"_fraction_memorized_corrected", "_fraction_memorized_lower", b"_fraction_memorized_lower", "_fraction_memorized_upper", b"_fraction_memorized_upper", "_influence_pairs_above_threshold", b"_influence_pairs_above_threshold", "_influence_pairs_significant", b"_influence_pairs_significant", "_mean_memorization", b"_mean_memorization", "_mean_test_accuracy", b"_mean_test_accuracy", "_membership_auc", b"_membership_auc", "_membership_auc_lower", b"_membership_auc_lower", "_membership_auc_upper", b"_membership_auc_upper", "_membership_chance_auc", b"_membership_chance_auc", "_membership_tpr_at_fpr_0_001", b"_membership_tpr_at_fpr_0_001", "_membership_tpr_at_fpr_0_001_lower", b"_membership_tpr_at_fpr_0_001_lower", "_membership_tpr_at_fpr_0_001_upper", b"_membership_tpr_at_fpr_0_001_upper", "_membership_tpr_at_fpr_0_01", b"_membership_tpr_at_fpr_0_01", "_membership_tpr_at_fpr_0_01_lower", b"_membership_tpr_at_fpr_0_01_lower", "_membership_tpr_at_fpr_0_01_upper", b"_membership_tpr_at_fpr_0_01_upper", "_memorization_models_for_0_95", b"_memorization_models_for_0_95", "_memorization_reliability", b"_memorization_reliability", "_memorization_soft_reliability", b"_memorization_soft_reliability", "_memorization_split_half", b"_memorization_split_half", "count_memorization_lower_ge_0_25", b"count_memorization_lower_ge_0_25", "critical_sample_ratio", b"critical_sample_ratio", "critical_sample_ratio_epoch", b"critical_sample_ratio_epoch", "critical_sample_ratio_stderr", b"critical_sample_ratio_stderr", "fraction_memorized", b"fraction_memorized", "fraction_memorized_corrected", b"fraction_memorized_corrected", "fraction_memorized_lower", b"fraction_memorized_lower", "fraction_memorized_upper", b"fraction_memorized_upper", "influence_pairs_above_threshold", b"influence_pairs_above_threshold", "influence_pairs_significant", b"influence_pairs_significant", "mean_memorization", b"mean_memorization", "mean_test_accuracy", b"mean_test_accuracy", "membership_auc", b"membership_auc", "membership_auc_lower", b"membership_auc_lower", "membership_auc_upper", b"membership_auc_upper", "membership_chance_auc", b"membership_chance_auc", "membership_tpr_at_fpr_0_001", b"membership_tpr_at_fpr_0_001", "membership_tpr_at_fpr_0_001_lower", b"membership_tpr_at_fpr_0_001_lower", "membership_tpr_at_fpr_0_001_upper", b"membership_tpr_at_fpr_0_001_upper", "membership_tpr_at_fpr_0_01", b"membership_tpr_at_fpr_0_01", "membership_tpr_at_fpr_0_01_lower", b"membership_tpr_at_fpr_0_01_lower", "membership_tpr_at_fpr_0_01_upper", b"membership_tpr_at_fpr_0_01_upper", "memorization_models_for_0_95", b"memorization_models_for_0_95", "memorization_reliability", b"memorization_reliability", "memorization_soft_reliability", b"memorization_soft_reliability", "memorization_split_half", b"memorization_split_half", "models_done", b"models_done"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__count_memorization_lower_ge_0_25: _TypeAlias = _typing.Literal["count_memorization_lower_ge_0_25"]  # noqa: Y015
     _WhichOneofArgType__count_memorization_lower_ge_0_25: _TypeAlias = _typing.Literal["_count_memorization_lower_ge_0_25", b"_count_memorization_lower_ge_0_25"]  # noqa: Y015
+    _WhichOneofReturnType__critical_sample_ratio: _TypeAlias = _typing.Literal["critical_sample_ratio"]  # noqa: Y015
+    _WhichOneofArgType__critical_sample_ratio: _TypeAlias = _typing.Literal["_critical_sample_ratio", b"_critical_sample_ratio"]  # noqa: Y015
+    _WhichOneofReturnType__critical_sample_ratio_epoch: _TypeAlias = _typing.Literal["critical_sample_ratio_epoch"]  # noqa: Y015
+    _WhichOneofArgType__critical_sample_ratio_epoch: _TypeAlias = _typing.Literal["_critical_sample_ratio_epoch", b"_critical_sample_ratio_epoch"]  # noqa: Y015
+    _WhichOneofReturnType__critical_sample_ratio_stderr: _TypeAlias = _typing.Literal["critical_sample_ratio_stderr"]  # noqa: Y015
+    _WhichOneofArgType__critical_sample_ratio_stderr: _TypeAlias = _typing.Literal["_critical_sample_ratio_stderr", b"_critical_sample_ratio_stderr"]  # noqa: Y015
     _WhichOneofReturnType__fraction_memorized: _TypeAlias = _typing.Literal["fraction_memorized"]  # noqa: Y015
     _WhichOneofArgType__fraction_memorized: _TypeAlias = _typing.Literal["_fraction_memorized", b"_fraction_memorized"]  # noqa: Y015
     _WhichOneofReturnType__fraction_memorized_corrected: _TypeAlias = _typing.Literal["fraction_memorized_corrected"]  # noqa: Y015
@@ -506,6 +571,26 @@ class AnytimeSummary(_message.Message):
     _WhichOneofArgType__mean_memorization: _TypeAlias = _typing.Literal["_mean_memorization", b"_mean_memorization"]  # noqa: Y015
     _WhichOneofReturnType__mean_test_accuracy: _TypeAlias = _typing.Literal["mean_test_accuracy"]  # noqa: Y015
     _WhichOneofArgType__mean_test_accuracy: _TypeAlias = _typing.Literal["_mean_test_accuracy", b"_mean_test_accuracy"]  # noqa: Y015
+    _WhichOneofReturnType__membership_auc: _TypeAlias = _typing.Literal["membership_auc"]  # noqa: Y015
+    _WhichOneofArgType__membership_auc: _TypeAlias = _typing.Literal["_membership_auc", b"_membership_auc"]  # noqa: Y015
+    _WhichOneofReturnType__membership_auc_lower: _TypeAlias = _typing.Literal["membership_auc_lower"]  # noqa: Y015
+    _WhichOneofArgType__membership_auc_lower: _TypeAlias = _typing.Literal["_membership_auc_lower", b"_membership_auc_lower"]  # noqa: Y015
+    _WhichOneofReturnType__membership_auc_upper: _TypeAlias = _typing.Literal["membership_auc_upper"]  # noqa: Y015
+    _WhichOneofArgType__membership_auc_upper: _TypeAlias = _typing.Literal["_membership_auc_upper", b"_membership_auc_upper"]  # noqa: Y015
+    _WhichOneofReturnType__membership_chance_auc: _TypeAlias = _typing.Literal["membership_chance_auc"]  # noqa: Y015
+    _WhichOneofArgType__membership_chance_auc: _TypeAlias = _typing.Literal["_membership_chance_auc", b"_membership_chance_auc"]  # noqa: Y015
+    _WhichOneofReturnType__membership_tpr_at_fpr_0_001: _TypeAlias = _typing.Literal["membership_tpr_at_fpr_0_001"]  # noqa: Y015
+    _WhichOneofArgType__membership_tpr_at_fpr_0_001: _TypeAlias = _typing.Literal["_membership_tpr_at_fpr_0_001", b"_membership_tpr_at_fpr_0_001"]  # noqa: Y015
+    _WhichOneofReturnType__membership_tpr_at_fpr_0_001_lower: _TypeAlias = _typing.Literal["membership_tpr_at_fpr_0_001_lower"]  # noqa: Y015
+    _WhichOneofArgType__membership_tpr_at_fpr_0_001_lower: _TypeAlias = _typing.Literal["_membership_tpr_at_fpr_0_001_lower", b"_membership_tpr_at_fpr_0_001_lower"]  # noqa: Y015
+    _WhichOneofReturnType__membership_tpr_at_fpr_0_001_upper: _TypeAlias = _typing.Literal["membership_tpr_at_fpr_0_001_upper"]  # noqa: Y015
+    _WhichOneofArgType__membership_tpr_at_fpr_0_001_upper: _TypeAlias = _typing.Literal["_membership_tpr_at_fpr_0_001_upper", b"_membership_tpr_at_fpr_0_001_upper"]  # noqa: Y015
+    _WhichOneofReturnType__membership_tpr_at_fpr_0_01: _TypeAlias = _typing.Literal["membership_tpr_at_fpr_0_01"]  # noqa: Y015
+    _WhichOneofArgType__membership_tpr_at_fpr_0_01: _TypeAlias = _typing.Literal["_membership_tpr_at_fpr_0_01", b"_membership_tpr_at_fpr_0_01"]  # noqa: Y015
+    _WhichOneofReturnType__membership_tpr_at_fpr_0_01_lower: _TypeAlias = _typing.Literal["membership_tpr_at_fpr_0_01_lower"]  # noqa: Y015
+    _WhichOneofArgType__membership_tpr_at_fpr_0_01_lower: _TypeAlias = _typing.Literal["_membership_tpr_at_fpr_0_01_lower", b"_membership_tpr_at_fpr_0_01_lower"]  # noqa: Y015
+    _WhichOneofReturnType__membership_tpr_at_fpr_0_01_upper: _TypeAlias = _typing.Literal["membership_tpr_at_fpr_0_01_upper"]  # noqa: Y015
+    _WhichOneofArgType__membership_tpr_at_fpr_0_01_upper: _TypeAlias = _typing.Literal["_membership_tpr_at_fpr_0_01_upper", b"_membership_tpr_at_fpr_0_01_upper"]  # noqa: Y015
     _WhichOneofReturnType__memorization_models_for_0_95: _TypeAlias = _typing.Literal["memorization_models_for_0_95"]  # noqa: Y015
     _WhichOneofArgType__memorization_models_for_0_95: _TypeAlias = _typing.Literal["_memorization_models_for_0_95", b"_memorization_models_for_0_95"]  # noqa: Y015
     _WhichOneofReturnType__memorization_reliability: _TypeAlias = _typing.Literal["memorization_reliability"]  # noqa: Y015
@@ -516,6 +601,12 @@ class AnytimeSummary(_message.Message):
     _WhichOneofArgType__memorization_split_half: _TypeAlias = _typing.Literal["_memorization_split_half", b"_memorization_split_half"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__count_memorization_lower_ge_0_25) -> _WhichOneofReturnType__count_memorization_lower_ge_0_25 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__critical_sample_ratio) -> _WhichOneofReturnType__critical_sample_ratio | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__critical_sample_ratio_epoch) -> _WhichOneofReturnType__critical_sample_ratio_epoch | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__critical_sample_ratio_stderr) -> _WhichOneofReturnType__critical_sample_ratio_stderr | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__fraction_memorized) -> _WhichOneofReturnType__fraction_memorized | None: ...
     @_typing.overload
@@ -532,6 +623,26 @@ class AnytimeSummary(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_memorization) -> _WhichOneofReturnType__mean_memorization | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_test_accuracy) -> _WhichOneofReturnType__mean_test_accuracy | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_auc) -> _WhichOneofReturnType__membership_auc | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_auc_lower) -> _WhichOneofReturnType__membership_auc_lower | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_auc_upper) -> _WhichOneofReturnType__membership_auc_upper | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_chance_auc) -> _WhichOneofReturnType__membership_chance_auc | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_tpr_at_fpr_0_001) -> _WhichOneofReturnType__membership_tpr_at_fpr_0_001 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_tpr_at_fpr_0_001_lower) -> _WhichOneofReturnType__membership_tpr_at_fpr_0_001_lower | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_tpr_at_fpr_0_001_upper) -> _WhichOneofReturnType__membership_tpr_at_fpr_0_001_upper | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_tpr_at_fpr_0_01) -> _WhichOneofReturnType__membership_tpr_at_fpr_0_01 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_tpr_at_fpr_0_01_lower) -> _WhichOneofReturnType__membership_tpr_at_fpr_0_01_lower | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__membership_tpr_at_fpr_0_01_upper) -> _WhichOneofReturnType__membership_tpr_at_fpr_0_01_upper | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__memorization_models_for_0_95) -> _WhichOneofReturnType__memorization_models_for_0_95 | None: ...
     @_typing.overload
