@@ -73,7 +73,12 @@ def test_flipped_labels_need_weaker_privacy_than_clean_ones(digits):
     small = replace(digits, x_train=digits.x_train[:400], y_train=digits.y_train[:400])
     fields = dict(dataset="digits", model="mlp", epochs=10, lr=0.01, seed=2, models=8, label_noise=0.2)
     traces: list = []
-    result = run_scoring(small, ScoringSpec.from_dict({**fields, "metrics": ["dp"]}), "cpu", None, traces)
+    calls: list = []
+    progress = lambda done, total: calls.append((done, total))  # noqa: E731
+    result = run_scoring(small, ScoringSpec.from_dict({**fields, "metrics": ["dp"]}), "cpu", progress, traces)
+    total = 8 + len(DP_EPSILONS) * DP_MODELS  # the DP models count in the progress, after the job's
+    assert {t for _, t in calls} == {total} and calls[-1][0] == total
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     s, flipped = result.scores, result.scores["label_flipped"]
     level = s["privacy_level"]
     assert np.isin(level[~np.isnan(level)], [*DP_EPSILONS, np.inf]).all()

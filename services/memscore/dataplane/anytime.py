@@ -49,9 +49,8 @@ class AnytimeEstimates:
     def __init__(self, rt: Runtime, max_jobs: int = 16):
         self.rt = rt
         self.max_jobs = max_jobs
-        self._jobs: OrderedDict = (
-            OrderedDict()
-        )  # job_id -> (ScoreAccumulator, SplitHalf, MembershipBank, shards, Snapshot)
+        # job_id -> (ScoreAccumulator, SplitHalf, MembershipBank, shards, Snapshot)
+        self._jobs: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     def shards_available(self, rec: JobRecord) -> list[int]:

@@ -405,7 +405,7 @@ def run_scoring(
             if traces_out is not None:
                 traces_out.append(out.trace)
         for shard in plan.dp_shards if first == 0 else ():  # the DP levels, once
-            out = train_shard(ds, spec, plan, shard, device)
+            out = train_shard(ds, spec, plan, shard, device, _shard_progress(progress, reducer, plan, spec, shard))
             reducer.add(out.trace)
             if traces_out is not None:
                 traces_out.append(out.trace)
@@ -423,11 +423,14 @@ def run_scoring(
 
 
 def _shard_progress(progress, reducer: "Reducer", plan: Plan, spec: ScoringSpec, shard: int):
-    done, g = reducer.scores.num_models, len(plan.model_ids(shard, spec.models))
+    """Progress in models, the DP levels' models (`--metrics dp`) counted with the job's."""
+    dp_done = sum(len(lv.test_accuracy) for lv in reducer.privacy.levels.values())
+    done, g = reducer.scores.num_models + dp_done, len(plan.model_ids(shard, spec.models))
+    total = spec.models + sum(len(plan.model_ids(s, spec.models)) for s in plan.dp_shards)
 
     def report(step: int, steps: int) -> None:
         if progress is not None:
-            progress(done + g * step / steps, spec.models)
+            progress(done + g * step / steps, total)
 
     return report
 
