@@ -66,12 +66,12 @@ def test_dp_levels_are_shards_numbered_apart_from_the_models_shards():
 
 def test_flipped_labels_need_weaker_privacy_than_clean_ones(digits):
     """Planted ground truth: 400 digits, 20% of the labels flipped, 8 MLPs per level at ε = 1, 4,
-    16 for 10 epochs. DP bounds what a model can learn from one example, so a flipped label
+    16 for 6 epochs. DP bounds what a model can learn from one example, so a flipped label
     (learnable only by memorizing it) is classified correctly at no level, while most clean
-    examples are learned at some level (measured: 0.84 of the flipped at +inf, 0.27 of the clean).
+    examples are learned at some level (measured: 0.91 of the flipped at +inf, 0.20 of the clean).
     The DP traces never reach the FZ estimators: memorization is the same with and without `dp`."""
     small = replace(digits, x_train=digits.x_train[:400], y_train=digits.y_train[:400])
-    fields = dict(dataset="digits", model="mlp", epochs=10, lr=0.01, seed=2, models=8, label_noise=0.2)
+    fields = dict(dataset="digits", model="mlp", epochs=6, lr=0.02, seed=2, models=8, label_noise=0.2)
     traces: list = []
     calls: list = []
     progress = lambda done, total: calls.append((done, total))  # noqa: E731
@@ -82,8 +82,8 @@ def test_flipped_labels_need_weaker_privacy_than_clean_ones(digits):
     s, flipped = result.scores, result.scores["label_flipped"]
     level = s["privacy_level"]
     assert np.isin(level[~np.isnan(level)], [*DP_EPSILONS, np.inf]).all()
-    assert np.mean(np.isinf(level[flipped])) > 0.75
-    assert np.mean(np.isinf(level[~flipped])) < 0.45
+    assert np.mean(np.isinf(level[flipped])) > 0.8
+    assert np.mean(np.isinf(level[~flipped])) < 0.35
     lo, hi = s["privacy_level_lower"], s["privacy_level_upper"]
     ok = ~np.isnan(level) & ~np.isnan(lo)
     assert (lo[ok] <= level[ok]).all() and (level[ok] <= hi[ok]).all()
