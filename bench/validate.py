@@ -41,7 +41,9 @@ import numpy as np
 
 from memscore.engine.datasets import Dataset, flip_labels, load_longtail, load_mnist1d
 from memscore.engine.ensemble import make_recipe, train_ensemble
-from memscore.engine.estimators import ScoreAccumulator, _mean, _var_of_mean
+from memscore.engine.estimators import ScoreAccumulator
+from memscore.engine.moments import mean as _mean
+from memscore.engine.moments import var_of_mean as _var_of_mean
 from memscore.engine.reliability import SplitHalf, models_for, pearson, spearman, spearman_brown
 from memscore.engine.traces import Trace
 

@@ -34,13 +34,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from validate import _plt, _save_fig  # bench/validate.py: run as a script, bench/ is on the path
 
 from memscore.engine.datasets import load_dataset
 from memscore.engine.membership import FPR_TARGETS, ROC_FPRS, membership_inference
 from memscore.engine.privacy_level import DP_EPSILONS
 from memscore.engine.scoring import run_scoring
 from memscore.engine.spec import ScoringSpec
-from memscore.report.metrics import spearman_matrix
+from memscore.report.metrics import _heatmap_png, spearman_matrix
 
 # Per-example metrics, and the side the planted group (flipped labels, rare subgroups) should
 # fall on by each metric's definition: +1 = higher, -1 = lower. The AUROC is of sign · metric.
@@ -63,26 +64,6 @@ MIN_EXAMPLES = 10  # finite values needed in each group for a metric to be repor
 
 
 # -- shared helpers -------------------------------------------------------------------------------
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_fig(fig, args, name: str) -> list[str]:
-    paths = []
-    for d in filter(None, (args.out, args.img_dir)):
-        Path(d).mkdir(parents=True, exist_ok=True)
-        p = Path(d) / name
-        fig.savefig(p, dpi=110, bbox_inches="tight")
-        paths.append(str(p))
-    _plt().close(fig)
-    return paths
 
 
 def _json_default(o):
@@ -235,20 +216,14 @@ def _plot_separation(title: str, scores: dict, planted: np.ndarray, table: dict[
     return _save_fig(fig, args, name)
 
 
-def _plot_correlation(title: str, names: list[str], r: np.ndarray, args, name: str):
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.5 + 0.55 * len(names) + 1.5, 1.5 + 0.55 * len(names)))
-    im = ax.imshow(r, vmin=-1, vmax=1, cmap="RdBu_r")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    for a in range(len(names)):
-        for b in range(len(names)):
-            if np.isfinite(r[a, b]):
-                ax.text(b, a, f"{r[a, b]:.2f}", ha="center", va="center", fontsize=6)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return _save_fig(fig, args, name)
+def _plot_correlation(names: list[str], r: np.ndarray, args, name: str) -> list[str]:
+    """The report's Spearman heatmap (report/metrics.py), written as a PNG file."""
+    paths = []
+    for d in filter(None, (args.out, args.img_dir)):
+        Path(d).mkdir(parents=True, exist_ok=True)
+        (Path(d) / name).write_bytes(_heatmap_png(names, r))
+        paths.append(str(Path(d) / name))
+    return paths
 
 
 def _job_facts(summary: dict) -> dict:
@@ -293,7 +268,7 @@ def _metrics_run(args, run: str, dataset: str, noise: float, groups: list[str]) 
     print("\nSpearman correlations\n")
     print(_markdown(["", *names], [[n, *(f"{x:.2f}" for x in row)] for n, row in zip(names, r)]))
     plots = _plot_separation(title, scores, planted, table, args, f"metrics_{run}.png")
-    plots += _plot_correlation(f"Spearman correlation, {dataset}", names, r, args, f"metrics_correlation_{run}.png")
+    plots += _plot_correlation(names, r, args, f"metrics_correlation_{run}.png")
     return {
         "spec": spec.to_dict(),
         "planted": int(planted.sum()),
