@@ -111,9 +111,7 @@ def train_dp_group(
     dev = resolve_device(device) if isinstance(device, str) else device
     n = ds.n_train
     subsets = [subset_indices(n, ratio, seed, k, plan) for k in model_ids]
-    s_size = subset_size(n, ratio)  # the plan's size, as the ensemble trainer's
-    batch = min(recipe.batch_size, s_size)
-    steps = total_steps(recipe, s_size)
+    batch, steps, q = dp_schedule(n, ratio, plan, recipe)
     params, buffers, _, eval_fn = _stack_models(arch, ds, seed, model_ids, dev)
     with torch.device("meta"):  # the structure functional_call needs; on meta, initialisers draw nothing
         base = build_model(arch, ds.feature_shape, ds.num_classes)
@@ -133,7 +131,6 @@ def train_dp_group(
         opt.step()
         if progress is not None and (step % check_every == 0 or step == steps - 1):
             progress(step + 1, steps)
-    q = batch / smallest_subset(n, ratio, plan)
     meta = {"arch": arch, "recipe": asdict(recipe), "ratio": ratio, "plan": plan, "seed": seed, "steps": steps}
     meta |= {"device": str(dev), "train_seconds": time.perf_counter() - t0, "optimizer": "adamw"}
     meta |= {"noise_multiplier": noise_multiplier, "clip_norm": clip_norm, "sample_rate": q}
@@ -209,6 +206,15 @@ class NoiseStream:
     def next(self) -> torch.Tensor:
         """One step's noise, (G, P) float32 on the CPU."""
         return torch.stack([torch.randn(self.num_params, generator=g) for g in self.gens])
+
+
+def dp_schedule(n: int, ratio: float, plan: str, recipe: Recipe) -> tuple[int, int, float]:
+    """(batch B, steps, sample rate q) of a DP group on n examples: the ensemble trainer's batch
+    and step count for the plan's subset size, and q = B / |S_k| for the plan's smallest subset,
+    as the accountant sees it (known before training, so a level's σ can be chosen for it)."""
+    s_size = subset_size(n, ratio)  # the plan's size, as the ensemble trainer's
+    batch = min(recipe.batch_size, s_size)
+    return batch, total_steps(recipe, s_size), batch / smallest_subset(n, ratio, plan)
 
 
 def smallest_subset(n: int, ratio: float, plan: str) -> int:

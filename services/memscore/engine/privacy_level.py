@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from .datasets import Dataset
-from .recipes import Recipe, total_steps
+from .recipes import Recipe
 from .subsets import subset_size
 from .traces import Trace
 
@@ -86,13 +86,12 @@ def train_level(
     should_stop: Callable[[], bool] | None = None,
 ) -> Trace:
     """Train DP shard `shard`'s models at its level's ε; the trace's meta says the level."""
-    from .dp import noise_for_epsilon, smallest_subset, train_dp_group  # torch and opacus: only here
+    from .dp import dp_schedule, noise_for_epsilon, train_dp_group  # torch and opacus: only here
 
     level = shard - DP_SHARD_BASE
     eps = DP_EPSILONS[level]
-    s_size = subset_size(ds.n_train, ratio)
-    q = min(recipe.batch_size, s_size) / smallest_subset(ds.n_train, ratio, plan)
-    steps, delta = total_steps(recipe, s_size), dp_delta(ds.n_train, ratio)
+    _, steps, q = dp_schedule(ds.n_train, ratio, plan, recipe)
+    delta = dp_delta(ds.n_train, ratio)
     sigma = noise_for_epsilon(eps, q, steps, delta)
     out = train_dp_group(
         ds, arch, shard_model_ids(shard), ratio, seed, recipe, sigma, DP_CLIP, device, plan,
