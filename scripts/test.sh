@@ -8,4 +8,12 @@ export PATH="$PWD/.venv/bin:$PATH"
 # Style first (config in pyproject.toml): a formatting slip fails in seconds, not after the suite.
 .venv/bin/ruff format --check --quiet .
 .venv/bin/ruff check --quiet .
-exec .venv/bin/python -m pytest -q "$@"
+# Two test processes (pytest-xdist; MEMSCORE_TEST_PROCESSES=0 runs in this one), each, and every
+# worker or server it starts, on one thread: the integration tests' waits on workers, heartbeats
+# and outages are filled by the other process, and two torch processes with two threads each on
+# two cores would spin against each other.
+procs="${MEMSCORE_TEST_PROCESSES:-2}"
+if [ "$procs" != 0 ]; then
+  export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+fi
+exec .venv/bin/python -m pytest -q -n "$procs" --dist worksteal "$@"

@@ -3,6 +3,7 @@ from a clean environment. Production code is pointed at these exactly as at MinI
 
 Environment knobs: MEMSCORE_TEST_REDIS_URL (default redis://127.0.0.1:6379) and
 MEMSCORE_TEST_REDIS_DB (default 13; flushed by the fixtures, so never point it at real data).
+Under pytest-xdist (scripts/test.sh runs 2 processes) process gwN uses databases 2N lower.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def s3_bucket() -> str:
     return f"memscore-test-{uuid.uuid4().hex[:12]}"
 
 
+def xdist_index() -> int:
+    """This pytest-xdist worker's number (gw0 -> 0, gw1 -> 1; 0 without xdist). Worker N uses
+    the Redis databases 2N below the defaults (13 and the services' 14): each flushes its own."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(worker[2:]) if worker[2:].isdigit() else 0
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     """URL of the test Redis database; the session fails loudly if Redis is not running."""
@@ -65,7 +73,7 @@ def redis_url() -> str:
     base = os.environ.get("MEMSCORE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
     if base.rsplit("/", 1)[-1].isdigit() and base.count("/") > 2:
         base = base.rsplit("/", 1)[0]  # a db number in the URL is replaced by ours
-    url = f"{base}/{int(os.environ.get('MEMSCORE_TEST_REDIS_DB', '13'))}"
+    url = f"{base}/{int(os.environ.get('MEMSCORE_TEST_REDIS_DB', '13')) - 2 * xdist_index()}"
     client = redis.Redis.from_url(url, socket_connect_timeout=2)
     try:
         client.ping()

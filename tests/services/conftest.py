@@ -21,7 +21,9 @@ import pytest
 
 from memscore.settings import ENV_VARS, Settings
 
-INTEGRATION_REDIS_DB = int(os.environ.get("MEMSCORE_TEST_SERVICES_REDIS_DB", "14"))
+from ..conftest import xdist_index
+
+INTEGRATION_REDIS_DB = int(os.environ.get("MEMSCORE_TEST_SERVICES_REDIS_DB", "14")) - 2 * xdist_index()
 
 
 def write_blobs_npz(path: Path, n: int = 240, m: int = 80, d: int = 16, classes: int = 4, seed: int = 0) -> Path:
