@@ -25,3 +25,22 @@ def test_a_bench_script_imports_and_has_an_entry_point(name, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)  # module level only: every script runs under `if __name__ == "__main__"`
     assert callable(getattr(module, "main", None)), f"bench/{name}.py has no main()"
+
+
+def test_the_gpu_bench_smoke_plan_runs_every_part_on_the_cpu(tmp_path):
+    """bench/gpu_bench.py --smoke: the script a lent GPU runs, end to end on the CPU (tiny sizes),
+    so the day a device is lent it does not fail on a typo."""
+    import json
+    import subprocess
+
+    out = tmp_path / "gpu.json"
+    subprocess.run([sys.executable, str(BENCH / "gpu_bench.py"), "--smoke", "--out", str(out)], check=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert res["info"]["device"] == "cpu" and res["info"]["smoke"]
+    assert res["mlp"]["models"] == 4 and res["mlp"]["models_per_s"] > 0 and res["mlp"]["tflops"] > 0
+    cnn = res["cnn"]
+    assert [v["variant"] for v in cnn["variants"]] == ["eager", "eager, channels-last"]
+    assert all(v["ms_per_step"] > 0 for v in cnn["variants"])
+    assert cnn["best"] in {v["variant"] for v in cnn["variants"]} and cnn["whole_models"]["models"] >= 2
+    match = res["match"]
+    assert match["within_tolerance"] and match["max_abs_prob_diff"] == 0.0  # the CPU against itself

@@ -87,6 +87,83 @@ def test_traces_do_not_depend_on_group_size(request, name):
         np.testing.assert_allclose(t.test_prob, traces[0].test_prob, atol=1e-3)
 
 
+def test_a_group_that_runs_out_of_memory_is_retried_in_halves_with_the_same_result(request, monkeypatch):
+    """A device that holds at most 2 models at once: the shard of 5 asked for in one group is
+    trained 2, 2 and 1 at a time after one failed try (every later group at the smaller size),
+    and its trace equals the one trained 5 at a time by a device with room."""
+    from memscore.engine import ensemble
+
+    ds, arch, recipe = case(request, "mlp")
+    ids = [6, 1, 4, 3, 0]
+    roomy = train_ensemble(ds, arch, ids, 0.5, seed=3, recipe=recipe, device="cpu", group_size=5).trace
+    real, tried = ensemble._train_group, []
+
+    def small_device(ds, arch, model_ids, *a, **kw):
+        tried.append(len(model_ids))
+        if len(model_ids) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(ds, arch, model_ids, *a, **kw)
+
+    monkeypatch.setattr(ensemble, "_train_group", small_device)
+    seen = []
+    out = train_ensemble(
+        ds, arch, ids, 0.5, seed=3, recipe=recipe, device="cpu", group_size=5, progress=lambda d, t: seen.append((d, t))
+    ).trace
+    assert tried == [5, 3, 2, 2, 1]  # 5 fails, 3 fails, then 2 + 2 + 1
+    assert out.meta["oom_splits"] == 2 and out.meta["group_size"] == 2
+    np.testing.assert_array_equal(out.model_ids, ids)
+    np.testing.assert_array_equal(out.masks, roomy.masks)
+    np.testing.assert_allclose(out.train_prob, roomy.train_prob, atol=1e-3)
+    np.testing.assert_allclose(out.test_prob, roomy.test_prob, atol=1e-3)
+    steps = seen[-1][1]
+    assert seen[-1][0] == steps and all(0 <= d <= steps for d, _ in seen)  # the whole shard's progress, to the end
+
+
+def test_an_error_that_is_not_out_of_memory_is_not_retried(request, monkeypatch):
+    from memscore.engine import ensemble
+
+    ds, arch, recipe = case(request, "mlp")
+    calls = []
+
+    def broken(*a, **kw):
+        calls.append(1)
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(ensemble, "_train_group", broken)
+    with pytest.raises(RuntimeError, match="shapes"):
+        train_ensemble(ds, arch, [0, 1, 2, 3], 0.5, seed=3, recipe=recipe, device="cpu", group_size=4)
+    assert len(calls) == 1
+
+    def no_room(*a, **kw):  # not even one model fits: the error reaches the caller
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(ensemble, "_train_group", no_room)
+    with pytest.raises(torch.OutOfMemoryError):
+        train_ensemble(ds, arch, [0, 1], 0.5, seed=3, recipe=recipe, device="cpu", group_size=2)
+
+
+def test_the_automatic_group_fits_the_free_memory(small_images):
+    """cost.group_memory's estimate decides: all the models with room to spare, fewer when
+    memory is short, never fewer than one; on the CPU at most CPU_GROUP_SIZE."""
+    from memscore.engine.cost import DatasetFacts, group_memory
+    from memscore.engine.ensemble import CPU_GROUP_SIZE, MEMORY_SAFETY, fitting_group_size
+
+    ds = small_images
+    facts = DatasetFacts(ds.n_train, ds.n_test, ds.num_classes, ds.kind, ds.feature_shape)
+    fixed, per_model = group_memory("resnet", facts, 16, 256)
+    cpu = torch.device("cpu")
+    assert fitting_group_size(ds, "resnet", 16, 256, (), cpu, cap=500, free=1 << 50) == 500
+    room_for_7 = int((fixed + 7.5 * per_model) / MEMORY_SAFETY)
+    assert fitting_group_size(ds, "resnet", 16, 256, (), cpu, cap=500, free=room_for_7) == 7
+    assert fitting_group_size(ds, "resnet", 16, 256, (), cpu, cap=500, free=fixed) == 1
+    # adversarial searches hold a larger batch per model: fewer fit
+    assert fitting_group_size(ds, "resnet", 16, 256, ("adversarial",), cpu, cap=500, free=room_for_7) < 7
+    # this machine, automatically: the CPU's default group (the small models fit many times over)
+    recipe = replace(make_recipe("resnet"), epochs=0, min_steps=2, batch_size=16)
+    out = train_ensemble(ds, "resnet", list(range(CPU_GROUP_SIZE + 1)), 0.5, seed=0, recipe=recipe, device="cpu")
+    assert out.trace.meta["group_size"] == CPU_GROUP_SIZE and out.trace.meta["oom_splits"] == 0
+
+
 def test_resnet_recipe_on_16px_images_trains_with_augmentation(request):
     """The image cases above do exercise augmentation: switching it off changes the models."""
     ds, arch, recipe = case(request, "resnet-augment-flip")
@@ -268,3 +345,38 @@ def test_snapshots_do_not_depend_on_the_group_and_survive_the_trace_format(small
         np.testing.assert_array_equal(getattr(again, field), getattr(together, field))
     assert snapshot_steps(4400, 44)[-1] == 4400 and len(snapshot_steps(4400, 44)) == 20
     assert snapshot_steps(100, 44) == [44, 88, 100]
+
+
+def test_fused_adamw_and_channels_last_train_the_same_models(request):
+    """Execution options (ensemble.Speed) change how a step runs, not what a model is: the
+    default fused AdamW, the unfused one, channels-last images."""
+    from memscore.engine.ensemble import Speed
+
+    ds, arch, recipe = case(request, "resnet-augment")
+    ids = [2, 5]
+    runs = [
+        train_ensemble(ds, arch, ids, 0.5, seed=4, recipe=recipe, device="cpu", speed=s).trace
+        for s in (Speed(), Speed(fused=False), Speed(channels_last=True))
+    ]
+    for t in runs[1:]:
+        np.testing.assert_allclose(t.train_prob, runs[0].train_prob, atol=1e-3)
+        np.testing.assert_allclose(t.test_prob, runs[0].test_prob, atol=1e-3)
+
+
+def test_a_step_that_fails_to_compile_runs_eager_and_says_why(request, monkeypatch):
+    from memscore.engine import ensemble
+    from memscore.engine.ensemble import Speed
+
+    def cannot_compile(fn, **kw):
+        def compiled(*a):
+            raise RuntimeError("InductorError: no C++ compiler")
+
+        return compiled
+
+    monkeypatch.setattr(ensemble.torch, "compile", cannot_compile)
+    monkeypatch.setattr(ensemble, "_COMPILED", {})  # compiled steps are cached per process
+    ds, arch, recipe = case(request, "mlp")
+    eager = train_ensemble(ds, arch, [1, 2], 0.5, seed=4, recipe=recipe, device="cpu").trace
+    out = train_ensemble(ds, arch, [1, 2], 0.5, seed=4, recipe=recipe, device="cpu", speed=Speed(compile=True)).trace
+    assert "no C++ compiler" in out.meta["compile_error"]
+    np.testing.assert_allclose(out.train_prob, eager.train_prob, atol=1e-6)

@@ -191,7 +191,6 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
     subset = max(1, round(spec.ratio * facts.n_train))
     steps = total_steps(recipe, subset)
     batch = min(recipe.batch_size, subset)
-    features = math.prod(facts.feature_shape)
     examples = facts.n_train + facts.n_test
     train = 3.0 * m.forward_flops * batch * steps + m.forward_flops * examples
     if "adversarial" in spec.metrics:  # each pass is a forward and an input-gradient backward
@@ -201,13 +200,11 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
         search = 3.0 * m.forward_flops * ADV_PGD_STEPS
         train += snaps * (m.forward_flops * facts.n_train + search * min(CSR_SAMPLE, facts.n_train))
         train += search * facts.n_train  # the last snapshot searches every example
-    train_act = batch * m.activations * FLOAT * 2
-    eval_act = min(EVAL_BATCH, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
-    searches = {"adversarial", "dynamics"} & set(spec.metrics)  # both run PGD, ADV_BATCH examples at a time
-    adv_act = ADV_BATCH * m.activations * FLOAT * 2 if searches else 0  # as a batch of training
-    per_model = m.params * FLOAT * 4 + max(train_act, eval_act, adv_act)
+    per_model = per_model_bytes(arch, m, facts, batch, EVAL_BATCH, spec.metrics)
     levels = len(dp_shards(spec.metrics))
     dp_flops = DP_STEP_COST * 3.0 * m.forward_flops * batch * steps + m.forward_flops * examples
+    train_act = batch * m.activations * FLOAT * 2
+    eval_act = min(EVAL_BATCH, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
     dp_bytes = m.params * FLOAT * 4 + max(train_act, eval_act) + batch * m.params * FLOAT * 2
     return JobCost(
         arch=arch,
@@ -215,13 +212,39 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
         steps=steps,
         batch=batch,
         train_flops_per_model=train,
-        data_bytes=facts.n_train * (features * FLOAT + 8 + group_sums_bytes(facts.num_classes)),
+        data_bytes=data_bytes(facts),
         per_model_bytes=per_model,
         reduce_bytes=reduce_bytes(max(spec.models, spec.max_models), facts, spec.max_influence_pairs),
         dp_shards=levels,
         dp_flops_per_model=dp_flops if levels else 0.0,
         dp_per_model_bytes=dp_bytes if levels else 0,
     )
+
+
+def data_bytes(facts: DatasetFacts) -> int:
+    """What a shard holds whatever its size: the training set resident on the device, its
+    labels and the trace's group sums."""
+    features = math.prod(facts.feature_shape)
+    return facts.n_train * (features * FLOAT + 8 + group_sums_bytes(facts.num_classes))
+
+
+def per_model_bytes(arch: str, m: ModelCost, facts: DatasetFacts, batch: int, eval_batch: int, metrics=()) -> int:
+    """What each model of a group trained at once adds at peak: its weights, gradients and
+    AdamW moments, and the largest of its training activations (with their gradients), its
+    evaluation pass over `eval_batch` examples, and the adversarial searches' batches."""
+    train_act = batch * m.activations * FLOAT * 2
+    examples = facts.n_train + facts.n_test
+    eval_act = min(eval_batch, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
+    searches = {"adversarial", "dynamics"} & set(metrics)  # both run PGD, ADV_BATCH examples at a time
+    adv_act = ADV_BATCH * m.activations * FLOAT * 2 if searches else 0  # as a batch of training
+    return m.params * FLOAT * 4 + max(train_act, eval_act, adv_act)
+
+
+def group_memory(arch: str, facts: DatasetFacts, batch: int, eval_batch: int, metrics=()) -> tuple[int, int]:
+    """(bytes a group needs whatever its size, bytes each of its models adds) for training
+    models `arch` together on one device (ensemble.train_ensemble's group sizing)."""
+    m = model_cost(arch, facts.feature_shape, facts.num_classes)
+    return RUNTIME_BYTES + data_bytes(facts), per_model_bytes(arch, m, facts, batch, eval_batch, metrics)
 
 
 def group_sums_bytes(num_classes: int) -> int:

@@ -18,6 +18,7 @@ each step then augments the whole (G, B, ...) batch with one pad and one gather.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -157,8 +158,11 @@ class GroupBatches:
         recipe: Recipe,
         dev: torch.device,
         steps: int,
+        channels_last: bool = False,
     ):
         self.x = torch.from_numpy(ds.x_train).to(dev)
+        if channels_last and self.x.dim() == 4:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         self.y = torch.from_numpy(ds.y_train).to(dev)
         self.pad, self.dev, self.steps = augment_pad(ds, recipe), dev, steps
         self.batches = [BatchStream(s, batch, seed, k) for s, k in zip(subsets, model_ids)]
@@ -178,6 +182,48 @@ class GroupBatches:
         return xb, self.y[idx]
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How the vectorised step is executed; none of it changes what a model is (the scores
+    agree within the vectorised == sequential tolerances, tests/engine/test_ensemble.py).
+    bench/throughput.py measures each option (docs/performance.md)."""
+
+    # torch.compile the vmapped forward (its backward through AOTAutograd) and evaluation; off:
+    # on the CPU it made steps slower (docs/performance.md)
+    compile: bool = False
+    fused: bool = True  # AdamW's fused kernel over the stacked parameters (CPU: 1.07x cnn1d, 1.3x MLP)
+    channels_last: bool = False  # image data resident in channels-last layout
+    bf16: bool | None = None  # bf16 autocast of forward passes; None: on GPUs only
+
+    def amp(self, dev: torch.device) -> bool:
+        return dev.type == "cuda" if self.bf16 is None else self.bf16
+
+
+class Compiled:
+    """`torch.compile(fn)`, and `fn` itself for good once compiling or running the compiled
+    code fails (an eager step is always correct); `seconds` is the wall time of the calls that
+    compiled (the first of each input shape), `error` what made it fall back."""
+
+    def __init__(self, fn):
+        self.fn, self.compiled, self.seconds, self.error = fn, torch.compile(fn, dynamic=False), 0.0, None
+        self.shapes: set = set()
+
+    def __call__(self, *args):
+        if self.compiled is None:
+            return self.fn(*args)
+        shape = tuple(a.shape for a in args if isinstance(a, torch.Tensor))
+        t = time.perf_counter()
+        try:
+            out = self.compiled(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: run eager from now on
+            self.compiled, self.error = None, f"{type(e).__name__}: {e}"[:500]
+            return self.fn(*args)
+        if shape not in self.shapes:
+            self.shapes.add(shape)
+            self.seconds += time.perf_counter() - t
+        return out
+
+
 @dataclass
 class TrainOutput:
     trace: Trace
@@ -186,8 +232,51 @@ class TrainOutput:
 
 # Models trained at once on the CPU, whatever the model: measured on 2 cores (see
 # docs/performance.md), G=16 is fastest per model for both the cnn1d and the MLP (activations
-# stay in cache; a larger G only adds memory traffic). GPUs take the whole shard at once.
+# stay in cache; a larger G only adds memory traffic). GPUs take the whole shard at once, as
+# far as its memory allows.
 CPU_GROUP_SIZE = 16
+# The share of the device's free memory a group is planned to use: cost.group_memory's estimate
+# is within ~2x of the measured peak (tests/engine/test_cost.py), and others may share the device.
+MEMORY_SAFETY = 0.5
+
+
+def free_memory(dev: torch.device) -> int:
+    """Bytes free on `dev` now: the GPU's free memory, or the host's available memory."""
+    if dev.type == "cuda":
+        return int(torch.cuda.mem_get_info(dev)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def fitting_group_size(
+    ds: Dataset, arch: str, batch: int, eval_batch: int, metrics, dev: torch.device, cap: int, free: int | None = None
+) -> int:
+    """The most models, at most `cap`, whose estimated peak memory (cost.group_memory) fits in
+    MEMORY_SAFETY of the `free` bytes (default: what `dev` has free now); at least 1. A model
+    the cost model does not know gets `cap` (the out-of-memory fallback still applies)."""
+    from .cost import DatasetFacts, group_memory
+
+    facts = DatasetFacts(ds.n_train, ds.n_test, ds.num_classes, ds.kind, tuple(ds.feature_shape))
+    try:
+        fixed, per_model = group_memory(arch, facts, batch, eval_batch, metrics)
+    except ValueError:
+        return cap
+    free = free_memory(dev) if free is None else free
+    return max(1, min(cap, int((free * MEMORY_SAFETY - fixed) // per_model)))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A device (CUDA) or host allocation that failed."""
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    msg = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
 
 
 def train_ensemble(
@@ -205,40 +294,66 @@ def train_ensemble(
     group_size: int = 0,
     plan: str = "random",
     metrics: tuple[str, ...] = (),
+    speed: Speed = Speed(),
 ) -> TrainOutput:
     """Train models `model_ids` on their subsets (`subsets.PLANS`); return their trace. The
-    models are trained `group_size` at a time (0 = all at once on a GPU, `CPU_GROUP_SIZE` on the
-    CPU); the result does not depend on the grouping. `metrics`: opt-in groups
-    (catalog.OPT_IN_METRICS) measured on the trained models before they are dropped."""
+    models are trained `group_size` at a time (0 = as many as the device's free memory allows
+    by cost.group_memory's estimate, at most all of them on a GPU and `CPU_GROUP_SIZE` on the
+    CPU; smaller groups after an out-of-memory error); the result does not depend on the
+    grouping. `metrics`: opt-in groups (catalog.OPT_IN_METRICS) measured on the trained models
+    before they are dropped. `speed`: how the steps are executed (`Speed`). `progress(step,
+    steps)` counts the shard's steps as if all its models trained at once."""
     dev = resolve_device(device) if isinstance(device, str) else device
-    if not group_size:
-        group_size = len(model_ids) if dev.type == "cuda" else CPU_GROUP_SIZE
     if not eval_batch:  # examples per evaluation pass; on the CPU small passes stay in cache (256: 3x faster than 2048)
         eval_batch = 8192 if dev.type == "cuda" else 256
+    if not group_size:
+        cap = len(model_ids) if dev.type == "cuda" else CPU_GROUP_SIZE
+        batch = min(recipe.batch_size, subset_size(ds.n_train, ratio))
+        group_size = fitting_group_size(ds, arch, batch, eval_batch, metrics, dev, cap)
 
     def train(ids: list[int], report) -> TrainOutput:
         return _train_group(
-            ds, arch, ids, ratio, seed, recipe, dev, report, should_stop, keep_weights, eval_batch, plan, metrics
+            ds, arch, ids, ratio, seed, recipe, dev, report, should_stop, keep_weights, eval_batch, plan, metrics, speed
         )
 
-    if len(model_ids) <= group_size:
-        return train(model_ids, progress)
-    groups = [model_ids[a : a + group_size] for a in range(0, len(model_ids), group_size)]
-    outs = []
-    for gi, ids in enumerate(groups):
+    # Groups in order; a group that runs out of memory is retried, with everything after it, in
+    # groups of half its size (down to one model). Models do not depend on their group, so
+    # neither does the result.
+    pending, outs, done, splits = list(model_ids), [], 0, 0
+    while pending:
+        ids = pending[:group_size]
 
-        def group_progress(step, steps, gi=gi):
-            if progress is not None:
-                progress(gi * steps + step, len(groups) * steps)
+        def group_progress(step, steps, done=done, g=len(ids)):
+            if progress is not None:  # in steps of the whole shard: (models done + this group's share) / models
+                progress(step if g == len(model_ids) else (done * steps + g * step) // len(model_ids), steps)
 
-        outs.append(train(ids, group_progress))
-    return _concat(outs)
+        try:
+            outs.append(train(ids, group_progress))
+        except Exception as e:
+            if not is_out_of_memory(e) or group_size == 1:
+                raise
+            group_size, splits = (group_size + 1) // 2, splits + 1
+            _release(dev)
+            continue
+        pending, done = pending[len(ids) :], done + len(ids)
+    out = outs[0] if len(outs) == 1 else _concat(outs)
+    out.trace.meta.update(group_size=group_size, oom_splits=splits)
+    return out
+
+
+def _release(dev: torch.device) -> None:
+    """Return what a failed group held to the allocator (and, on a GPU, to the device)."""
+    import gc
+
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _concat(outs: list[TrainOutput]) -> TrainOutput:
     t = [o.trace for o in outs]
     meta = dict(t[0].meta)
-    for key in ("train_seconds", "total_seconds", "adversarial_seconds"):
+    for key in ("train_seconds", "total_seconds", "adversarial_seconds", "compile_seconds"):
         if key in meta:
             meta[key] = sum(x.meta[key] for x in t)
     held = [x.heldout_prob_sum for x in t]
@@ -280,6 +395,7 @@ def _train_group(
     eval_batch: int,
     plan: str = "random",
     metrics: tuple[str, ...] = (),
+    speed: Speed = Speed(),
 ) -> TrainOutput:
     """Train models `model_ids` at once."""
     t0 = time.perf_counter()
@@ -293,9 +409,13 @@ def _train_group(
     steps = total_steps(recipe, s_size)
 
     params, buffers, train_fn, eval_fn = _stack_models(arch, ds, seed, model_ids, dev)
-    inputs = GroupBatches(ds, subsets, model_ids, batch, seed, recipe, dev, steps)
-    opt = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    use_amp = dev.type == "cuda"
+    inputs = GroupBatches(ds, subsets, model_ids, batch, seed, recipe, dev, steps, speed.channels_last)
+    opt = torch.optim.AdamW(
+        params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay, **({"fused": True} if speed.fused else {})
+    )
+    use_amp = speed.amp(dev)
+    step_fn, eval_step = _compiled_fns(arch, ds, train_fn, eval_fn) if speed.compile else (train_fn, eval_fn)
+    compile_before = step_fn.seconds + eval_step.seconds if speed.compile else 0.0
     check_every = max(1, steps // 100)
     snaps = _snapshots(
         ds, metrics, steps, -(-s_size // batch), seed, train_fn, eval_fn, params, buffers, dev, eval_batch
@@ -307,7 +427,7 @@ def _train_group(
             group["lr"] = recipe.lr * lr_factor(step, steps, recipe.warmup)
         xb, yb = inputs(step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = train_fn(params, buffers, xb)  # (G, B, C)
+            logits = step_fn(params, buffers, xb)  # (G, B, C)
         loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -327,8 +447,12 @@ def _train_group(
         extra.update(distances)
         meta["adversarial_seconds"] = time.perf_counter() - t_adv
     meta.update(arch=arch, recipe=asdict(recipe), ratio=ratio, plan=plan, seed=seed, steps=steps, device=str(dev))
-    trace = evaluated_trace(ds, eval_fn, params, buffers, model_ids, masks, dev, eval_batch, extra, meta)
+    if speed.compile:
+        meta["compile_error"] = step_fn.error or eval_step.error
+    trace = evaluated_trace(ds, eval_step, params, buffers, model_ids, masks, dev, eval_batch, extra, meta, use_amp)
     trace.meta.update(train_seconds=t_train, total_seconds=time.perf_counter() - t0)
+    if speed.compile:  # this group's share: compiling happens in the first group of each input shape
+        trace.meta["compile_seconds"] = step_fn.seconds + eval_step.seconds - compile_before
     weights = None
     if keep_weights:
         weights = {k: v.detach().cpu() for k, v in {**params, **buffers}.items()}
@@ -336,11 +460,21 @@ def _train_group(
 
 
 def evaluated_trace(
-    ds: Dataset, eval_fn, params, buffers, model_ids, masks: np.ndarray, dev, eval_batch: int, extra: dict, meta: dict
+    ds: Dataset,
+    eval_fn,
+    params,
+    buffers,
+    model_ids,
+    masks: np.ndarray,
+    dev,
+    eval_batch: int,
+    extra: dict,
+    meta: dict,
+    amp: bool | None = None,
 ) -> Trace:
     """The trace of G trained models: their predictions on the training and test sets, the
     held-out and group sums, and `extra` fields (the opt-in metrics). Shared with engine/dp.py."""
-    amp = dev.type == "cuda"
+    amp = dev.type == "cuda" if amp is None else amp
     with torch.no_grad():
         train = _evaluate(
             eval_fn, params, buffers, ds.x_train, ds.y_train, dev, eval_batch, amp, masks, group_of(model_ids)
@@ -389,12 +523,35 @@ def _stack_models(arch: str, ds: Dataset, seed: int, model_ids: list[int], dev: 
     params, buffers = stack_module_state(models)
     params = {k: v.to(dev).requires_grad_() for k, v in params.items()}
     buffers = {k: v.to(dev) for k, v in buffers.items()}
-    base = copy.deepcopy(models[0]).to("meta")
+    train_fn, eval_fn = _forward_fns(arch, tuple(ds.feature_shape), ds.num_classes, models[0])
+    return params, buffers, train_fn, eval_fn
 
-    def fmodel(p, b, x):
-        return functional_call(base, (p, b), (x,))
 
-    return params, buffers, torch.vmap(fmodel, in_dims=(0, 0, 0)), torch.vmap(fmodel, in_dims=(0, 0, None))
+# (arch, feature shape, classes) -> the vmapped forward passes, one pair per process: the same
+# function objects for every group, so that a compiled step (`Compiled`, cached alike) is
+# compiled once per process and input shape, not once per group.
+_FORWARDS: dict[tuple, tuple] = {}
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def _forward_fns(arch: str, feature_shape: tuple[int, ...], num_classes: int, model: torch.nn.Module):
+    key = (arch, feature_shape, num_classes)
+    if key not in _FORWARDS:
+        base = copy.deepcopy(model).to("meta")  # the architecture only: weights come from the stacked state
+
+        def fmodel(p, b, x):
+            return functional_call(base, (p, b), (x,))
+
+        _FORWARDS[key] = (torch.vmap(fmodel, in_dims=(0, 0, 0)), torch.vmap(fmodel, in_dims=(0, 0, None)))
+    return _FORWARDS[key]
+
+
+def _compiled_fns(arch: str, ds: Dataset, train_fn, eval_fn) -> tuple[Compiled, Compiled]:
+    """The compiled forward passes of `_forward_fns`, one pair per process."""
+    key = (arch, tuple(ds.feature_shape), ds.num_classes)
+    if key not in _COMPILED or _COMPILED[key][0].fn is not train_fn:
+        _COMPILED[key] = (Compiled(train_fn), Compiled(eval_fn))
+    return _COMPILED[key]
 
 
 @dataclass

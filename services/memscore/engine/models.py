@@ -9,6 +9,7 @@ ensemble trainer stacks G copies with `torch.func.stack_module_state` and vmaps 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -106,8 +107,23 @@ def default_arch(kind: str) -> str:
     return DEFAULT_ARCH[kind]
 
 
+# Models registered beside the zoo (`register_model`): name -> build(feature_shape, num_classes).
+_REGISTERED: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {}
+
+
+def register_model(name: str, build: Callable[[tuple[int, ...], int], nn.Module]) -> None:
+    """Make `build(feature_shape, num_classes) -> nn.Module` trainable as model `name` in this
+    process (benchmarks' own networks). The module must obey the zoo's rule: no buffers
+    mutated in forward (no BatchNorm), so that G copies train under one vmap."""
+    if name in ARCHS:
+        raise ValueError(f"{name!r} is a built-in model")
+    _REGISTERED[name] = build
+
+
 def build_model(arch: str, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """One model for inputs of `feature_shape` (without the batch dimension)."""
+    if arch in _REGISTERED:
+        return _REGISTERED[arch](tuple(feature_shape), num_classes)
     if arch == "mlp":
         return MLP(math.prod(feature_shape), num_classes)
     if arch in ("cnn1d", "resnet") and (why := model_takes(arch, feature_shape)):
