@@ -380,3 +380,23 @@ def test_a_step_that_fails_to_compile_runs_eager_and_says_why(request, monkeypat
     out = train_ensemble(ds, arch, [1, 2], 0.5, seed=4, recipe=recipe, device="cpu", speed=Speed(compile=True)).trace
     assert "no C++ compiler" in out.meta["compile_error"]
     np.testing.assert_allclose(out.train_prob, eager.train_prob, atol=1e-6)
+
+
+def test_a_model_stops_once_it_fits_its_subset_at_the_same_step_in_any_group(small_mnist1d):
+    """Recipe.stop_when_fit: each model stops at the step the plain loop stops it (one epoch of
+    batches wholly fit), with the same weights, whatever group it trains in; the group ends
+    when its last model stops, long before the schedule's end here."""
+    recipe = replace(make_recipe("mlp"), epochs=0, min_steps=600, batch_size=32, stop_when_fit=True)
+    ids = [0, 3, 5]
+    together = train_ensemble(small_mnist1d, "mlp", ids, 0.5, seed=2, recipe=recipe, device="cpu", group_size=3).trace
+    alone = train_ensemble(small_mnist1d, "mlp", ids, 0.5, seed=2, recipe=recipe, device="cpu", group_size=1).trace
+    stops = together.meta["fit_stop_steps"]
+    assert alone.meta["fit_stop_steps"] == stops and max(stops) < 600
+    assert len(set(stops)) > 1  # models fit at different steps: the early ones were held
+    np.testing.assert_allclose(together.train_prob, alone.train_prob, atol=1e-3)
+    for g, k in enumerate(ids):
+        single = train_single(small_mnist1d, "mlp", k, 0.5, seed=2, recipe=recipe)
+        assert single["steps"] == stops[g]
+        np.testing.assert_allclose(together.train_prob[g], single["train_prob"], atol=2e-3)
+    # fit: in-sample accuracy of every model is (almost) perfect when it stops
+    assert (together.train_correct & together.masks).sum(1).min() >= 0.98 * together.masks.sum(1).min()

@@ -34,6 +34,10 @@ def test_a_self_stopping_job_grows_until_its_reliability_reaches_the_target(mnis
     assert r["spearman_brown"] == pytest.approx(2 * r["split_half_spearman"] / (1 + r["split_half_spearman"]))
     assert set(s["reliability"]) == set(RELIABILITY_METRICS)
     assert spec.models == 4  # the caller's spec is left as it was
+    history = s["reliability_history"]  # one entry per reduce, the last the final one
+    assert [h["models"] for h in history] == [4, 8, 16]
+    assert history[-1]["reliability"] == r["spearman_brown"] and history[0]["reliability"] < 0.14
+    assert 0 < history[0]["seconds"] < history[1]["seconds"] < history[2]["seconds"]
 
 
 def test_a_self_stopping_job_stops_at_max_models_with_the_scores_of_a_fixed_job(mnist1d):

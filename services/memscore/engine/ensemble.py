@@ -182,6 +182,50 @@ class GroupBatches:
         return xb, self.y[idx]
 
 
+FIT_LOSS = 0.6931471805599453  # ln 2: an example is fit when its true-class probability is above 1/2
+
+
+class FitStop:
+    """Per-model early stopping (`Recipe.stop_when_fit`): model g stops, with the weights it
+    has at that step, once every example of `patience` consecutive batches (one epoch) was
+    fit; the plain loop (reference.py) stops the same model at the same step, so a model does
+    not depend on its group. Stopped models' rows are put back after each optimiser step (the
+    group's kernels still run on them) until the whole group has stopped and training ends."""
+
+    def __init__(self, params: dict[str, torch.Tensor], patience: int):
+        g = next(iter(params.values())).shape[0]
+        dev = next(iter(params.values())).device
+        self.params, self.patience = params, patience
+        self.streak = torch.zeros(g, dtype=torch.int64, device=dev)
+        self.stopped = torch.zeros(g, dtype=torch.bool, device=dev)
+        self.kept = {k: torch.zeros_like(v) for k, v in params.items()}
+        self.stop_steps = [None] * g
+
+    def see(self, per_example_loss: torch.Tensor, step: int) -> None:
+        """Before step `step`'s update, with its (G, B) training losses."""
+        fit = per_example_loss.detach().amax(1) < FIT_LOSS
+        self.streak = (self.streak + 1) * fit
+        new = (self.streak >= self.patience) & ~self.stopped
+        if new.any():
+            with torch.no_grad():
+                for k, v in self.params.items():
+                    self.kept[k][new] = v[new]
+            self.stopped |= new
+            for g in new.nonzero().flatten().tolist():
+                self.stop_steps[g] = step
+
+    def hold(self) -> None:
+        """After an update: the stopped models keep their weights."""
+        if self.stopped.any():
+            with torch.no_grad():
+                for k, v in self.params.items():
+                    v[self.stopped] = self.kept[k][self.stopped]
+
+    @property
+    def all_stopped(self) -> bool:
+        return bool(self.stopped.all())
+
+
 @dataclass(frozen=True)
 class Speed:
     """How the vectorised step is executed; none of it changes what a model is (the scores
@@ -356,6 +400,8 @@ def _concat(outs: list[TrainOutput]) -> TrainOutput:
     for key in ("train_seconds", "total_seconds", "adversarial_seconds", "compile_seconds"):
         if key in meta:
             meta[key] = sum(x.meta[key] for x in t)
+    if "fit_stop_steps" in meta:
+        meta["fit_stop_steps"] = [s for x in t for s in x.meta["fit_stop_steps"]]
     held = [x.heldout_prob_sum for x in t]
     groups = {k: sum(getattr(x, k) for x in t) for k in GROUP_FIELDS}
     groups.update({k: np.concatenate([getattr(x, k) for x in t]) for k in ADV_FIELDS if t[0].adv_l2 is not None})
@@ -420,6 +466,8 @@ def _train_group(
     snaps = _snapshots(
         ds, metrics, steps, -(-s_size // batch), seed, train_fn, eval_fn, params, buffers, dev, eval_batch
     )
+    # per-model early stopping (not with snapshots, which follow the whole schedule)
+    fit_stop = FitStop(params, -(-s_size // batch)) if recipe.stop_when_fit and snaps is None else None
     for step in range(steps):
         if should_stop is not None and step % check_every == 0 and should_stop():
             raise Cancelled(f"stopped at step {step} of {steps}")
@@ -428,10 +476,19 @@ def _train_group(
         xb, yb = inputs(step)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
             logits = step_fn(params, buffers, xb)  # (G, B, C)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
+        if fit_stop is None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
+        else:
+            each = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
+            fit_stop.see(each.view(yb.shape), step)
+            if fit_stop.all_stopped:
+                break
+            loss = each.sum() / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if fit_stop is not None:
+            fit_stop.hold()
         if snaps is not None and snaps.due(step + 1):
             snaps.take()
         if progress is not None and (step % check_every == 0 or step == steps - 1):
@@ -439,6 +496,8 @@ def _train_group(
     t_train = time.perf_counter() - t0
 
     extra, meta = snaps.fields() if snaps is not None else ({}, {})
+    if fit_stop is not None:  # the step each model stopped at (the schedule's length if it never fit)
+        meta["fit_stop_steps"] = [steps if s is None else s for s in fit_stop.stop_steps]
     if "adversarial" in metrics:
         from .adversarial import trace_distances
 

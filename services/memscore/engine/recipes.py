@@ -22,6 +22,10 @@ class Recipe:
     warmup: float  # fraction of steps with linear warm-up; then linear decay to 0
     augment: bool  # images of 16 px and more: random translation by size/8 px (reflect pad), optional flip
     flip: bool  # horizontal flips (off for digits, where a flip changes meaning)
+    # Stop a model once it fits its subset: every example of one epoch's worth of consecutive
+    # batches has true-class probability above 1/2 (ensemble.FitStop). A group ends when all
+    # its models have stopped.
+    stop_when_fit: bool = False
 
 
 RECIPES = {

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .datasets import Dataset
 from .ensemble import (
+    FIT_LOSS,
     AugmentStream,
     BatchStream,
     Recipe,
@@ -30,7 +31,7 @@ def train_single(
     ds: Dataset, arch: str, k: int, ratio: float, seed: int, recipe: Recipe, plan: str = "random"
 ) -> dict[str, np.ndarray]:
     """Train model k alone on the CPU; return its mask, correctness and true-class probability
-    on the train and test sets (the fields of one row of a `Trace`)."""
+    on the train and test sets (the fields of one row of a `Trace`), and the steps it trained."""
     subset = subset_indices(ds.n_train, ratio, seed, k, plan)
     size = subset_size(ds.n_train, ratio)  # the plan's size: a balanced pair's odd member may have one less
     batch = min(recipe.batch_size, size)
@@ -41,19 +42,26 @@ def train_single(
     pad = augment_pad(ds, recipe)
     aug = AugmentStream(batch, pad, recipe.flip, seed, k)
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    patience, streak, trained = -(-size // batch), 0, steps  # Recipe.stop_when_fit: an epoch of batches wholly fit
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = recipe.lr * lr_factor(step, steps, recipe.warmup)
         idx = stream.next(1)[0]
         xb = augment_images(x[idx], aug.next(1)[0], pad) if pad else x[idx]
-        loss = F.cross_entropy(model(xb), y[idx])
+        each = F.cross_entropy(model(xb), y[idx], reduction="none")
+        if recipe.stop_when_fit:
+            streak = streak + 1 if bool((each < FIT_LOSS).all()) else 0
+            if streak >= patience:
+                trained = step
+                break
+        loss = each.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     mask = np.zeros(ds.n_train, dtype=bool)
     mask[subset] = True
     with torch.no_grad():
-        out = {"mask": mask}
+        out = {"mask": mask, "steps": trained}
         for split, xs, ys in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
             p = model(torch.from_numpy(xs)).softmax(-1)
             yt = torch.from_numpy(ys)

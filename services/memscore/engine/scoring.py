@@ -390,14 +390,15 @@ def run_scoring(
     """The whole job in-process: train every shard, merge, reduce. A self-stopping spec
     (`until_reliability`) then adds shards while `reliability.next_growth` says so, as the
     distributed reduce does; the summary's spec has the models trained, `stopped_because` why
-    it ended. `progress(models_done, models_total)`; the total grows with the job."""
+    it ended, `reliability_history` the reliability and time at each reduce.
+    `progress(models_done, models_total)`; the total grows with the job."""
     t0 = time.perf_counter()
     ds, flipped = prepare_dataset(ds, spec)
     plan = make_plan(ds, spec)
     if spec.until_reliability:  # fixed at the start, as the gateway does: model k's shard never changes
         spec = replace(spec, shard_size=plan.shard_size)
     reducer = Reducer(ds, spec, plan, flipped)
-    first = 0
+    first, history = 0, []
     while True:
         for shard in range(first, plan.num_shards):
             out = train_shard(ds, spec, plan, shard, device, _shard_progress(progress, reducer, plan, spec, shard))
@@ -410,6 +411,7 @@ def run_scoring(
             if traces_out is not None:
                 traces_out.append(out.trace)
         growth = next_growth(spec, reducer.split_half.report())
+        history.append({"models": spec.models, "reliability": growth.reliability, "seconds": time.perf_counter() - t0})
         if not growth.add_models:
             break
         first = plan.num_shards
@@ -418,6 +420,8 @@ def run_scoring(
         reducer.spec, reducer.plan = spec, plan
     result = reducer.result()
     result.summary["stopped_because"] = growth.stopped_because
+    if spec.until_reliability:  # each reduce: models, the stopping score's reliability, seconds since the start
+        result.summary["reliability_history"] = history
     result.summary["timings"]["wall_seconds"] = time.perf_counter() - t0
     return result
 
