@@ -20,23 +20,13 @@ import time
 from dataclasses import replace
 
 import numpy as np
+from validate import _auroc as auroc  # bench/validate.py: run as a script, bench/ is on the path
 
 from memscore.engine.datasets import flip_labels, load_dataset
 from memscore.engine.ensemble import make_recipe, resolve_arch, train_ensemble
 from memscore.engine.estimators import ScoreAccumulator
 
 SCORES = ("memorization", "memorization_soft", "memorization_log_odds")
-
-
-def auroc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney AUROC of `score` for the `positive` examples (NaN scores dropped)."""
-    from scipy.stats import rankdata
-
-    ok = np.isfinite(score)
-    s, p = score[ok], positive[ok]
-    r = rankdata(s)
-    n1, n0 = p.sum(), (~p).sum()
-    return float((r[p].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def main() -> None:
