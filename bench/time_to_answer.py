@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument(
         "--metric",
         default="memorization_soft",
-        help="memscore's stopping statistic (soft: the most reliable of the three on mnist1d, docs/performance.md)",
+        help="memscore's stopping statistic (soft: the most reliable of the three on mnist1d at 64 models)",
     )
     ap.add_argument("--epochs", type=int, default=0, help="0 = the recipe's default (both trainers)")
     ap.add_argument("--first-models", type=int, default=16, help="memscore's first batch of models")

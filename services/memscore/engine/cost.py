@@ -203,9 +203,8 @@ def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
     per_model = per_model_bytes(arch, m, facts, batch, EVAL_BATCH, spec.metrics)
     levels = len(dp_shards(spec.metrics))
     dp_flops = DP_STEP_COST * 3.0 * m.forward_flops * batch * steps + m.forward_flops * examples
-    train_act = batch * m.activations * FLOAT * 2
-    eval_act = min(EVAL_BATCH, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
-    dp_bytes = m.params * FLOAT * 4 + max(train_act, eval_act) + batch * m.params * FLOAT * 2
+    # a DP model: a plain one (no adversarial searches) holding its B per-example gradients too
+    dp_bytes = per_model_bytes(arch, m, facts, batch, EVAL_BATCH) + batch * m.params * FLOAT * 2
     return JobCost(
         arch=arch,
         model=m,

@@ -369,7 +369,7 @@ def train_ensemble(
 
         def group_progress(step, steps, done=done, g=len(ids)):
             if progress is not None:  # in steps of the whole shard: (models done + this group's share) / models
-                progress(step if g == len(model_ids) else (done * steps + g * step) // len(model_ids), steps)
+                progress((done * steps + g * step) // len(model_ids), steps)
 
         try:
             outs.append(train(ids, group_progress))
@@ -460,7 +460,7 @@ def _train_group(
         params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay, **({"fused": True} if speed.fused else {})
     )
     use_amp = speed.amp(dev)
-    step_fn, eval_step = _compiled_fns(arch, ds, train_fn, eval_fn) if speed.compile else (train_fn, eval_fn)
+    step_fn, eval_step = _compiled_fns(train_fn, eval_fn) if speed.compile else (train_fn, eval_fn)
     compile_before = step_fn.seconds + eval_step.seconds if speed.compile else 0.0
     check_every = max(1, steps // 100)
     snaps = _snapshots(
@@ -590,7 +590,7 @@ def _stack_models(arch: str, ds: Dataset, seed: int, model_ids: list[int], dev: 
 # function objects for every group, so that a compiled step (`Compiled`, cached alike) is
 # compiled once per process and input shape, not once per group.
 _FORWARDS: dict[tuple, tuple] = {}
-_COMPILED: dict[tuple, tuple] = {}
+_COMPILED: dict = {}  # a train_fn of _FORWARDS -> its compiled pair
 
 
 def _forward_fns(arch: str, feature_shape: tuple[int, ...], num_classes: int, model: torch.nn.Module):
@@ -605,12 +605,11 @@ def _forward_fns(arch: str, feature_shape: tuple[int, ...], num_classes: int, mo
     return _FORWARDS[key]
 
 
-def _compiled_fns(arch: str, ds: Dataset, train_fn, eval_fn) -> tuple[Compiled, Compiled]:
+def _compiled_fns(train_fn, eval_fn) -> tuple[Compiled, Compiled]:
     """The compiled forward passes of `_forward_fns`, one pair per process."""
-    key = (arch, tuple(ds.feature_shape), ds.num_classes)
-    if key not in _COMPILED or _COMPILED[key][0].fn is not train_fn:
-        _COMPILED[key] = (Compiled(train_fn), Compiled(eval_fn))
-    return _COMPILED[key]
+    if train_fn not in _COMPILED:
+        _COMPILED[train_fn] = (Compiled(train_fn), Compiled(eval_fn))
+    return _COMPILED[train_fn]
 
 
 @dataclass

@@ -117,6 +117,8 @@ def register_model(name: str, build: Callable[[tuple[int, ...], int], nn.Module]
     mutated in forward (no BatchNorm), so that G copies train under one vmap."""
     if name in ARCHS:
         raise ValueError(f"{name!r} is a built-in model")
+    if _REGISTERED.get(name, build) is not build:  # the trainer caches a model's forward pass by name
+        raise ValueError(f"model {name!r} is already registered in this process")
     _REGISTERED[name] = build
 
 
