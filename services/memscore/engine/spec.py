@@ -26,7 +26,7 @@ def _from_dict(cls, d: dict):
 
 @dataclass
 class ScoringSpec:
-    dataset: str  # built-in name (mnist1d, digits, longtail), a local path, or datasets/<sha256>.npz in the store
+    dataset: str  # built-in name, a local path (.npz, ImageFolder, Parquet), datasets/<sha256>.npz, s3://BUCKET/KEY
     model: str = "auto"  # one of ARCHS; auto picks by data kind
     models: int = 64  # K, number of subset models
     ratio: float = 0.7  # subset ratio r: each model trains on round(r*n) examples (0.5 with plan "balanced")
@@ -46,6 +46,11 @@ class ScoringSpec:
     reliability_metric: str = "memorization"  # whose reliability stops the job (RELIABILITY_METRICS)
     plan: str = "random"  # subset plan (subsets.PLANS): "balanced" = each example in exactly half the models
     metrics: list[str] = dataclasses.field(default_factory=list)  # opt-in metric groups (OPT_IN_METRICS)
+    # Parquet datasets (engine/parquet.py): the feature, label and split columns; "" = the defaults
+    # ("embedding" if the table has it, else "image"; "label"; "split" with values train/test).
+    feature_column: str = ""
+    label_column: str = ""
+    split_column: str = ""
 
     @property
     def effective_shard_size(self) -> int:

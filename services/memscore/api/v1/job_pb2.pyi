@@ -149,13 +149,21 @@ class ScoringSpec(_message.Message):
     RELIABILITY_METRIC_FIELD_NUMBER: _builtins.int
     PLAN_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    FEATURE_COLUMN_FIELD_NUMBER: _builtins.int
+    LABEL_COLUMN_FIELD_NUMBER: _builtins.int
+    SPLIT_COLUMN_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
-    """Training data. Required. A built-in name ("mnist1d", "digits", "longtail"), a path the
-    workers can read, or "datasets/<sha256>.npz" as returned by ScoringService.UploadDataset.
+    """Training data. Required. A built-in name ("mnist1d", "digits", "longtail"),
+    "datasets/<sha256>.npz" as returned by ScoringService.UploadDataset, a path under the
+    server's data roots (an .npz, an ImageFolder tree, a Parquet table or a directory of Parquet
+    shards), or an object-store URI "s3://BUCKET/KEY" (a Parquet table, or a prefix of shards)
+    under a prefix the server allows (MEMSCORE_DATA_URIS).
     """
     model: _builtins.str
-    """Network architecture: "auto" (chosen by the kind of data), "mlp", "cnn1d" or "resnet".
-    Empty = "auto".
+    """Network architecture: "auto" (chosen by the kind of data), "mlp", "cnn1d", "resnet",
+    "linear" (multinomial logistic regression), "torchvision/<name>" (a torchvision
+    classification architecture, randomly initialised, GroupNorm for BatchNorm) or a plugin
+    model a deployment installed (ScoringService.ListModels lists them). Empty = "auto".
     """
     models: _builtins.int
     """K, the number of subset models to train. 0 = 64. Otherwise 2 to the server's limit
@@ -229,6 +237,18 @@ class ScoringSpec(_message.Message):
     every example is in exactly half the models, as LiRA's shadow models are built; needs ratio
     0.5 and an even number of models).
     """
+    feature_column: _builtins.str
+    """Parquet datasets: the column holding each example's features, either a fixed-length list of
+    numbers (vectors, e.g. embeddings) or encoded PNG/JPEG bytes (images). Empty = "embedding"
+    if the table has it, else "image".
+    """
+    label_column: _builtins.str
+    """Parquet datasets: the integer class label column. Empty = "label"."""
+    split_column: _builtins.str
+    """Parquet datasets: the column whose values "train" and "test" split one table. Empty =
+    "split". A dataset given as a directory with train/ and test/ (or train.parquet and
+    test.parquet) needs no split column.
+    """
     @_builtins.property
     def metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Opt-in metric groups, each costing extra work per model (empty = none; the metrics that need
@@ -266,10 +286,13 @@ class ScoringSpec(_message.Message):
         reliability_metric: _builtins.str = ...,
         plan: _builtins.str = ...,
         metrics: _abc.Iterable[_builtins.str] | None = ...,
+        feature_column: _builtins.str = ...,
+        label_column: _builtins.str = ...,
+        split_column: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "max_influence_pairs", b"max_influence_pairs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "keep_checkpoints", b"keep_checkpoints", "label_noise", b"label_noise", "lr", b"lr", "max_influence_pairs", b"max_influence_pairs", "max_models", b"max_models", "metrics", b"metrics", "model", b"model", "models", b"models", "plan", b"plan", "ratio", b"ratio", "reliability_metric", b"reliability_metric", "seed", b"seed", "shard_size", b"shard_size", "until_reliability", b"until_reliability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr", "_influence_threshold", b"_influence_threshold", "_influence_top_k", b"_influence_top_k", "_max_influence_pairs", b"_max_influence_pairs", "batch_size", b"batch_size", "dataset", b"dataset", "epochs", b"epochs", "feature_column", b"feature_column", "influence_fdr", b"influence_fdr", "influence_threshold", b"influence_threshold", "influence_top_k", b"influence_top_k", "keep_checkpoints", b"keep_checkpoints", "label_column", b"label_column", "label_noise", b"label_noise", "lr", b"lr", "max_influence_pairs", b"max_influence_pairs", "max_models", b"max_models", "metrics", b"metrics", "model", b"model", "models", b"models", "plan", b"plan", "ratio", b"ratio", "reliability_metric", b"reliability_metric", "seed", b"seed", "shard_size", b"shard_size", "split_column", b"split_column", "until_reliability", b"until_reliability"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__influence_fdr: _TypeAlias = _typing.Literal["influence_fdr"]  # noqa: Y015
     _WhichOneofArgType__influence_fdr: _TypeAlias = _typing.Literal["_influence_fdr", b"_influence_fdr"]  # noqa: Y015

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from memscore.api.v1 import job_pb2 as memscore_dot_v1_dot_job__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!memscore/v1/scoring_service.proto\x12\x0bmemscore.v1\x1a\x15memscore/v1/job.proto\"J\n\x10SubmitJobRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.memscore.v1.JobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"C\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.memscore.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.memscore.v1.Job\"^\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.memscore.v1.JobState\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.memscore.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.memscore.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x10WatchJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.memscore.v1.JobEvent\"7\n\x14UploadDatasetRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"P\n\x15UploadDatasetResponse\x12\x13\n\x0b\x64\x61taset_ref\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"Q\n\x10\x45xtendJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x19\n\x11\x61\x64\x64itional_models\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"2\n\x11\x45xtendJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.memscore.v1.Job2\xa5\x04\n\x0eScoringService\x12J\n\tSubmitJob\x12\x1d.memscore.v1.SubmitJobRequest\x1a\x1e.memscore.v1.SubmitJobResponse\x12\x41\n\x06GetJob\x12\x1a.memscore.v1.GetJobRequest\x1a\x1b.memscore.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.memscore.v1.ListJobsRequest\x1a\x1d.memscore.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.memscore.v1.CancelJobRequest\x1a\x1e.memscore.v1.CancelJobResponse\x12I\n\x08WatchJob\x12\x1c.memscore.v1.WatchJobRequest\x1a\x1d.memscore.v1.WatchJobResponse0\x01\x12X\n\rUploadDataset\x12!.memscore.v1.UploadDatasetRequest\x1a\".memscore.v1.UploadDatasetResponse(\x01\x12J\n\tExtendJob\x12\x1d.memscore.v1.ExtendJobRequest\x1a\x1e.memscore.v1.ExtendJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!memscore/v1/scoring_service.proto\x12\x0bmemscore.v1\x1a\x15memscore/v1/job.proto\"[\n\x10SubmitJobRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.memscore.v1.JobSpec\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\"o\n\x11SubmitJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.memscore.v1.Job\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12*\n\x08\x65stimate\x18\x03 \x01(\x0b\x32\x18.memscore.v1.JobEstimate\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"/\n\x0eGetJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.memscore.v1.Job\"^\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.memscore.v1.JobState\"K\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.memscore.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x11\x43\x61ncelJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.memscore.v1.Job\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x10WatchJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.memscore.v1.JobEvent\"7\n\x14UploadDatasetRequest\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\"P\n\x15UploadDatasetResponse\x12\x13\n\x0b\x64\x61taset_ref\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"Q\n\x10\x45xtendJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x19\n\x11\x61\x64\x64itional_models\x18\x02 \x01(\x05\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"2\n\x11\x45xtendJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.memscore.v1.Job\"\xeb\x01\n\x0bJobEstimate\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06params\x18\x02 \x01(\x03\x12\x15\n\rforward_flops\x18\x03 \x01(\x03\x12\r\n\x05steps\x18\x04 \x01(\x05\x12\x13\n\x0btotal_flops\x18\x05 \x01(\x01\x12\x12\n\nshard_size\x18\x06 \x01(\x05\x12\x0e\n\x06shards\x18\x07 \x01(\x05\x12\x18\n\x10shard_peak_bytes\x18\x08 \x01(\x03\x12\x19\n\x11reduce_peak_bytes\x18\t \x01(\x03\x12\x0f\n\x07seconds\x18\n \x01(\x01\x12\x18\n\x10\x66lops_per_second\x18\x0b \x01(\x01\"?\n\x11ListModelsRequest\x12\x15\n\rfeature_shape\x18\x01 \x03(\x05\x12\x13\n\x0bnum_classes\x18\x02 \x01(\x05\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.memscore.v1.ModelInfo\"p\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05input\x18\x03 \x01(\t\x12\x0e\n\x06params\x18\x04 \x01(\x03\x12\x15\n\rfeature_shape\x18\x05 \x03(\x05\x12\x0f\n\x07problem\x18\x06 \x01(\t2\xf4\x04\n\x0eScoringService\x12J\n\tSubmitJob\x12\x1d.memscore.v1.SubmitJobRequest\x1a\x1e.memscore.v1.SubmitJobResponse\x12\x41\n\x06GetJob\x12\x1a.memscore.v1.GetJobRequest\x1a\x1b.memscore.v1.GetJobResponse\x12G\n\x08ListJobs\x12\x1c.memscore.v1.ListJobsRequest\x1a\x1d.memscore.v1.ListJobsResponse\x12J\n\tCancelJob\x12\x1d.memscore.v1.CancelJobRequest\x1a\x1e.memscore.v1.CancelJobResponse\x12I\n\x08WatchJob\x12\x1c.memscore.v1.WatchJobRequest\x1a\x1d.memscore.v1.WatchJobResponse0\x01\x12X\n\rUploadDataset\x12!.memscore.v1.UploadDatasetRequest\x1a\".memscore.v1.UploadDatasetResponse(\x01\x12J\n\tExtendJob\x12\x1d.memscore.v1.ExtendJobRequest\x1a\x1e.memscore.v1.ExtendJobResponse\x12M\n\nListModels\x12\x1e.memscore.v1.ListModelsRequest\x1a\x1f.memscore.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,33 +33,41 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'memscore.api.v1.scoring_ser
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITJOBREQUEST']._serialized_start=73
-  _globals['_SUBMITJOBREQUEST']._serialized_end=147
-  _globals['_SUBMITJOBRESPONSE']._serialized_start=149
-  _globals['_SUBMITJOBRESPONSE']._serialized_end=216
-  _globals['_GETJOBREQUEST']._serialized_start=218
-  _globals['_GETJOBREQUEST']._serialized_end=249
-  _globals['_GETJOBRESPONSE']._serialized_start=251
-  _globals['_GETJOBRESPONSE']._serialized_end=298
-  _globals['_LISTJOBSREQUEST']._serialized_start=300
-  _globals['_LISTJOBSREQUEST']._serialized_end=394
-  _globals['_LISTJOBSRESPONSE']._serialized_start=396
-  _globals['_LISTJOBSRESPONSE']._serialized_end=471
-  _globals['_CANCELJOBREQUEST']._serialized_start=473
-  _globals['_CANCELJOBREQUEST']._serialized_end=507
-  _globals['_CANCELJOBRESPONSE']._serialized_start=509
-  _globals['_CANCELJOBRESPONSE']._serialized_end=559
-  _globals['_WATCHJOBREQUEST']._serialized_start=561
-  _globals['_WATCHJOBREQUEST']._serialized_end=594
-  _globals['_WATCHJOBRESPONSE']._serialized_start=596
-  _globals['_WATCHJOBRESPONSE']._serialized_end=652
-  _globals['_UPLOADDATASETREQUEST']._serialized_start=654
-  _globals['_UPLOADDATASETREQUEST']._serialized_end=709
-  _globals['_UPLOADDATASETRESPONSE']._serialized_start=711
-  _globals['_UPLOADDATASETRESPONSE']._serialized_end=791
-  _globals['_EXTENDJOBREQUEST']._serialized_start=793
-  _globals['_EXTENDJOBREQUEST']._serialized_end=874
-  _globals['_EXTENDJOBRESPONSE']._serialized_start=876
-  _globals['_EXTENDJOBRESPONSE']._serialized_end=926
-  _globals['_SCORINGSERVICE']._serialized_start=929
-  _globals['_SCORINGSERVICE']._serialized_end=1478
+  _globals['_SUBMITJOBREQUEST']._serialized_end=164
+  _globals['_SUBMITJOBRESPONSE']._serialized_start=166
+  _globals['_SUBMITJOBRESPONSE']._serialized_end=277
+  _globals['_GETJOBREQUEST']._serialized_start=279
+  _globals['_GETJOBREQUEST']._serialized_end=310
+  _globals['_GETJOBRESPONSE']._serialized_start=312
+  _globals['_GETJOBRESPONSE']._serialized_end=359
+  _globals['_LISTJOBSREQUEST']._serialized_start=361
+  _globals['_LISTJOBSREQUEST']._serialized_end=455
+  _globals['_LISTJOBSRESPONSE']._serialized_start=457
+  _globals['_LISTJOBSRESPONSE']._serialized_end=532
+  _globals['_CANCELJOBREQUEST']._serialized_start=534
+  _globals['_CANCELJOBREQUEST']._serialized_end=568
+  _globals['_CANCELJOBRESPONSE']._serialized_start=570
+  _globals['_CANCELJOBRESPONSE']._serialized_end=620
+  _globals['_WATCHJOBREQUEST']._serialized_start=622
+  _globals['_WATCHJOBREQUEST']._serialized_end=655
+  _globals['_WATCHJOBRESPONSE']._serialized_start=657
+  _globals['_WATCHJOBRESPONSE']._serialized_end=713
+  _globals['_UPLOADDATASETREQUEST']._serialized_start=715
+  _globals['_UPLOADDATASETREQUEST']._serialized_end=770
+  _globals['_UPLOADDATASETRESPONSE']._serialized_start=772
+  _globals['_UPLOADDATASETRESPONSE']._serialized_end=852
+  _globals['_EXTENDJOBREQUEST']._serialized_start=854
+  _globals['_EXTENDJOBREQUEST']._serialized_end=935
+  _globals['_EXTENDJOBRESPONSE']._serialized_start=937
+  _globals['_EXTENDJOBRESPONSE']._serialized_end=987
+  _globals['_JOBESTIMATE']._serialized_start=990
+  _globals['_JOBESTIMATE']._serialized_end=1225
+  _globals['_LISTMODELSREQUEST']._serialized_start=1227
+  _globals['_LISTMODELSREQUEST']._serialized_end=1290
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1292
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1352
+  _globals['_MODELINFO']._serialized_start=1354
+  _globals['_MODELINFO']._serialized_end=1466
+  _globals['_SCORINGSERVICE']._serialized_start=1469
+  _globals['_SCORINGSERVICE']._serialized_end=2097
 # @@protoc_insertion_point(module_scope)

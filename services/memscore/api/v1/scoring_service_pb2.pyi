@@ -27,10 +27,15 @@ class SubmitJobRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key chosen by the client (AIP-155), e.g. a UUID; at most 128 characters.
     A second request with the same key returns the first job instead of creating another.
     Empty = no idempotency.
+    """
+    dry_run: _builtins.bool
+    """Validate and estimate only: nothing is stored or queued, and the response carries the
+    estimate (no job). A job the workers cannot hold is RESOURCE_EXHAUSTED as without it.
     """
     @_builtins.property
     def spec(self) -> _job_pb2.JobSpec:
@@ -41,10 +46,11 @@ class SubmitJobRequest(_message.Message):
         *,
         spec: _job_pb2.JobSpec | None = ...,
         request_id: _builtins.str = ...,
+        dry_run: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "request_id", b"request_id", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -58,21 +64,27 @@ class SubmitJobResponse(_message.Message):
 
     JOB_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """True when this request created the job; false when request_id matched an earlier one."""
     @_builtins.property
     def job(self) -> _job_pb2.Job:
         """The job, QUEUED (or later, when request_id matched an earlier job)."""
 
+    @_builtins.property
+    def estimate(self) -> Global___JobEstimate:
+        """The cost estimate of the spec (always set for a scoring job; for dry_run the only field)."""
+
     def __init__(
         self,
         *,
         job: _job_pb2.Job | None = ...,
         created: _builtins.bool = ...,
+        estimate: Global___JobEstimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "job", b"job"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "job", b"job"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "estimate", b"estimate", "job", b"job"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -398,3 +410,166 @@ class ExtendJobResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExtendJobResponse: _TypeAlias = ExtendJobResponse  # noqa: Y015
+
+@_typing.final
+class JobEstimate(_message.Message):
+    """What a scoring job will cost, estimated before anything is trained (engine/cost.py): the
+    model's size and FLOPs, the shard size chosen for the workers' memory, each shard's peak
+    memory, and the time at the workers' configured throughput (MEMSCORE_WORKER_FLOPS).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    FORWARD_FLOPS_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    TOTAL_FLOPS_FIELD_NUMBER: _builtins.int
+    SHARD_SIZE_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
+    SHARD_PEAK_BYTES_FIELD_NUMBER: _builtins.int
+    REDUCE_PEAK_BYTES_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    FLOPS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The model the job trains ("auto" resolved)."""
+    params: _builtins.int
+    """Parameters of one model."""
+    forward_flops: _builtins.int
+    """Forward FLOPs of one model on one example."""
+    steps: _builtins.int
+    """Optimisation steps per model."""
+    total_flops: _builtins.float
+    """Training and evaluation FLOPs of the whole job (every model)."""
+    shard_size: _builtins.int
+    """Models trained at once per shard (one worker task)."""
+    shards: _builtins.int
+    """Shards (worker tasks) of the job."""
+    shard_peak_bytes: _builtins.int
+    """Estimated peak memory of one shard on its worker, bytes."""
+    reduce_peak_bytes: _builtins.int
+    """Estimated peak memory of the reduce step, bytes."""
+    seconds: _builtins.float
+    """Estimated time of the whole job on one worker, seconds."""
+    flops_per_second: _builtins.float
+    """The throughput the time assumes, FLOP/s."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        params: _builtins.int = ...,
+        forward_flops: _builtins.int = ...,
+        steps: _builtins.int = ...,
+        total_flops: _builtins.float = ...,
+        shard_size: _builtins.int = ...,
+        shards: _builtins.int = ...,
+        shard_peak_bytes: _builtins.int = ...,
+        reduce_peak_bytes: _builtins.int = ...,
+        seconds: _builtins.float = ...,
+        flops_per_second: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["flops_per_second", b"flops_per_second", "forward_flops", b"forward_flops", "model", b"model", "params", b"params", "reduce_peak_bytes", b"reduce_peak_bytes", "seconds", b"seconds", "shard_peak_bytes", b"shard_peak_bytes", "shard_size", b"shard_size", "shards", b"shards", "steps", b"steps", "total_flops", b"total_flops"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobEstimate: _TypeAlias = JobEstimate  # noqa: Y015
+
+@_typing.final
+class ListModelsRequest(_message.Message):
+    """Request of ScoringService.ListModels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_SHAPE_FIELD_NUMBER: _builtins.int
+    NUM_CLASSES_FIELD_NUMBER: _builtins.int
+    num_classes: _builtins.int
+    """Classes the parameter counts are given for. 0 = 10."""
+    @_builtins.property
+    def feature_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The shape of one example the parameter counts are given for. Empty = each model's own
+        reference shape (vectors of 512, sequences of 40, 3x32x32 images).
+        """
+
+    def __init__(
+        self,
+        *,
+        feature_shape: _abc.Iterable[_builtins.int] | None = ...,
+        num_classes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_shape", b"feature_shape", "num_classes", b"num_classes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
+
+@_typing.final
+class ListModelsResponse(_message.Message):
+    """Response of ScoringService.ListModels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """Every model, by name."""
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class ModelInfo(_message.Message):
+    """One model a deployment trains."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    FEATURE_SHAPE_FIELD_NUMBER: _builtins.int
+    PROBLEM_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The name ScoringSpec.model takes."""
+    source: _builtins.str
+    """"builtin", "torchvision" or "plugin" (with the entry point, e.g. "plugin pkg.mod:build")."""
+    input: _builtins.str
+    """The example shapes it takes, in words."""
+    params: _builtins.int
+    """Parameters at the requested (or reference) shape; 0 when it does not take that shape."""
+    problem: _builtins.str
+    """Why it does not take the requested shape; empty when it does."""
+    @_builtins.property
+    def feature_shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The shape the parameter count is for."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        source: _builtins.str = ...,
+        input: _builtins.str = ...,
+        params: _builtins.int = ...,
+        feature_shape: _abc.Iterable[_builtins.int] | None = ...,
+        problem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feature_shape", b"feature_shape", "input", b"input", "name", b"name", "params", b"params", "problem", b"problem", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015

@@ -77,6 +77,11 @@ class ScoringServiceStub:
                 request_serializer=memscore_dot_v1_dot_scoring__service__pb2.ExtendJobRequest.SerializeToString,
                 response_deserializer=memscore_dot_v1_dot_scoring__service__pb2.ExtendJobResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/memscore.v1.ScoringService/ListModels',
+                request_serializer=memscore_dot_v1_dot_scoring__service__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=memscore_dot_v1_dot_scoring__service__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class ScoringServiceServicer:
@@ -147,6 +152,15 @@ class ScoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Lists the models this deployment trains (built-ins, torchvision architectures, plugins
+        installed under the Python entry-point group "memscore.models"), with parameter counts for
+        an example shape.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +198,11 @@ def add_ScoringServiceServicer_to_server(servicer, server):
                     servicer.ExtendJob,
                     request_deserializer=memscore_dot_v1_dot_scoring__service__pb2.ExtendJobRequest.FromString,
                     response_serializer=memscore_dot_v1_dot_scoring__service__pb2.ExtendJobResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=memscore_dot_v1_dot_scoring__service__pb2.ListModelsRequest.FromString,
+                    response_serializer=memscore_dot_v1_dot_scoring__service__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -383,6 +402,33 @@ class ScoringService:
             '/memscore.v1.ScoringService/ExtendJob',
             memscore_dot_v1_dot_scoring__service__pb2.ExtendJobRequest.SerializeToString,
             memscore_dot_v1_dot_scoring__service__pb2.ExtendJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memscore.v1.ScoringService/ListModels',
+            memscore_dot_v1_dot_scoring__service__pb2.ListModelsRequest.SerializeToString,
+            memscore_dot_v1_dot_scoring__service__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,6 +68,11 @@ class ScoringServiceStub:
     """Trains more models for a SUCCEEDED scoring job (same seed and subsets, so the first models
     are reused) and queues it again; scores are recomputed over all models.
     """
+    ListModels: _grpc.UnaryUnaryMultiCallable[_scoring_service_pb2.ListModelsRequest, _scoring_service_pb2.ListModelsResponse]
+    """Lists the models this deployment trains (built-ins, torchvision architectures, plugins
+    installed under the Python entry-point group "memscore.models"), with parameter counts for
+    an example shape.
+    """
 
 @_typing.type_check_only
 class ScoringServiceAsyncStub(ScoringServiceStub):
@@ -108,6 +113,11 @@ class ScoringServiceAsyncStub(ScoringServiceStub):
     ExtendJob: _aio.UnaryUnaryMultiCallable[_scoring_service_pb2.ExtendJobRequest, _scoring_service_pb2.ExtendJobResponse]  # type: ignore[assignment]
     """Trains more models for a SUCCEEDED scoring job (same seed and subsets, so the first models
     are reused) and queues it again; scores are recomputed over all models.
+    """
+    ListModels: _aio.UnaryUnaryMultiCallable[_scoring_service_pb2.ListModelsRequest, _scoring_service_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Lists the models this deployment trains (built-ins, torchvision architectures, plugins
+    installed under the Python entry-point group "memscore.models"), with parameter counts for
+    an example shape.
     """
 
 class ScoringServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -188,6 +198,17 @@ class ScoringServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_scoring_service_pb2.ExtendJobResponse, _abc.Awaitable[_scoring_service_pb2.ExtendJobResponse]]:
         """Trains more models for a SUCCEEDED scoring job (same seed and subsets, so the first models
         are reused) and queues it again; scores are recomputed over all models.
+        """
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _scoring_service_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_scoring_service_pb2.ListModelsResponse, _abc.Awaitable[_scoring_service_pb2.ListModelsResponse]]:
+        """Lists the models this deployment trains (built-ins, torchvision architectures, plugins
+        installed under the Python entry-point group "memscore.models"), with parameter counts for
+        an example shape.
         """
 
 def add_ScoringServiceServicer_to_server(servicer: ScoringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
