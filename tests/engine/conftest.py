@@ -28,3 +28,19 @@ def rare_copies():
         return ds, n0, rare_test, sub_tr, sub_te
 
     return make
+
+
+@pytest.fixture
+def embeddings():
+    """make(n, m, d, classes, seed) -> a Dataset of Gaussian blobs in d dimensions (class means
+    3 apart, spread 1 in all): linearly separable with high probability, as frozen embeddings."""
+    from memscore.engine.datasets import Dataset
+
+    def make(n: int = 400, m: int = 100, d: int = 64, classes: int = 4, seed: int = 0) -> Dataset:
+        rng = np.random.default_rng(seed)
+        centers = rng.normal(0, 3 / np.sqrt(2), (classes, d))
+        y = rng.integers(0, classes, n + m)
+        x = (centers[y] + rng.normal(0, 1 / np.sqrt(d), (n + m, d))).astype(np.float32)
+        return Dataset("blobs", x[:n], y[:n], x[n:], y[n:], classes, "vector")
+
+    return make

@@ -19,7 +19,7 @@ retried until MEMSCORE_MAX_ATTEMPTS and fails the job.
 
 from __future__ import annotations
 
-from ..engine.cost import DatasetFacts, JobCost, exposure_cost, job_cost
+from ..engine.cost import DatasetFacts, JobCost, ModelCost, exposure_cost, job_cost
 from ..engine.privacy_level import DP_MODELS
 from ..engine.spec import DEFAULT_SHARD_SIZE, ExposureSpec, ScoringSpec
 from ..errors import ResourceExhausted
@@ -44,10 +44,11 @@ def largest_shard(cost: JobCost, settings: Settings) -> int:
     return min(by_memory, by_time)
 
 
-def admit(spec: ScoringSpec, facts: DatasetFacts, settings: Settings) -> int:
+def admit(spec: ScoringSpec, facts: DatasetFacts, settings: Settings, model: ModelCost | None = None) -> int:
     """The shard size `spec` will run with on a dataset with `facts`; raises ResourceExhausted
-    for a job the workers cannot hold."""
-    cost = job_cost(spec, facts)
+    for a job the workers cannot hold. `model`: the measured cost of a model cost.py has no
+    table for (registry.measured_cost)."""
+    cost = job_cost(spec, facts, model)
     flops = settings.worker_flops
     one_model = cost.shard_bytes(1)
     if one_model > settings.worker_memory_bytes:

@@ -9,10 +9,11 @@ import json
 import os
 
 from ..datarefs import BUILTIN_CORPUS, allowed_path, check_corpus_ref, check_dataset_ref, roots_for
-from ..engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES, model_takes
+from ..engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES
 from ..engine.cost import DatasetFacts
 from ..engine.datasets import DatasetError, image_folder_facts, npz_facts
 from ..engine.privacy_level import dp_shards
+from ..engine.registry import is_builtin, measured_cost, model_problem, name_problem
 from ..engine.spec import ExposureSpec, ScoringSpec
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..settings import Settings
@@ -64,9 +65,13 @@ def job_shards(rec) -> list[int]:
 
 def admit_spec(s: ScoringSpec, settings: Settings, meta: dict | None) -> int:
     """The shard size `s` runs with (admission.admit); a dataset the gateway knows nothing of
-    (a file under MEMSCORE_DATA_ROOTS) is sized by the worker only, with the spec's shard size."""
+    (a file under MEMSCORE_DATA_ROOTS) is sized by the worker only, with the spec's shard size.
+    A model without an analytic cost (torchvision/<name>, plugins) is sized by its measured one."""
     facts = DatasetFacts.from_meta(meta) if meta else None
-    return admit(s, facts, settings) if facts else s.effective_shard_size
+    if not facts:
+        return s.effective_shard_size
+    model = None if is_builtin(s.model) else measured_cost(s.model, facts.feature_shape, facts.num_classes)
+    return admit(s, facts, settings, model)
 
 
 def check_exposure(
@@ -148,7 +153,9 @@ def corpus_facts(
 
 
 def _dataset_fits(s: ScoringSpec, settings: Settings, meta: dict | None) -> list[tuple[str, str]]:
-    """The dataset's size is within limits and the model takes its shape."""
+    """The dataset's size is within limits and the model takes its shape: the built-ins by
+    their tables, other models by a dry run of the trainer's vectorised step (torch is loaded
+    for those only; registry.model_problem)."""
     if meta is None:
         return []
     if meta.get("n_train", 0) > settings.max_train_examples:
@@ -156,5 +163,8 @@ def _dataset_fits(s: ScoringSpec, settings: Settings, meta: dict | None) -> list
             f"spec.scoring.dataset: {meta['n_train']} training examples exceeds this server's limit of "
             f"{settings.max_train_examples} (MEMSCORE_MAX_TRAIN_EXAMPLES)"
         )
-    why = model_takes(s.model, tuple(meta.get("feature_shape") or ()))
-    return [("spec.scoring.model", why)] if why and meta.get("feature_shape") else []
+    shape = tuple(meta.get("feature_shape") or ())
+    if not shape or name_problem(s.model):  # an unknown name is validate()'s problem
+        return []
+    why = model_problem(s.model, shape, int(meta.get("num_classes") or 2))
+    return [("spec.scoring.model", why)] if why else []

@@ -26,13 +26,23 @@ BUILTIN_CORPUS_FACTS: dict[str, int] = {"chars": 43054, "vocab": 92}
 DEFAULT_ARCH: dict[str, str] = {"vector": "mlp", "sequence": "cnn1d", "image": "resnet"}
 
 # Models of the zoo (`engine.models.build_model`) and the example ranks each takes:
-# vectors (d,) for the MLP (any shape is flattened), sequences (L,) or (c, L), images (c, h, w).
-ARCH_FEATURE_NDIM: dict[str, tuple[int, ...] | None] = {"mlp": None, "cnn1d": (1, 2), "resnet": (3,)}
+# vectors (d,) for the MLP and the linear model (any shape is flattened), sequences (L,) or
+# (c, L), images (c, h, w).
+ARCH_FEATURE_NDIM: dict[str, tuple[int, ...] | None] = {"mlp": None, "cnn1d": (1, 2), "resnet": (3,), "linear": None}
 ARCH_INPUT_DESCRIPTION = {
     "mlp": "any shape (flattened)",
     "cnn1d": "(L,) or (c, L) sequences",
     "resnet": "(c, h, w) images",
+    "linear": "any shape (flattened)",
 }
+
+# torchvision classification architectures a spec may name as `torchvision/<name>`
+# (engine/vision.py adapts them: GroupNorm for BatchNorm, no dropout, a small-image stem for the
+# resnets). Each is checked to build, train under vmap and backpropagate on 1- and 3-channel
+# 16x16 images (tests/engine/test_vision.py); others (e.g. efficientnet's stochastic depth)
+# draw random numbers in forward, which the vectorised trainer does not allow.
+TORCHVISION_PREFIX = "torchvision/"
+TORCHVISION_MODELS: tuple[str, ...] = ("mobilenet_v3_small", "regnet_y_400mf", "resnet18", "resnet34")
 
 # Metric groups a job opts into (ScoringSpec.metrics, `--metrics`): they cost extra work per model.
 # adversarial: each model's distance to the nearest adversarial example of every training example

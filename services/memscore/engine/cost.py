@@ -50,7 +50,10 @@ EVAL_BATCH = 8192  # examples per evaluation pass on a GPU (ensemble.train_ensem
 # layer's input and output and the activation's copy; in the ResNet also a block's residual and
 # the norm's temporaries (measured on the CPU: the ResNet's evaluation peaked at ~4.7 of them,
 # the MLP's at ~3; tests/engine/test_cost.py).
-EVAL_LIVE = {"mlp": 3, "cnn1d": 3, "resnet": 5}
+EVAL_LIVE = {"mlp": 3, "cnn1d": 3, "resnet": 5, "linear": 3}
+# Models without an analytic cost (torchvision/<name>, plugins: measured by the gateway's dry
+# run, registry.measured_cost) may keep more alive (branches, attention): 6, above the ResNet's.
+EVAL_LIVE_DEFAULT = 6
 FLOAT = 4  # bytes of a float32
 # A DP-SGD step over a plain one (engine/dp.py: per-example gradients; 11x measured for 16 MLPs
 # on mnist1d on the CPU, docs/performance.md)
@@ -73,6 +76,11 @@ class ModelCost:
 
 def _conv_out(length: int, kernel: int, stride: int, pad: int) -> int:
     return (length + 2 * pad - kernel) // stride + 1
+
+
+def _linear(feature_shape: tuple[int, ...], classes: int) -> ModelCost:
+    d = math.prod(feature_shape)
+    return ModelCost(d * classes + classes, 2 * d * classes, d + classes, classes)
 
 
 def _mlp(feature_shape: tuple[int, ...], classes: int, width: int = 256) -> ModelCost:
@@ -111,10 +119,11 @@ def _resnet(feature_shape: tuple[int, ...], classes: int, w: int = 32) -> ModelC
 
 
 def model_cost(arch: str, feature_shape: tuple[int, ...], num_classes: int) -> ModelCost:
-    """The cost of one model `arch` (mlp, cnn1d, resnet) on examples of `feature_shape`."""
-    build = {"mlp": _mlp, "cnn1d": _cnn1d, "resnet": _resnet}.get(arch)
+    """The cost of one model `arch` of the zoo on examples of `feature_shape`; ValueError for
+    other models (their cost is measured: registry.measured_cost)."""
+    build = {"mlp": _mlp, "cnn1d": _cnn1d, "resnet": _resnet, "linear": _linear}.get(arch)
     if build is None:
-        raise ValueError(f"unknown model {arch!r}")
+        raise ValueError(f"no analytic cost for model {arch!r}; measure it (registry.measured_cost)")
     return build(tuple(int(d) for d in feature_shape), int(num_classes))
 
 
@@ -182,12 +191,13 @@ class JobCost:
         return models * self.train_flops_per_model / flops_per_s
 
 
-def job_cost(spec: ScoringSpec, facts: DatasetFacts) -> JobCost:
+def job_cost(spec: ScoringSpec, facts: DatasetFacts, model: ModelCost | None = None) -> JobCost:
     """The cost of `spec` on a dataset with `facts` (the spec as submitted; `auto` resolved
-    from the dataset's kind, as the worker resolves it)."""
+    from the dataset's kind, as the worker resolves it). `model`: the model's measured cost,
+    for models without an analytic one (torchvision/<name>, plugins; registry.measured_cost)."""
     arch = DEFAULT_ARCH[facts.kind] if spec.model in ("", "auto") else spec.model
-    m = model_cost(arch, facts.feature_shape, facts.num_classes)
-    recipe = make_recipe(arch, spec.epochs, spec.batch_size, spec.lr)
+    m = model or model_cost(arch, facts.feature_shape, facts.num_classes)
+    recipe = make_recipe(arch, spec.epochs, spec.batch_size, spec.lr, kind=facts.kind)
     subset = max(1, round(spec.ratio * facts.n_train))
     steps = total_steps(recipe, subset)
     batch = min(recipe.batch_size, subset)
@@ -233,16 +243,24 @@ def per_model_bytes(arch: str, m: ModelCost, facts: DatasetFacts, batch: int, ev
     evaluation pass over `eval_batch` examples, and the adversarial searches' batches."""
     train_act = batch * m.activations * FLOAT * 2
     examples = facts.n_train + facts.n_test
-    eval_act = min(eval_batch, max(examples, 1)) * EVAL_LIVE[arch] * (m.widest + facts.num_classes) * FLOAT
+    eval_act = (
+        min(eval_batch, max(examples, 1))
+        * EVAL_LIVE.get(arch, EVAL_LIVE_DEFAULT)
+        * (m.widest + facts.num_classes)
+        * FLOAT
+    )
     searches = {"adversarial", "dynamics"} & set(metrics)  # both run PGD, ADV_BATCH examples at a time
     adv_act = ADV_BATCH * m.activations * FLOAT * 2 if searches else 0  # as a batch of training
     return m.params * FLOAT * 4 + max(train_act, eval_act, adv_act)
 
 
-def group_memory(arch: str, facts: DatasetFacts, batch: int, eval_batch: int, metrics=()) -> tuple[int, int]:
+def group_memory(
+    arch: str, facts: DatasetFacts, batch: int, eval_batch: int, metrics=(), model: ModelCost | None = None
+) -> tuple[int, int]:
     """(bytes a group needs whatever its size, bytes each of its models adds) for training
-    models `arch` together on one device (ensemble.train_ensemble's group sizing)."""
-    m = model_cost(arch, facts.feature_shape, facts.num_classes)
+    models `arch` (of measured cost `model`, if given) together on one device
+    (ensemble.train_ensemble's group sizing)."""
+    m = model or model_cost(arch, facts.feature_shape, facts.num_classes)
     return RUNTIME_BYTES + data_bytes(facts), per_model_bytes(arch, m, facts, batch, eval_batch, metrics)
 
 

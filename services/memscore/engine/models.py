@@ -4,6 +4,10 @@ Every model is a plain `nn.Module` whose forward takes one batch (B, *feature_sh
 ensemble trainer stacks G copies with `torch.func.stack_module_state` and vmaps one
 `functional_call` over them, so models must not mutate buffers in forward: no BatchNorm
 (running statistics cannot be updated under vmap); the ResNet uses GroupNorm instead.
+
+Each model has a `build_<name>(feature_shape, num_classes)` function: the built-ins are
+registered by these, as plugins are (engine/registry.py), and `build_model` looks any name up
+there (built-ins, `torchvision/<name>`, plugins, `register_model`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,18 @@ from torch import nn
 from .catalog import ARCH_FEATURE_NDIM, DEFAULT_ARCH, model_takes
 
 ARCHS = tuple(ARCH_FEATURE_NDIM)
+
+
+class Linear(nn.Module):
+    """Multinomial logistic regression on flattened inputs: the classifier head of frozen
+    embeddings (one affine map to the logits)."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class MLP(nn.Module):
@@ -107,35 +123,45 @@ def default_arch(kind: str) -> str:
     return DEFAULT_ARCH[kind]
 
 
-# Models registered beside the zoo (`register_model`): name -> build(feature_shape, num_classes).
-_REGISTERED: dict[str, Callable[[tuple[int, ...], int], nn.Module]] = {}
+def _shape_checked(arch: str, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if why := model_takes(arch, tuple(feature_shape)):
+        raise ValueError(why)
+    return tuple(int(d) for d in feature_shape)
+
+
+def build_linear(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return Linear(math.prod(feature_shape), num_classes)
+
+
+def build_mlp(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return MLP(math.prod(feature_shape), num_classes)
+
+
+def build_cnn1d(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    shape = _shape_checked("cnn1d", feature_shape)
+    c, length = (1, *shape) if len(shape) == 1 else shape
+    return CNN1D(c, length, num_classes)
+
+
+def build_resnet(feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return SmallResNet(_shape_checked("resnet", feature_shape)[0], num_classes)
 
 
 def register_model(name: str, build: Callable[[tuple[int, ...], int], nn.Module]) -> None:
     """Make `build(feature_shape, num_classes) -> nn.Module` trainable as model `name` in this
     process (benchmarks' own networks). The module must obey the zoo's rule: no buffers
     mutated in forward (no BatchNorm), so that G copies train under one vmap."""
-    if name in ARCHS:
-        raise ValueError(f"{name!r} is a built-in model")
-    if _REGISTERED.get(name, build) is not build:  # the trainer caches a model's forward pass by name
-        raise ValueError(f"model {name!r} is already registered in this process")
-    _REGISTERED[name] = build
+    from .registry import register
+
+    register(name, build)
 
 
 def build_model(arch: str, feature_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """One model for inputs of `feature_shape` (without the batch dimension)."""
-    if arch in _REGISTERED:
-        return _REGISTERED[arch](tuple(feature_shape), num_classes)
-    if arch == "mlp":
-        return MLP(math.prod(feature_shape), num_classes)
-    if arch in ("cnn1d", "resnet") and (why := model_takes(arch, feature_shape)):
-        raise ValueError(why)
-    if arch == "cnn1d":
-        c, length = (1, *feature_shape) if len(feature_shape) == 1 else feature_shape
-        return CNN1D(c, length, num_classes)
-    if arch == "resnet":
-        return SmallResNet(feature_shape[0], num_classes)
-    raise ValueError(f"unknown model {arch!r}; choose one of {', '.join(ARCHS)}")
+    """One model `arch` (any name of registry.available_models) for inputs of `feature_shape`
+    (without the batch dimension)."""
+    from .registry import builder
+
+    return builder(arch)(tuple(int(d) for d in feature_shape), num_classes)
 
 
 def count_params(model: nn.Module) -> int:

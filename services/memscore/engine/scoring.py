@@ -73,7 +73,7 @@ def make_plan(ds: Dataset, spec: ScoringSpec) -> Plan:
     arch = resolve_arch(spec.model, ds)
     return Plan(
         arch=arch,
-        recipe=make_recipe(arch, spec.epochs, spec.batch_size, spec.lr),
+        recipe=make_recipe(arch, spec.epochs, spec.batch_size, spec.lr, kind=ds.kind),
         shard_size=spec.effective_shard_size,
         num_shards=spec.num_shards,
         subset_size=subset_size(ds.n_train, spec.ratio),

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from .catalog import ARCH_FEATURE_NDIM, OPT_IN_METRICS, PLANS, RELIABILITY_METRICS
 from .privacy_level import dp_shards, is_dp_shard
+from .registry import name_problem
 
-ARCHS = ("auto", *ARCH_FEATURE_NDIM)
+ARCHS = ("auto", *ARCH_FEATURE_NDIM)  # the built-ins; registry.available_models lists every model
 DEFAULT_SHARD_SIZE = 64  # models per shard (one task) when the spec says 0
 
 
@@ -27,7 +28,9 @@ def _from_dict(cls, d: dict):
 @dataclass
 class ScoringSpec:
     dataset: str  # built-in name, a local path (.npz, ImageFolder, Parquet), datasets/<sha256>.npz, s3://BUCKET/KEY
-    model: str = "auto"  # one of ARCHS; auto picks by data kind
+    # auto (by data kind), a built-in (mlp, cnn1d, resnet, linear), torchvision/<name>, or an
+    # installed plugin's name (engine/registry.py)
+    model: str = "auto"
     models: int = 64  # K, number of subset models
     ratio: float = 0.7  # subset ratio r: each model trains on round(r*n) examples (0.5 with plan "balanced")
     epochs: int = 0  # 0 = the recipe's default for the arch
@@ -87,8 +90,8 @@ class ScoringSpec:
         problems: list[tuple[str, str]] = []
         if not self.dataset:
             problems.append(("dataset", "is required"))
-        if self.model not in ARCHS:
-            problems.append(("model", f"unknown model {self.model!r}; choose one of {', '.join(ARCHS)}"))
+        if why := name_problem(self.model):
+            problems.append(("model", why))
         if not 2 <= self.models <= max_models:
             problems.append(("models", f"must be between 2 and {max_models}, got {self.models}"))
         if not 0.0 < self.ratio < 1.0:
