@@ -261,3 +261,10 @@ class Client:
 
     def exposure(self, job_id: str) -> rpb.GetExposureResponse:
         return self.results.GetExposure(rpb.GetExposureRequest(job_id=job_id), timeout=self.timeout)
+
+    # -- models ----------------------------------------------------------------------------
+    def list_models(self, feature_shape: tuple[int, ...] = (), num_classes: int = 0) -> list[spb.ModelInfo]:
+        """The models the deployment trains, with parameter counts for `feature_shape` (empty =
+        each model's reference shape) and `num_classes` (0 = 10)."""
+        req = spb.ListModelsRequest(feature_shape=list(feature_shape), num_classes=num_classes)
+        return list(self.scoring.ListModels(req, timeout=self.timeout).models)

@@ -13,6 +13,7 @@ from ..api.v1 import scoring_service_pb2 as pb
 from ..api.v1 import scoring_service_pb2_grpc as pb_grpc
 from ..convert import PB_TO_STATE, event_to_pb, job_to_pb, spec_from_pb
 from ..dataplane import ScoringPlane
+from ..dataplane.models import list_models
 from ..errors import InvalidArgument
 from ..interceptors import in_pool
 from ..metrics import REGISTRY, Registry, serve_metrics
@@ -96,6 +97,10 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
     def ExtendJob(self, request, context):
         rec = self.plane.extend(request.job_id, request.additional_models, request.request_id, tenant=context.tenant)
         return pb.ExtendJobResponse(job=job_to_pb(rec))
+
+    def ListModels(self, request, context):
+        models = list_models(tuple(request.feature_shape), request.num_classes)
+        return pb.ListModelsResponse(models=[pb.ModelInfo(**m) for m in models])
 
 
 def serve(rt: Runtime, address: str, plane: ScoringPlane | None = None):
