@@ -325,6 +325,16 @@ class S3ObjectStore(ObjectStore):
 
         self._make_client = make_client
         self._minio = make_client()
+        self._config = dict(
+            endpoint=endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            retries=retries,
+        )
         self._public = None
         if public_endpoint:
             from urllib.parse import urlparse
@@ -346,6 +356,13 @@ class S3ObjectStore(ObjectStore):
         self._pid = os.getpid()
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
+
+    def bucket_reader(self, bucket: str) -> "S3ObjectStore":
+        """Another bucket of the same server, with the same credentials, to read users' data
+        (s3:// datasets): used as it is, never created (a missing bucket has no keys)."""
+        other = S3ObjectStore(**self._config, bucket=bucket)
+        other._bucket_ready = True
+        return other
 
     @property
     def _client(self):
