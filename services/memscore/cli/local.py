@@ -41,13 +41,21 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..engine.datasets import DatasetError, load_dataset
+    from ..engine.parquet import ParquetColumns
     from ..engine.scoring import run_scoring
 
     spec = spec_from_args(args)
     if report_problems(spec.validate()):
         return 2
+    if spec.dataset.startswith("s3://"):
+        print(
+            "error: --dataset: `memscore run` reads local files; s3:// tables are read by a service's workers "
+            "(memscore submit), or copy the table here first",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        ds = load_dataset(spec.dataset)
+        ds = load_dataset(spec.dataset, columns=ParquetColumns.of(spec))
     except DatasetError as e:
         print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
         return 2
