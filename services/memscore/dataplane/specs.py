@@ -9,6 +9,7 @@ import json
 import os
 
 from ..datarefs import BUILTIN_CORPUS, allowed_path, check_corpus_ref, check_dataset_ref, roots_for
+from ..datauris import is_uri
 from ..engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES, model_takes
 from ..engine.cost import DatasetFacts
 from ..engine.datasets import DatasetError, image_folder_facts, npz_facts
@@ -112,7 +113,7 @@ def dataset_meta(
             return json.loads(objects.get_bytes(layout.dataset_meta_key(ref)))
         except ObjectNotFound:
             return None
-    if settings is None:
+    if settings is None or is_uri(ref):
         return None
     path = allowed_path(ref, roots_for(settings.data_roots, tenant))
     if path is None:
