@@ -130,3 +130,33 @@ def test_bad_syntax_a_local_store_and_the_download_budget_are_refused_clearly(da
     assert local and "MEMSCORE_STORE=s3://" in local and "local directory" in local
     with pytest.raises(DatasetError, match="MEMSCORE_MAX_DECOMPRESSED_BYTES"):
         load_job_dataset(f"s3://{bucket}/shared/shards/", objects, uris=uris, max_bytes=100)
+
+
+def test_the_gateway_reads_facts_by_ranges_without_the_features(data, monkeypatch):
+    from memscore.datarefs import uri_dataset_facts
+    from memscore.store import objects as objects_module
+
+    objects, bucket = data
+    owner = objects.bucket_reader(bucket)
+    rng = np.random.default_rng(1)
+    wide = pa.table(
+        {
+            "embedding": pa.array(list(rng.standard_normal((6000, 256)).astype(np.float32)), pa.list_(pa.float32())),
+            "label": np.arange(6000) % 5,
+            "split": ["test" if i % 4 == 0 else "train" for i in range(6000)],
+        }
+    )
+    owner.put_bytes("shared/wide.parquet", parquet_bytes(wide))
+    read = []
+    real = objects_module._RangedObject.readinto
+    monkeypatch.setattr(
+        objects_module._RangedObject, "readinto", lambda self, b: read.append(real(self, b)) or read[-1]
+    )
+    uris = [f"s3://{bucket}/shared"]
+    facts = uri_dataset_facts(f"s3://{bucket}/shared/wide.parquet", objects, uris, None)
+    assert facts == {"n_train": 4500, "n_test": 1500, "num_classes": 5, "kind": "vector", "feature_shape": [256]}
+    assert sum(read) < owner.size("shared/wide.parquet") / 2  # 6 MB of features: a page or two read
+    shards = uri_dataset_facts(f"s3://{bucket}/shared/two/", objects, uris, None)
+    assert (shards["n_train"], shards["n_test"]) == (16, 8)
+    with pytest.raises(DatasetError, match="MEMSCORE_DATA_URIS"):
+        uri_dataset_facts(f"s3://{bucket}/team-a/t.parquet", objects, uris, None)

@@ -28,7 +28,7 @@ from .engine.catalog import BUILTINS
 from .engine.corpus import BUILTIN as BUILTIN_CORPUS
 from .engine.corpus import CorpusError, corpus_from_bytes, load_corpus
 from .engine.datasets import Dataset, DatasetError, dataset_from_npz_bytes, load_dataset
-from .engine.parquet import ParquetColumns, load_parquet
+from .engine.parquet import ParquetColumns, load_parquet, parquet_facts
 from .store import layout
 from .store.jobs import TENANT
 from .store.objects import ObjectNotFound, ObjectStore
@@ -155,6 +155,21 @@ def _table_objects(ref: str, objects: ObjectStore, uris: Iterable[str], tenant: 
     except DatasetError as e:
         return str(e)
     return (store, found) if found else _not_an_allowed_uri(ref)
+
+
+def uri_dataset_facts(
+    ref: str, objects: ObjectStore, uris: Iterable[str], tenant: str | None, columns: ParquetColumns | None = None
+) -> dict:
+    """`parquet_facts` of the s3:// table `ref`, read by ranges (footers, label and split
+    columns, the first feature cell); DatasetError when it cannot be read."""
+    found = _table_objects(ref, objects, uris, tenant)
+    if isinstance(found, str):
+        raise DatasetError(found)
+    store, names = found
+    try:
+        return parquet_facts(datauris.ranged_layout(store, names, datauris.split_uri(ref)[1]), columns)
+    except ObjectNotFound:
+        raise DatasetError(_not_an_allowed_uri(ref)) from None  # removed since it was listed
 
 
 def load_uri_dataset(

@@ -122,6 +122,16 @@ def table_objects(store: S3ObjectStore, key: str) -> dict[str, str] | None:
     return {name: prefix + name for names in layout.values() for name in names}
 
 
+def ranged_layout(store: S3ObjectStore, objects: dict[str, str], key: str) -> dict[str, list[tuple[str, object]]]:
+    """{split: [(name, seekable file read by ranged GETs)]} of a table's objects, for
+    `engine.parquet.parquet_facts`: the gateway reads footers and label columns, not features."""
+    if list(objects.values()) == [key]:  # one object named: a table whatever its name
+        layout = {"all": list(objects)}
+    else:
+        layout = table_layout(list(objects), f"{SCHEME}{store.bucket}/{key}")
+    return {split: [(name, store.open_ranges(objects[name])) for name in names] for split, names in layout.items()}
+
+
 def download(store: S3ObjectStore, objects: dict[str, str], dest: Path, max_bytes: int | None) -> int:
     """Copy each object to `dest / name` in streamed chunks; bytes copied. Over `max_bytes` in
     all (their listed sizes, then the bytes as they arrive) raises DatasetError."""

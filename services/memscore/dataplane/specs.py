@@ -8,7 +8,14 @@ import functools
 import json
 import os
 
-from ..datarefs import BUILTIN_CORPUS, allowed_path, check_corpus_ref, check_dataset_ref, roots_for
+from ..datarefs import (
+    BUILTIN_CORPUS,
+    allowed_path,
+    check_corpus_ref,
+    check_dataset_ref,
+    roots_for,
+    uri_dataset_facts,
+)
 from ..datauris import is_uri
 from ..engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES, model_takes
 from ..engine.cost import DatasetFacts
@@ -105,7 +112,7 @@ def dataset_meta(
     recorded at upload, and, with `settings`, those of an `.npz`, Parquet table (its `columns`)
     or ImageFolder tree under the data roots `tenant` may read (`datasets.npz_facts`,
     `parquet.parquet_facts`, `image_folder_facts`: headers and labels only). None when nothing
-    is known, as for an s3:// table (sized by the worker that downloads it)."""
+    is known. An s3:// table's facts are read by ranged GETs (`datarefs.uri_dataset_facts`)."""
     if ref in BUILTIN_SHAPES:
         return {**BUILTIN_FACTS[ref], "feature_shape": list(BUILTIN_SHAPES[ref])}
     if layout.is_dataset_key(ref):
@@ -113,8 +120,13 @@ def dataset_meta(
             return json.loads(objects.get_bytes(layout.dataset_meta_key(ref)))
         except ObjectNotFound:
             return None
-    if settings is None or is_uri(ref):
+    if settings is None:
         return None
+    if is_uri(ref):
+        try:
+            return uri_dataset_facts(ref, objects, settings.data_uris, tenant, columns)
+        except DatasetError as e:
+            raise InvalidArgument([("spec.scoring.dataset", str(e))]) from None
     path = allowed_path(ref, roots_for(settings.data_roots, tenant))
     if path is None:
         return None

@@ -22,7 +22,7 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import numpy as np
 
@@ -110,25 +110,30 @@ def is_parquet(path: str | os.PathLike) -> bool:
 # -- the tables ----------------------------------------------------------------------------------
 
 
+# A table's shard: (its name for messages, a path or a seekable binary file object).
+Part = tuple[str, "str | os.PathLike | BinaryIO"]
+_READ_BUFFER = 1 << 20  # column chunks are read page by page through a buffer of this size
+
+
 class _Table:
     """One table of a layout: its shards, opened, and rows numbered across them."""
 
-    def __init__(self, split: str, paths: list[Path]):
+    def __init__(self, split: str, parts: list[Part]):
         import pyarrow.parquet as pq
 
-        self.split, self.paths, self.files = split, paths, []
-        for p in paths:
+        self.split, self.names, self.files = split, [n for n, _ in parts], []
+        for name, source in parts:
             try:
-                # pre_buffer=False: pyarrow's read-ahead would otherwise keep every row group read
-                # so far in memory (60k x 512 floats: 290 MB of RSS beside the 123 MB of arrays, not 60)
-                self.files.append(pq.ParquetFile(p, pre_buffer=False))
+                # pre_buffer=False and a read buffer: pyarrow would otherwise keep each column
+                # chunk read whole in memory (60k x 512 floats: 505 MB of RSS for 123 MB of arrays)
+                self.files.append(pq.ParquetFile(source, pre_buffer=False, buffer_size=_READ_BUFFER))
             except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
-                raise DatasetError(f"{p.name}: not a readable Parquet file ({type(e).__name__}: {e})") from None
+                raise DatasetError(f"{name}: not a readable Parquet file ({type(e).__name__}: {e})") from None
         self.schema = self.files[0].schema_arrow
-        for p, f in zip(paths[1:], self.files[1:]):
+        for name, f in zip(self.names[1:], self.files[1:]):
             if not f.schema_arrow.equals(self.schema):
                 raise DatasetError(
-                    f"{p.name}: its schema ({_describe(f.schema_arrow)}) differs from {paths[0].name}'s "
+                    f"{name}: its schema ({_describe(f.schema_arrow)}) differs from {self.names[0]}'s "
                     f"({_describe(self.schema)}); every shard of a table must have the same columns and types"
                 )
         self.starts = np.cumsum([0] + [f.metadata.num_rows for f in self.files])
@@ -145,7 +150,7 @@ class _Table:
         if len(self.files) == 1:
             return f"{name}row {row}"
         i = int(np.searchsorted(self.starts, row, side="right")) - 1
-        return f"{name}row {row} ({self.paths[i].name} row {row - int(self.starts[i])})"
+        return f"{name}row {row} ({self.names[i]} row {row - int(self.starts[i])})"
 
     def batches(self, columns: list[str], batch_rows: int) -> Iterator[tuple[int, object]]:
         """(first row, RecordBatch) over every shard, reading only `columns`."""
@@ -307,8 +312,18 @@ class _Index:
         return np.concatenate([y[f == test] for y, f in zip(self.labels, self.is_test)])
 
 
-def _index(path: str | os.PathLike, columns: ParquetColumns) -> _Index:
-    tables = [_Table(s, paths) for s, paths in local_layout(path).items()]
+def _parts(source: "str | os.PathLike | dict[str, list[Part]]") -> tuple[str, dict[str, list[Part]]]:
+    """(dataset name, {split: shards}) of a local path, or of a layout of file objects as given."""
+    if isinstance(source, dict):
+        return "table", source
+    layout = local_layout(source)
+    name = Path(source).name.removesuffix(SUFFIX) or str(source)
+    return name, {split: [(p.name, p) for p in paths] for split, paths in layout.items()}
+
+
+def _index(source: "str | os.PathLike | dict[str, list[Part]]", columns: ParquetColumns) -> _Index:
+    name, layout = _parts(source)
+    tables = [_Table(s, parts) for s, parts in layout.items()]
     label, feature = columns.label or DEFAULT_LABEL, _feature_name(tables, columns)
     kind = _label_kind(_column_type(tables, label, "label", "--label-column"), label)
     _column_type(tables, feature, "features", "--feature-column")
@@ -332,7 +347,6 @@ def _index(path: str | os.PathLike, columns: ParquetColumns) -> _Index:
             p[rows] = counts[side] + np.arange(int(rows.sum()))
             counts[side] += int(rows.sum())
         pos.append(p)
-    name = Path(path).name.removesuffix(SUFFIX) or str(path)
     return _Index(name, tables, feature, is_test, pos, labels, num_classes, class_names)
 
 
@@ -479,7 +493,7 @@ def _fill(ix: _Index, kind: str, shape: tuple[int, ...], max_bytes: int | None) 
 
 
 def load_parquet(
-    path: str | os.PathLike,
+    path: "str | os.PathLike | dict[str, list[Part]]",
     columns: ParquetColumns | None = None,
     max_train_examples: int | None = None,
     max_decoded_bytes: int | None = None,
@@ -504,11 +518,13 @@ def load_parquet(
     return ds
 
 
-def parquet_facts(path: str | os.PathLike, columns: ParquetColumns | None = None) -> dict:
+def parquet_facts(source: "str | os.PathLike | dict[str, list[Part]]", columns: ParquetColumns | None = None) -> dict:
     """What the gateway records of a Parquet dataset (n_train, n_test, num_classes, kind,
     feature_shape) from the files' metadata, the label and split columns and the first feature
-    cell: no features decoded. Images count three channels (an upper bound, as ImageFolder's)."""
-    ix = _index(path, columns or ParquetColumns())
+    cell: no features decoded. Images count three channels (an upper bound, as ImageFolder's).
+    `source`: a local path, or {split ("all", "train", "test"): [(name, seekable file)]} as
+    `table_layout` arranges them (the object store's tables, read by ranges)."""
+    ix = _index(source, columns or ParquetColumns())
     kind, shape = _feature_shape(ix)
     return {
         "n_train": ix.n_train,

@@ -487,6 +487,12 @@ class S3ObjectStore(ObjectStore):
 
         return gen()
 
+    def open_ranges(self, key: str) -> io.RawIOBase:
+        """The object as a seekable read-only file whose every read is one ranged GET: pyarrow
+        reads a Parquet footer and the column chunks it needs, not the object. Raises
+        ObjectNotFound."""
+        return _RangedObject(self, key, self.size(key))
+
     def _stat(self, key: str):
         check_key(key)
         return self._call(self._client.stat_object, self.bucket, key, key=key)
@@ -550,6 +556,45 @@ class S3ObjectStore(ObjectStore):
 
     def describe(self) -> str:
         return f"s3://{self.bucket}@{'https' if self.secure else 'http'}://{self.endpoint}"
+
+
+class _RangedObject(io.RawIOBase):
+    """`S3ObjectStore.open_ranges`: a file over an object, read by ranges."""
+
+    def __init__(self, store: S3ObjectStore, key: str, size: int):
+        super().__init__()
+        self._store, self._key, self._size, self._pos = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        s = self._store
+        response = s._call(s._client.get_object, s.bucket, self._key, offset=self._pos, length=n, key=self._key)
+        try:
+            data = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 def open_object_store(settings: "Settings | None" = None, **s3_options) -> ObjectStore:
