@@ -60,7 +60,9 @@ def table_layout(names: Iterable[str], where: str) -> dict[str, list[str]]:
     """{"train": [...], "test": [...]} or {"all": [...]}: which of `names` ('/'-separated, relative
     to a directory or object prefix) hold the tables, each list in name order. Names starting
     with '.' or '_' (Spark's _SUCCESS, _metadata) and other suffixes are ignored."""
-    found = sorted(n for n in names if n.lower().endswith(SUFFIX) and not any(p[:1] in "._" for p in n.split("/")))
+    found = sorted(
+        n for n in names if n.lower().endswith(SUFFIX) and not any(p.startswith((".", "_")) for p in n.split("/"))
+    )
     top = [n for n in found if "/" not in n]
     tables = {s: [f"{s}{SUFFIX}"] for s in SPLITS if f"{s}{SUFFIX}" in top}
     if not tables:
@@ -119,6 +121,7 @@ class _Table:
     """One table of a layout: its shards, opened, and rows numbered across them."""
 
     def __init__(self, split: str, parts: list[Part]):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         self.split, self.names, self.files = split, [n for n, _ in parts], []
@@ -127,7 +130,7 @@ class _Table:
                 # pre_buffer=False and a read buffer: pyarrow would otherwise keep each column
                 # chunk read whole in memory (60k x 512 floats: 505 MB of RSS for 123 MB of arrays)
                 self.files.append(pq.ParquetFile(source, pre_buffer=False, buffer_size=_READ_BUFFER))
-            except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
+            except (pa.ArrowException, OSError) as e:  # not the caller's own errors (a store outage)
                 raise DatasetError(f"{name}: not a readable Parquet file ({type(e).__name__}: {e})") from None
         self.schema = self.files[0].schema_arrow
         for name, f in zip(self.names[1:], self.files[1:]):
