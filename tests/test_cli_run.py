@@ -179,6 +179,29 @@ def test_run_scores_a_parquet_table_with_the_column_flags(tmp_path, capsys, torc
     assert "column 'label'" in err and "vec, kind, part" in err
 
 
-def test_run_refuses_an_s3_dataset_pointing_to_submit(tmp_path, capsys):
-    assert main(["run", "--dataset", "s3://bucket/t.parquet", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "memscore submit" in capsys.readouterr().err
+def test_run_reads_an_s3_table_with_the_users_own_credentials(tmp_path, capsys, clean_env, s3_endpoint, s3_bucket):
+    from memscore.store.objects import S3ObjectStore
+
+    from .conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    write_blobs_parquet(tmp_path / "table.parquet")
+    S3ObjectStore(s3_endpoint, S3_ACCESS_KEY, S3_SECRET_KEY, s3_bucket).put_file(
+        "t/blobs.parquet", tmp_path / "table.parquet"
+    )
+    args = ["run", "--dataset", f"s3://{s3_bucket}/t/blobs.parquet", "--models", "2", "--epochs", "1", "--quiet"]
+    args += [
+        "--feature-column",
+        "vec",
+        "--label-column",
+        "kind",
+        "--split-column",
+        "part",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 2  # no endpoint configured: said so
+    assert "MEMSCORE_S3_ENDPOINT" in capsys.readouterr().err
+    for name, value in (("ENDPOINT", s3_endpoint), ("ACCESS_KEY", S3_ACCESS_KEY), ("SECRET_KEY", S3_SECRET_KEY)):
+        clean_env.setenv(f"MEMSCORE_S3_{name}", value)
+    assert main(args) == 0
+    assert "blobs: 60 train / 20 test" in capsys.readouterr().out

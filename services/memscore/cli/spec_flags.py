@@ -14,8 +14,9 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         "--dataset",
         required=True,
         help=" | ".join(BUILTINS) + " | PATH.npz | TABLE.parquet | DIR of Parquet shards (or train/ + test/) "
-        "| ImageFolder DIR (submit: also datasets/<sha256>.npz from `memscore upload`, and s3://BUCKET/KEY.parquet "
-        "or s3://BUCKET/PREFIX/ under the server's MEMSCORE_DATA_URIS)",
+        "| ImageFolder DIR | s3://BUCKET/KEY.parquet or s3://BUCKET/PREFIX/ (run: with your MEMSCORE_S3_* "
+        "endpoint and keys; submit: under the server's MEMSCORE_DATA_URIS) "
+        "(submit: also datasets/<sha256>.npz from `memscore upload`)",
     )
     p.add_argument(
         "--feature-column",
