@@ -94,6 +94,7 @@ def test_an_allowed_table_loads_and_a_forbidden_one_reads_as_absent(data):
     assert all(why.values()) and "MEMSCORE_DATA_URIS" in why[forbidden]
     assert same_answer(why[forbidden], why[absent], forbidden, absent)
     assert same_answer(why[forbidden], why[no_bucket], forbidden, no_bucket)
+    assert not objects._client.bucket_exists(f"{bucket}-nope")  # read as it is, never created
     assert check_dataset_ref(ok, objects) is not None  # no MEMSCORE_DATA_URIS: no s3:// datasets
     with pytest.raises(DatasetError) as e:
         load_job_dataset(forbidden, objects, uris=uris)

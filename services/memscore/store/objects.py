@@ -12,6 +12,7 @@ Two errors cross this boundary, whatever the backend:
 from __future__ import annotations
 
 import abc
+import copy
 import io
 import os
 import shutil
@@ -325,16 +326,6 @@ class S3ObjectStore(ObjectStore):
 
         self._make_client = make_client
         self._minio = make_client()
-        self._config = dict(
-            endpoint=endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            secure=secure,
-            region=region,
-            connect_timeout_s=connect_timeout_s,
-            read_timeout_s=read_timeout_s,
-            retries=retries,
-        )
         self._public = None
         if public_endpoint:
             from urllib.parse import urlparse
@@ -360,8 +351,12 @@ class S3ObjectStore(ObjectStore):
     def bucket_reader(self, bucket: str) -> "S3ObjectStore":
         """Another bucket of the same server, with the same credentials, to read users' data
         (s3:// datasets): used as it is, never created (a missing bucket has no keys)."""
-        other = S3ObjectStore(**self._config, bucket=bucket)
-        other._bucket_ready = True
+        from minio.helpers import check_bucket_name
+
+        check_bucket_name(bucket)
+        other = copy.copy(self)  # the minio client is the same: it names the bucket in each call
+        other.bucket, other._public = bucket, None
+        other._bucket_ready, other._bucket_lock = True, threading.Lock()
         return other
 
     @property
