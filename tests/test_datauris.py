@@ -82,7 +82,7 @@ def test_tenant_entries_are_that_tenants_alone():
 
 def test_an_allowed_table_loads_and_a_forbidden_one_reads_as_absent(data):
     objects, bucket = data
-    uris = [f"s3://{bucket}/shared", f"s3://{bucket}/team-a"]
+    uris = [f"s3://{bucket}/shared", f"s3://{bucket}/team-a", f"s3://{bucket}-nope/shared"]
     ok = f"s3://{bucket}/shared/t.parquet"
     assert check_dataset_ref(ok, objects, uris=uris) is None
     ds = load_job_dataset(ok, objects, uris=uris)
