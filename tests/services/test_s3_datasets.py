@@ -1,6 +1,7 @@
 """A job whose dataset is an s3:// Parquet table: the gateway checks it is allowed and there,
 a worker process downloads it with the store's credentials and the job succeeds; a URI outside
-MEMSCORE_DATA_URIS is INVALID_ARGUMENT before anything is queued."""
+MEMSCORE_DATA_URIS is INVALID_ARGUMENT before anything is queued. `memscore submit` of a local
+table uploads its arrays."""
 
 from __future__ import annotations
 
@@ -63,3 +64,21 @@ def test_a_job_on_an_s3_parquet_table_succeeds_and_a_forbidden_uri_is_refused(da
     assert scores.num_rows == n_train
     expected = np.searchsorted(["a", "b", "c"], table.column("target").to_numpy(zero_copy_only=False)[:n_train])
     np.testing.assert_array_equal(scores.column("label").to_numpy(), expected)
+
+
+def test_submit_uploads_a_local_parquet_table_read_with_its_column_flags(stack, tmp_path, capsys):
+    from memscore.cli import main
+
+    table, _ = blobs_table(tmp_path)
+    pq.write_table(table, tmp_path / "blobs.parquet")
+    service = ["--gateway", stack.gateway, "--results", stack.results]
+    args = ["submit", "--dataset", str(tmp_path / "blobs.parquet"), "--models", "2", *service]
+    assert main(args) == 2  # read here: the missing label column is named before anything is sent
+    assert "column 'label'" in capsys.readouterr().err
+    assert main([*args, "--label-column", "target"]) == 0
+    out, err = capsys.readouterr()
+    assert "uploaded" in err and "datasets/" in err
+    with Client(stack.gateway, stack.results, timeout=30) as client:
+        job = client.get(out.strip())
+    assert job.spec.scoring.dataset.startswith("datasets/") and job.spec.scoring.label_column == ""
+    assert job.progress.models_total == 2
