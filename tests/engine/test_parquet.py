@@ -289,3 +289,23 @@ def test_a_class_without_training_rows_is_reported_as_for_npz(tmp_path):
     splits = ["test"] + ["train"] * 11
     t = table.set_column(1, "label", pa.array(labels)).set_column(2, "split", pa.array(splits))
     assert "class 2 has no training examples" in error_of(write(t, tmp_path / "t.parquet"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts the process's open files in /proc")
+def test_more_shards_than_the_process_may_open_files_load(tmp_path):
+    import subprocess
+    import sys
+
+    table = vector_table(n=120)
+    for i in range(60):
+        write(table.slice(2 * i, 2), tmp_path / "d" / f"part-{i:03d}.parquet")
+    code = (
+        "import os, resource\n"
+        "from memscore.engine.parquet import load_parquet\n"
+        "limit = len(os.listdir('/proc/self/fd')) + 24\n"  # far fewer than the 60 shards
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+        f"ds = load_parquet({str(tmp_path / 'd')!r})\n"
+        "print(ds.n_train + ds.n_test)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.strip() == "120", run.stderr[-2000:]

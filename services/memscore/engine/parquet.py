@@ -118,28 +118,24 @@ _READ_BUFFER = 1 << 20  # column chunks are read page by page through a buffer o
 
 
 class _Table:
-    """One table of a layout: its shards, opened, and rows numbered across them."""
+    """One table of a layout: its shards' metadata, and rows numbered across them. A shard is
+    open only while it is read (a directory may hold more shards than a process may open files)."""
 
     def __init__(self, split: str, parts: list[Part]):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        self.split, self.names, self.files = split, [n for n, _ in parts], []
+        self.split, self.names, self.sources = split, [n for n, _ in parts], [s for _, s in parts]
+        self.metadata = []
         for name, source in parts:
-            try:
-                # pre_buffer=False and a read buffer: pyarrow would otherwise keep each column
-                # chunk read whole in memory (60k x 512 floats: 505 MB of RSS for 123 MB of arrays)
-                self.files.append(pq.ParquetFile(source, pre_buffer=False, buffer_size=_READ_BUFFER))
-            except (pa.ArrowException, OSError) as e:  # not the caller's own errors (a store outage)
-                raise DatasetError(f"{name}: not a readable Parquet file ({type(e).__name__}: {e})") from None
-        self.schema = self.files[0].schema_arrow
-        for name, f in zip(self.names[1:], self.files[1:]):
-            if not f.schema_arrow.equals(self.schema):
+            with _open(name, source) as f:
+                self.metadata.append(f.metadata)
+                schema = f.schema_arrow
+            if len(self.metadata) == 1:
+                self.schema = schema
+            elif not schema.equals(self.schema):
                 raise DatasetError(
-                    f"{name}: its schema ({_describe(f.schema_arrow)}) differs from {self.names[0]}'s "
+                    f"{name}: its schema ({_describe(schema)}) differs from {self.names[0]}'s "
                     f"({_describe(self.schema)}); every shard of a table must have the same columns and types"
                 )
-        self.starts = np.cumsum([0] + [f.metadata.num_rows for f in self.files])
+        self.starts = np.cumsum([0] + [m.num_rows for m in self.metadata])
         if self.rows > MAX_EXAMPLES:
             raise DatasetError(f"{self.split}: {self.rows} rows exceeds the limit of {MAX_EXAMPLES}")
 
@@ -150,18 +146,32 @@ class _Table:
     def where(self, row: int) -> str:
         """Row `row` (counted across shards) as an error names it: with its shard when sharded."""
         name = "" if self.split == "all" else f"{self.split} "
-        if len(self.files) == 1:
+        if len(self.sources) == 1:
             return f"{name}row {row}"
         i = int(np.searchsorted(self.starts, row, side="right")) - 1
         return f"{name}row {row} ({self.names[i]} row {row - int(self.starts[i])})"
 
     def batches(self, columns: list[str], batch_rows: int) -> Iterator[tuple[int, object]]:
         """(first row, RecordBatch) over every shard, reading only `columns`."""
-        for f, start in zip(self.files, self.starts):
+        for name, source, metadata, start in zip(self.names, self.sources, self.metadata, self.starts):
             row = int(start)
-            for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
-                yield row, batch
-                row += batch.num_rows
+            with _open(name, source, metadata) as f:
+                for batch in f.iter_batches(batch_size=batch_rows, columns=columns):
+                    yield row, batch
+                    row += batch.num_rows
+
+
+def _open(name: str, source, metadata=None):
+    """A ParquetFile over `source` (its footer already read when `metadata` is given)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        # pre_buffer=False and a read buffer: pyarrow would otherwise keep each column chunk
+        # read whole in memory (60k x 512 floats: 505 MB of RSS for 123 MB of arrays)
+        return pq.ParquetFile(source, metadata=metadata, pre_buffer=False, buffer_size=_READ_BUFFER)
+    except (pa.ArrowException, OSError) as e:  # not the caller's own errors (a store outage)
+        raise DatasetError(f"{name}: not a readable Parquet file ({type(e).__name__}: {e})") from None
 
 
 def _describe(schema) -> str:
