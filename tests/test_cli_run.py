@@ -149,3 +149,59 @@ def test_run_until_reliability_reports_reliability_and_why_it_stopped(tmp_path, 
     bad = ["run", "--dataset", "mnist1d", "--models", "100", "--until-reliability", "0.9", "--max-models", "200"]
     assert main([*bad, "--out", str(out), "--quiet"]) == 2
     assert "--models: a self-stopping job grows by whole shards" in capsys.readouterr().err
+
+
+def write_blobs_parquet(path, n: int = 60, m: int = 20, d: int = 8) -> "np.ndarray":
+    """The blobs as a Parquet table with a user's own column names and string labels; returns
+    the training features in row order."""
+    import pyarrow as pa
+
+    blobs = np.load(write_blobs_npz(path.with_suffix(".npz"), n=n, m=m, d=d, classes=3))
+    x = np.concatenate([blobs["x_train"], blobs["x_test"]])
+    y = np.array(["ant", "bee", "cat"])[np.concatenate([blobs["y_train"], blobs["y_test"]])]
+    role = ["train"] * n + ["test"] * m
+    pq.write_table(pa.table({"vec": pa.array(list(x), pa.list_(pa.float32())), "kind": y, "part": role}), path)
+    return blobs["x_train"]
+
+
+def test_run_scores_a_parquet_table_with_the_column_flags(tmp_path, capsys, torch_one_thread):
+    x_train = write_blobs_parquet(tmp_path / "table.parquet")
+    flags = ["--feature-column", "vec", "--label-column", "kind", "--split-column", "part"]
+    out = tmp_path / "o"
+    args = ["run", "--dataset", str(tmp_path / "table.parquet"), "--models", "4", "--epochs", "1"]
+    assert main([*args, *flags, "--out", str(out), "--quiet"]) == 0
+    assert "table: 60 train / 20 test" in capsys.readouterr().out
+    scores = pq.read_table(out / "scores.parquet")
+    assert scores.num_rows == len(x_train) == 60
+    assert set(scores.column("label").to_pylist()) == {0, 1, 2}  # ant, bee, cat in sorted order
+    assert main([*args, "--out", str(out), "--quiet"]) == 2  # default columns: the table has none of them
+    err = capsys.readouterr().err
+    assert "column 'label'" in err and "vec, kind, part" in err
+
+
+def test_run_reads_an_s3_table_with_the_users_own_credentials(tmp_path, capsys, clean_env, s3_endpoint, s3_bucket):
+    from memscore.store.objects import S3ObjectStore
+
+    from .conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+
+    write_blobs_parquet(tmp_path / "table.parquet")
+    S3ObjectStore(s3_endpoint, S3_ACCESS_KEY, S3_SECRET_KEY, s3_bucket).put_file(
+        "t/blobs.parquet", tmp_path / "table.parquet"
+    )
+    args = ["run", "--dataset", f"s3://{s3_bucket}/t/blobs.parquet", "--models", "2", "--epochs", "1", "--quiet"]
+    args += [
+        "--feature-column",
+        "vec",
+        "--label-column",
+        "kind",
+        "--split-column",
+        "part",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert main(args) == 2  # no endpoint configured: said so
+    assert "MEMSCORE_S3_ENDPOINT" in capsys.readouterr().err
+    for name, value in (("ENDPOINT", s3_endpoint), ("ACCESS_KEY", S3_ACCESS_KEY), ("SECRET_KEY", S3_SECRET_KEY)):
+        clean_env.setenv(f"MEMSCORE_S3_{name}", value)
+    assert main(args) == 0
+    assert "blobs: 60 train / 20 test" in capsys.readouterr().out

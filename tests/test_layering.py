@@ -22,6 +22,7 @@ FORBIDDEN = {
     "dataplane": {"worker", "gateway", "results", "cli", "embedded", "report"},
     "store": {"worker", "gateway", "results", "dataplane", "cli", "embedded", "report", "datarefs", "runtime"},
     "datarefs": {"worker", "gateway", "results", "dataplane", "cli", "embedded"},
+    "datauris": {"worker", "gateway", "results", "dataplane", "cli", "embedded", "datarefs"},
     "broker": {"worker", "gateway", "results", "dataplane", "cli", "embedded"},
     "gateway": {"worker", "results", "cli", "embedded"},
     "results": {"worker", "gateway", "cli", "embedded"},
@@ -32,7 +33,19 @@ FORBIDDEN = {
     # generic: imports `rpc` (for `rewrap`) and nothing of jobs, stores or the engine
     "metrics": {"engine", "store", "worker", "gateway", "results", "dataplane", "cli", "embedded", "broker"},
 }
-NO_TORCH = ("dataplane", "store", "gateway", "results", "rpc", "client", "datarefs", "broker", "auth", "metrics")
+NO_TORCH = (
+    "dataplane",
+    "store",
+    "gateway",
+    "results",
+    "rpc",
+    "client",
+    "datarefs",
+    "datauris",
+    "broker",
+    "auth",
+    "metrics",
+)
 
 
 def _modules() -> list[tuple[str, Path]]:
@@ -103,6 +116,7 @@ def test_servers_and_client_import_without_torch():
         "import sys\n"
         "import memscore.dataplane, memscore.gateway.server, memscore.results.server, memscore.rpc\n"
         "import memscore.client, memscore.store.jobs, memscore.store.objects, memscore.datarefs, memscore.broker\n"
+        "import memscore.datauris, memscore.engine.parquet\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

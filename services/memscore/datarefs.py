@@ -1,7 +1,9 @@
 """What a job spec's `dataset` and `corpus` names mean: a built-in, an uploaded object
-(`datasets/<sha256>.npz|.txt` in the object store) or a path on the server under one of the
-directories an administrator allows (`MEMSCORE_DATA_ROOTS`; none by default). An entry
-`TENANT=DIR` is that tenant's alone: to every other tenant its files do not exist.
+(`datasets/<sha256>.npz|.txt` in the object store), a path on the server under one of the
+directories an administrator allows (`MEMSCORE_DATA_ROOTS`; none by default), or a Parquet table
+in the object store under an allowed prefix (`s3://BUCKET/KEY`, MEMSCORE_DATA_URIS: `datauris.py`).
+An entry `TENANT=DIR` (`TENANT=s3://...`) is that tenant's alone: to every other tenant its
+files do not exist.
 
 Below the gateway, the results server and the workers, which all resolve names here: the
 gateway checks a name cheaply before anything is queued, the worker and the results server
@@ -16,12 +18,17 @@ server's files. `memscore run` (this machine, this user) reads any path: it does
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
 from typing import Iterable
 
+from . import datauris
 from .engine.catalog import BUILTINS
 from .engine.corpus import BUILTIN as BUILTIN_CORPUS
 from .engine.corpus import CorpusError, corpus_from_bytes, load_corpus
 from .engine.datasets import Dataset, DatasetError, dataset_from_npz_bytes, load_dataset
+from .engine.parquet import ParquetColumns, load_parquet, parquet_facts
 from .store import layout
 from .store.jobs import TENANT
 from .store.objects import ObjectNotFound, ObjectStore
@@ -36,6 +43,20 @@ def _not_a_dataset(ref: str) -> str:
         f"{_shown(ref)} is not a built-in dataset ({', '.join(BUILTINS)}), an uploaded datasets/<sha256>.npz, "
         "nor a dataset under the server's data roots (MEMSCORE_DATA_ROOTS); upload it (memscore upload FILE.npz)"
     )
+
+
+def _not_an_allowed_uri(ref: str) -> str:
+    return (
+        f"{_shown(ref)} is not a Parquet table under the object-store prefixes this server allows "
+        "(MEMSCORE_DATA_URIS), or it does not exist"
+    )
+
+
+_LOCAL_STORE = (
+    "s3:// datasets are read with the server's S3 store (MEMSCORE_STORE=s3://BUCKET); this server keeps its "
+    "objects in a local directory: upload the data instead (memscore upload FILE.npz), or use `memscore run` "
+    "on a local Parquet file"
+)
 
 
 def _not_a_corpus(ref: str) -> str:
@@ -88,9 +109,19 @@ def allowed_path(ref: str, roots: Iterable[str], directory_ok: bool = True) -> s
     return path
 
 
-def load_job_dataset(ref: str, objects: ObjectStore, roots: Iterable[str] = (), tenant: str | None = None) -> Dataset:
-    """A built-in name, `datasets/<sha256>.npz` in the object store, or a path under `roots`
-    that `tenant` (the job's) may read."""
+def load_job_dataset(
+    ref: str,
+    objects: ObjectStore,
+    roots: Iterable[str] = (),
+    tenant: str | None = None,
+    *,
+    uris: Iterable[str] = (),
+    columns: ParquetColumns | None = None,
+    max_bytes: int | None = None,
+) -> Dataset:
+    """A built-in name, `datasets/<sha256>.npz` in the object store, a path under `roots` or an
+    `s3://` table under `uris` that `tenant` (the job's) may read. `columns` name a Parquet
+    table's columns; `max_bytes` bounds what an s3:// table downloads and a Parquet table decodes to."""
     if ref in BUILTINS:
         return load_dataset(ref)
     if layout.is_dataset_key(ref):
@@ -99,10 +130,67 @@ def load_job_dataset(ref: str, objects: ObjectStore, roots: Iterable[str] = (), 
         except ObjectNotFound:
             raise DatasetError(_not_uploaded(ref, "FILE.npz")) from None
         return dataset_from_npz_bytes(data)
+    if datauris.is_uri(ref):
+        return load_uri_dataset(ref, objects, uris, tenant, columns, max_bytes)
     path = allowed_path(ref, roots_for(roots, tenant))
     if path is None:
         raise DatasetError(_not_a_dataset(ref))
-    return load_dataset(path)
+    return load_dataset(path, columns=columns, max_decoded_bytes=max_bytes)
+
+
+def _table_objects(ref: str, objects: ObjectStore, uris: Iterable[str], tenant: str | None):
+    """(bucket reader, {name: key}) of the s3:// table `ref`, or the reason it cannot be read:
+    one not allowed and one that does not exist get the same reason."""
+    try:
+        bucket, key = datauris.split_uri(ref)
+    except ValueError as e:
+        return f"{_shown(ref)}: {e}"
+    if not datauris.allowed(bucket, key, uris, tenant):
+        return _not_an_allowed_uri(ref)
+    store = datauris.reader(objects, bucket)
+    if store is None:
+        return _LOCAL_STORE
+    try:
+        found = datauris.table_objects(store, key)
+    except DatasetError as e:
+        return str(e)
+    return (store, found) if found else _not_an_allowed_uri(ref)
+
+
+def uri_dataset_facts(
+    ref: str, objects: ObjectStore, uris: Iterable[str], tenant: str | None, columns: ParquetColumns | None = None
+) -> dict:
+    """`parquet_facts` of the s3:// table `ref`, read by ranges (footers, label and split
+    columns, the first feature cell); DatasetError when it cannot be read."""
+    found = _table_objects(ref, objects, uris, tenant)
+    if isinstance(found, str):
+        raise DatasetError(found)
+    store, names = found
+    try:
+        return parquet_facts(datauris.ranged_layout(store, names, datauris.split_uri(ref)[1]), columns)
+    except ObjectNotFound:
+        raise DatasetError(_not_an_allowed_uri(ref)) from None  # removed since it was listed
+
+
+def load_uri_dataset(
+    ref: str,
+    objects: ObjectStore,
+    uris: Iterable[str],
+    tenant: str | None,
+    columns: ParquetColumns | None = None,
+    max_bytes: int | None = None,
+) -> Dataset:
+    """The s3:// Parquet table `ref`, copied to a temporary directory and read from there."""
+    found = _table_objects(ref, objects, uris, tenant)
+    if isinstance(found, str):
+        raise DatasetError(found)
+    store, names = found
+    bucket, key = datauris.split_uri(ref)
+    with tempfile.TemporaryDirectory(prefix="memscore-s3-") as tmp:
+        datauris.download(store, names, Path(tmp), max_bytes)
+        single = list(names.values()) == [key]  # one object named: read it whatever its name
+        ds = load_parquet(Path(tmp) / next(iter(names)) if single else tmp, columns, max_decoded_bytes=max_bytes)
+    return replace(ds, name=datauris.table_name(bucket, key))
 
 
 def _uploaded(ref: str, objects: ObjectStore, tenant: str | None) -> bool:
@@ -114,14 +202,18 @@ def _uploaded(ref: str, objects: ObjectStore, tenant: str | None) -> bool:
 
 
 def check_dataset_ref(
-    ref: str, objects: ObjectStore, roots: Iterable[str] = (), tenant: str | None = None
+    ref: str, objects: ObjectStore, roots: Iterable[str] = (), tenant: str | None = None, uris: Iterable[str] = ()
 ) -> str | None:
     """A cheap reachability check for the gateway: None if `ref` looks loadable, else why not.
-    Uploaded datasets were validated in full when uploaded; with `tenant`, only the tenant's own."""
+    Uploaded datasets were validated in full when uploaded; with `tenant`, only the tenant's own.
+    An s3:// table must be under `uris` and exist (its objects listed, not read)."""
     if ref in BUILTINS:
         return None
     if layout.is_dataset_key(ref):
         return None if _uploaded(ref, objects, tenant) else _not_uploaded(ref, "FILE.npz")
+    if datauris.is_uri(ref):
+        found = _table_objects(ref, objects, uris, tenant)
+        return found if isinstance(found, str) else None
     return None if allowed_path(ref, roots_for(roots, tenant)) else _not_a_dataset(ref)
 
 

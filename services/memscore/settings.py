@@ -80,7 +80,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_MAX_UPLOAD_BYTES": ("4294967296", "largest dataset upload in bytes"),
     "MEMSCORE_MAX_DECOMPRESSED_BYTES": (
         "17179869184",
-        "largest size an uploaded .npz may decompress to (its members' stated sizes, checked before inflating)",
+        "largest size an uploaded .npz may decompress to (its members' stated sizes, checked before inflating); "
+        "also the most bytes a worker downloads of an s3:// dataset and the most its Parquet features decode to",
     ),
     "MEMSCORE_MAX_COMPRESSION_RATIO": (
         "100",
@@ -90,6 +91,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
         "",
         "directories (separated by ':') whose files jobs may name as datasets or corpora by server path; "
         "an entry TENANT=DIR is that tenant's alone; empty = none (only built-ins and uploads)",
+    ),
+    "MEMSCORE_DATA_URIS": (
+        "",
+        "object-store prefixes (separated by ',', each s3://BUCKET/PREFIX) under which jobs may name Parquet "
+        "datasets as s3://BUCKET/KEY, read by the workers with the MEMSCORE_S3_* credentials; an entry "
+        "TENANT=s3://BUCKET/PREFIX is that tenant's alone; empty = none",
     ),
     "MEMSCORE_AUTH_TOKENS": (
         "",
@@ -211,6 +218,9 @@ class Settings:
     max_compression_ratio: float = field(default_factory=lambda: float(env("MEMSCORE_MAX_COMPRESSION_RATIO")))
     data_roots: tuple[str, ...] = field(
         default_factory=lambda: tuple(p for p in env("MEMSCORE_DATA_ROOTS").split(os.pathsep) if p)
+    )
+    data_uris: tuple[str, ...] = field(
+        default_factory=lambda: tuple(u.strip() for u in env("MEMSCORE_DATA_URIS").split(",") if u.strip())
     )
     auth_tokens: str = field(default_factory=lambda: env("MEMSCORE_AUTH_TOKENS"))
     allow_unauthenticated: bool = field(

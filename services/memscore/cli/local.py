@@ -23,6 +23,30 @@ def _write_files(out, files: dict[str, bytes]) -> None:
 # -- run ---------------------------------------------------------------------------------------
 
 
+def _load_dataset(spec):
+    """The run's dataset: any local path, or an s3:// Parquet table read with this user's own
+    MEMSCORE_S3_* endpoint and credentials (no MEMSCORE_DATA_URIS: that guards a shared service)."""
+    from ..datarefs import load_uri_dataset
+    from ..datauris import is_uri, split_uri
+    from ..engine.datasets import DatasetError, load_dataset
+    from ..engine.parquet import ParquetColumns
+    from ..settings import Settings
+    from ..store.objects import S3ObjectStore
+
+    columns = ParquetColumns.of(spec)
+    if not is_uri(spec.dataset):
+        return load_dataset(spec.dataset, columns=columns)
+    s = Settings()
+    if not s.s3_endpoint:
+        raise DatasetError("an s3:// dataset needs MEMSCORE_S3_ENDPOINT (and MEMSCORE_S3_ACCESS_KEY, _SECRET_KEY)")
+    try:
+        bucket, _ = split_uri(spec.dataset)
+    except ValueError as e:
+        raise DatasetError(str(e)) from None
+    store = S3ObjectStore(s.s3_endpoint, s.s3_access_key, s.s3_secret_key, bucket, s.s3_secure, s.s3_region)
+    return load_uri_dataset(spec.dataset, store.bucket_reader(bucket), [f"s3://{bucket}"], None, columns)
+
+
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="score a dataset in this process (embedded: no Redis, no S3)")
     add_spec_flags(p)
@@ -40,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..engine.datasets import DatasetError, load_dataset
+    from ..engine.datasets import DatasetError
     from ..engine.scoring import run_scoring
 
     spec = spec_from_args(args)
     if report_problems(spec.validate()):
         return 2
     try:
-        ds = load_dataset(spec.dataset)
+        ds = _load_dataset(spec)
     except DatasetError as e:
         print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
         return 2

@@ -138,11 +138,43 @@ def submit(args: argparse.Namespace) -> int:
         if os.path.isfile(spec.dataset) and spec.dataset.endswith(".npz"):
             spec.dataset = c.upload(spec.dataset).dataset_ref  # the server may not see this path
             print(f"uploaded {args.dataset} as {spec.dataset}", file=sys.stderr)
+        elif os.path.exists(spec.dataset) and _is_parquet(spec.dataset):
+            from ..engine.datasets import DatasetError
+
+            try:
+                spec = _upload_parquet(c, spec)
+            except DatasetError as e:
+                print(f"error: dataset {args.dataset!r}: {e}", file=sys.stderr)
+                return 2
+            print(f"uploaded {args.dataset} (read here, as .npz) as {spec.dataset}", file=sys.stderr)
         job = c.submit_scoring(request_id=args.request_id, **spec.to_dict())
         print(job.job_id)
         if args.wait:
             return _watch(c, job.job_id)
     return 0
+
+
+def _is_parquet(path: str) -> bool:
+    from ..engine.parquet import is_parquet
+
+    return is_parquet(path)
+
+
+def _upload_parquet(c, spec):
+    """A local Parquet table, read here with the spec's columns and uploaded as the `.npz` of
+    its arrays (the server may not see this path); the spec then names the upload."""
+    import dataclasses
+    import tempfile
+
+    from ..engine.datasets import dataset_to_npz_bytes, load_dataset
+    from ..engine.parquet import ParquetColumns
+
+    ds = load_dataset(spec.dataset, columns=ParquetColumns.of(spec))
+    with tempfile.NamedTemporaryFile(suffix=".npz") as f:
+        f.write(dataset_to_npz_bytes(ds))
+        f.flush()
+        ref = c.upload(f.name).dataset_ref
+    return dataclasses.replace(spec, dataset=ref, feature_column="", label_column="", split_column="")
 
 
 @_rpc_errors

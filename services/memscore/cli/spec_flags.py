@@ -13,8 +13,22 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         required=True,
-        help=" | ".join(BUILTINS) + " | PATH.npz | ImageFolder DIR "
+        help=" | ".join(BUILTINS) + " | PATH.npz | TABLE.parquet | DIR of Parquet shards (or train/ + test/) "
+        "| ImageFolder DIR | s3://BUCKET/KEY.parquet or s3://BUCKET/PREFIX/ (run: with your MEMSCORE_S3_* "
+        "endpoint and keys; submit: under the server's MEMSCORE_DATA_URIS) "
         "(submit: also datasets/<sha256>.npz from `memscore upload`)",
+    )
+    p.add_argument(
+        "--feature-column",
+        default="",
+        help="Parquet: the features, a list of numbers (vectors) or encoded PNG/JPEG bytes (images); "
+        "default embedding if the table has it, else image",
+    )
+    p.add_argument("--label-column", default="", help="Parquet: integer (>= 0) or string labels; default label")
+    p.add_argument(
+        "--split-column",
+        default="",
+        help="Parquet: 'train' or 'test' per row; default split (not needed with train/ and test/ tables)",
     )
     p.add_argument("--model", default="auto", help="auto | mlp | cnn1d | resnet (auto: by data kind)")
     p.add_argument("--models", type=int, default=64, help="K, number of subset models (default 64)")
@@ -105,6 +119,9 @@ def spec_from_args(args: argparse.Namespace):
         until_reliability=args.until_reliability,
         max_models=args.max_models,
         reliability_metric=args.reliability_metric,
+        feature_column=args.feature_column,
+        label_column=args.label_column,
+        split_column=args.split_column,
     )
     if args.ratio is not None:
         fields["ratio"] = args.ratio

@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 from kombu.exceptions import OperationalError
 
 from ..broker import TASK_EXPOSURE, TASK_TRAIN_SHARD, send
+from ..engine.parquet import ParquetColumns
 from ..engine.spec import ScoringSpec
 from ..errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from ..runtime import Runtime
@@ -202,7 +203,8 @@ class ScoringPlane:
         spec.models += additional_models
         spec.max_models = max(spec.max_models, spec.models) if spec.max_models else 0  # a self-stopping job's cap
         try:  # the grown job must still fit the workers' time and the reduce step's memory
-            admit_spec(spec, self.rt.settings, dataset_meta(spec.dataset, self.rt.objects, self.rt.settings, tenant))
+            meta = dataset_meta(spec.dataset, self.rt.objects, self.rt.settings, tenant, ParquetColumns.of(spec))
+            admit_spec(spec, self.rt.settings, meta)
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
         try:

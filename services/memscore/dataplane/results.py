@@ -20,6 +20,7 @@ from ..datarefs import load_job_dataset
 from ..engine.catalog import RANK_METRICS, SCORE_COLUMNS
 from ..engine.datasets import flip_labels
 from ..engine.estimators import label_quality
+from ..engine.parquet import ParquetColumns
 from ..engine.spec import ScoringSpec
 from ..errors import FailedPrecondition, InvalidArgument, NotFound
 from ..runtime import Runtime
@@ -125,7 +126,16 @@ class ResultsPlane:
         spec = ScoringSpec.from_dict(rec.spec)
 
         def build():
-            ds = load_job_dataset(spec.dataset, self.rt.objects, self.rt.settings.data_roots, rec.tenant)
+            settings = self.rt.settings
+            ds = load_job_dataset(
+                spec.dataset,
+                self.rt.objects,
+                settings.data_roots,
+                rec.tenant,
+                uris=settings.data_uris,
+                columns=ParquetColumns.of(spec),
+                max_bytes=settings.max_decompressed_bytes,
+            )
             if spec.label_noise > 0:
                 ds, _ = flip_labels(ds, spec.label_noise, spec.seed)
             return ds.y_train.astype(np.int64)

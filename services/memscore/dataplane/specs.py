@@ -8,10 +8,19 @@ import functools
 import json
 import os
 
-from ..datarefs import BUILTIN_CORPUS, allowed_path, check_corpus_ref, check_dataset_ref, roots_for
+from ..datarefs import (
+    BUILTIN_CORPUS,
+    allowed_path,
+    check_corpus_ref,
+    check_dataset_ref,
+    roots_for,
+    uri_dataset_facts,
+)
+from ..datauris import is_uri
 from ..engine.catalog import BUILTIN_CORPUS_FACTS, BUILTIN_FACTS, BUILTIN_SHAPES
 from ..engine.cost import DatasetFacts
 from ..engine.datasets import DatasetError, image_folder_facts, npz_facts
+from ..engine.parquet import ParquetColumns, is_parquet, parquet_facts
 from ..engine.privacy_level import dp_shards
 from ..engine.registry import is_builtin, measured_cost, model_problem, name_problem
 from ..engine.spec import ExposureSpec, ScoringSpec
@@ -42,11 +51,11 @@ def check_scoring(
     meta = None
     if s.dataset:
         try:
-            why = check_dataset_ref(s.dataset, objects, settings.data_roots, tenant)
+            why = check_dataset_ref(s.dataset, objects, settings.data_roots, tenant, settings.data_uris)
             if why:
                 problems.append(("spec.scoring.dataset", why))
             else:
-                meta = dataset_meta(s.dataset, objects, settings, tenant)
+                meta = dataset_meta(s.dataset, objects, settings, tenant, ParquetColumns.of(s))
                 problems += _dataset_fits(s, settings, meta)
         except StoreUnavailable as e:
             raise Unavailable(f"object store unavailable: {e}") from e
@@ -98,12 +107,17 @@ def check_exposure(
 
 
 def dataset_meta(
-    ref: str, objects: ObjectStore, settings: Settings | None = None, tenant: str | None = None
+    ref: str,
+    objects: ObjectStore,
+    settings: Settings | None = None,
+    tenant: str | None = None,
+    columns: ParquetColumns | None = None,
 ) -> dict | None:
     """What the gateway knows of a dataset without loading it: built-ins' shapes, the facts
-    recorded at upload, and, with `settings`, those of an `.npz` or ImageFolder tree under the
-    data roots `tenant` may read (`datasets.npz_facts`, `image_folder_facts`: headers and
-    labels only). None when nothing is known."""
+    recorded at upload, and, with `settings`, those of an `.npz`, Parquet table (its `columns`)
+    or ImageFolder tree under the data roots `tenant` may read (`datasets.npz_facts`,
+    `parquet.parquet_facts`, `image_folder_facts`: headers and labels only). None when nothing
+    is known. An s3:// table's facts are read by ranged GETs (`datarefs.uri_dataset_facts`)."""
     if ref in BUILTIN_SHAPES:
         return {**BUILTIN_FACTS[ref], "feature_shape": list(BUILTIN_SHAPES[ref])}
     if layout.is_dataset_key(ref):
@@ -113,20 +127,31 @@ def dataset_meta(
             return None
     if settings is None:
         return None
+    if is_uri(ref):
+        try:
+            return uri_dataset_facts(ref, objects, settings.data_uris, tenant, columns)
+        except DatasetError as e:
+            raise InvalidArgument([("spec.scoring.dataset", str(e))]) from None
     path = allowed_path(ref, roots_for(settings.data_roots, tenant))
     if path is None:
         return None
     try:
         return _path_facts(
-            path, os.stat(path).st_mtime_ns, settings.max_decompressed_bytes, settings.max_compression_ratio
+            path,
+            os.stat(path).st_mtime_ns,
+            settings.max_decompressed_bytes,
+            settings.max_compression_ratio,
+            columns or ParquetColumns(),
         )
     except DatasetError as e:
         raise InvalidArgument([("spec.scoring.dataset", str(e))]) from None
 
 
 @functools.lru_cache(maxsize=256)
-def _path_facts(path: str, mtime_ns: int, max_bytes: int, max_ratio: float) -> dict:
+def _path_facts(path: str, mtime_ns: int, max_bytes: int, max_ratio: float, columns: ParquetColumns) -> dict:
     """Facts of a file or tree under the data roots; cached while its modification time holds."""
+    if is_parquet(path):
+        return parquet_facts(path, columns)
     if os.path.isdir(path):
         return image_folder_facts(path)
     return npz_facts(path, max_bytes, max_ratio)

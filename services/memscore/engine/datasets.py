@@ -1,4 +1,5 @@
-"""Datasets: built-ins that work offline, users' `.npz` files and ImageFolder trees, validated.
+"""Datasets: built-ins that work offline, users' `.npz` files, ImageFolder trees and Parquet tables
+(`parquet.py`), validated.
 
 A `Dataset` is plain numpy: x float32 of shape (n, *feature_shape), y int64 in 0..C-1. The
 feature shape says what kind of data it is: (d,) flat vectors, (L,) or (c, L) sequences
@@ -17,11 +18,14 @@ import io
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from .catalog import BUILTINS
+
+if TYPE_CHECKING:
+    from .parquet import ParquetColumns
 
 KINDS = ("vector", "sequence", "image")
 # Beyond this many examples in either split a file is certainly a mistake (or an attack on the
@@ -755,10 +759,21 @@ def load_image_folder(path: str | os.PathLike, max_train_examples: int | None = 
     return ds
 
 
-def load_dataset(ref: str, seed: int | None = None, max_train_examples: int | None = None) -> Dataset:
-    """A built-in ("mnist1d", "digits", "longtail"), a path to an `.npz`, or an ImageFolder
-    directory. Built-ins are the same data whatever a job's seed: `seed` (None = the canonical
-    draw: 42 for mnist1d as in its paper, 0 otherwise) picks another draw or split only when asked."""
+def load_dataset(
+    ref: str,
+    seed: int | None = None,
+    max_train_examples: int | None = None,
+    *,
+    columns: "ParquetColumns | None" = None,
+    max_decoded_bytes: int | None = None,
+) -> Dataset:
+    """A built-in ("mnist1d", "digits", "longtail"), a path to an `.npz`, a Parquet file or
+    directory (`engine.parquet`: `columns` names its columns, `max_decoded_bytes` bounds its
+    features), or an ImageFolder directory. Built-ins are the same data whatever a job's seed:
+    `seed` (None = the canonical draw: 42 for mnist1d as in its paper, 0 otherwise) picks another
+    draw or split only when asked."""
+    from .parquet import SUFFIX, is_parquet, load_parquet
+
     if ref == "mnist1d":
         return load_mnist1d(seed=42 if seed is None else seed)
     if ref == "digits":
@@ -768,11 +783,13 @@ def load_dataset(ref: str, seed: int | None = None, max_train_examples: int | No
     path = Path(ref).expanduser()
     if ref.lower().endswith(".npz"):
         return load_npz(path, max_train_examples=max_train_examples)
+    if ref.lower().rstrip("/").endswith(SUFFIX) or (path.is_dir() and is_parquet(path)):
+        return load_parquet(path, columns, max_train_examples, max_decoded_bytes)
     if path.is_dir():
         return load_image_folder(path, max_train_examples=max_train_examples)
     raise DatasetError(
-        f"{ref!r} is neither a built-in dataset ({', '.join(BUILTINS)}), a path to an .npz file, "
-        "nor an ImageFolder directory (with train/ and test/)"
+        f"{ref!r} is neither a built-in dataset ({', '.join(BUILTINS)}), a path to an .npz or .parquet file, "
+        "a directory of Parquet tables, nor an ImageFolder directory (with train/ and test/)"
     )
 
 

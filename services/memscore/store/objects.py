@@ -12,6 +12,7 @@ Two errors cross this boundary, whatever the backend:
 from __future__ import annotations
 
 import abc
+import copy
 import io
 import os
 import shutil
@@ -347,6 +348,17 @@ class S3ObjectStore(ObjectStore):
         self._bucket_ready = False
         self._bucket_lock = threading.Lock()
 
+    def bucket_reader(self, bucket: str) -> "S3ObjectStore":
+        """Another bucket of the same server, with the same credentials, to read users' data
+        (s3:// datasets): used as it is, never created (a missing bucket has no keys)."""
+        from minio.helpers import check_bucket_name
+
+        check_bucket_name(bucket)
+        other = copy.copy(self)  # the minio client is the same: it names the bucket in each call
+        other.bucket, other._public = bucket, None
+        other._bucket_ready, other._bucket_lock = True, threading.Lock()
+        return other
+
     @property
     def _client(self):
         """The minio client; rebuilt after fork, as pooled sockets must not be shared (Celery prefork)."""
@@ -470,6 +482,12 @@ class S3ObjectStore(ObjectStore):
 
         return gen()
 
+    def open_ranges(self, key: str) -> io.RawIOBase:
+        """The object as a seekable read-only file whose every read is one ranged GET: pyarrow
+        reads a Parquet footer and the column chunks it needs, not the object. Raises
+        ObjectNotFound."""
+        return _RangedObject(self, key, self.size(key))
+
     def _stat(self, key: str):
         check_key(key)
         return self._call(self._client.stat_object, self.bucket, key, key=key)
@@ -533,6 +551,45 @@ class S3ObjectStore(ObjectStore):
 
     def describe(self) -> str:
         return f"s3://{self.bucket}@{'https' if self.secure else 'http'}://{self.endpoint}"
+
+
+class _RangedObject(io.RawIOBase):
+    """`S3ObjectStore.open_ranges`: a file over an object, read by ranges."""
+
+    def __init__(self, store: S3ObjectStore, key: str, size: int):
+        super().__init__()
+        self._store, self._key, self._size, self._pos = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        s = self._store
+        response = s._call(s._client.get_object, s.bucket, self._key, offset=self._pos, length=n, key=self._key)
+        try:
+            data = response.read()
+        finally:
+            response.close()
+            response.release_conn()
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 def open_object_store(settings: "Settings | None" = None, **s3_options) -> ObjectStore:

@@ -29,6 +29,7 @@ from ..broker import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD, send
 from ..datarefs import load_job_dataset
 from ..engine.catalog import MEMORIZED_AT
 from ..engine.datasets import Dataset, DatasetError
+from ..engine.parquet import ParquetColumns
 from ..engine.spec import ScoringSpec
 from ..errors import outage, store_outage_errors
 from ..runtime import Runtime, runtime
@@ -99,7 +100,7 @@ def _run_shard(run: JobRun, rec: JobRecord) -> str:
         if rec.state == "QUEUED":  # as it was before this shard started: the job's first shard
             rt.jobs.update(job_id, message=f"shard {shard} started")
         try:
-            ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots, rec.tenant)
+            ds = _job_dataset(rt, spec, rec.tenant)
         except DatasetError as e:
             run.fail(f"dataset: {e}")
             return "bad dataset"
@@ -108,6 +109,21 @@ def _run_shard(run: JobRun, rec: JobRecord) -> str:
         if outage(e):  # retried (JobTask): an outage is no crash, so this delivery does not count
             _forgive_attempt(rt, job_id, shard)
         raise
+
+
+def _job_dataset(rt: Runtime, spec: ScoringSpec, tenant: str | None) -> Dataset:
+    """The job's dataset, read afresh for each task (no per-worker cache): an s3:// table is
+    downloaded each time, within MEMSCORE_MAX_DECOMPRESSED_BYTES."""
+    settings = rt.settings
+    return load_job_dataset(
+        spec.dataset,
+        rt.objects,
+        settings.data_roots,
+        tenant,
+        uris=settings.data_uris,
+        columns=ParquetColumns.of(spec),
+        max_bytes=settings.max_decompressed_bytes,
+    )
 
 
 def _forgive_attempt(rt: Runtime, job_id: str, shard: int) -> None:
@@ -194,7 +210,7 @@ def _reduce(rt: Runtime, job_id: str, spec: ScoringSpec, tenant: str) -> None:
     from ..engine.scoring import Reducer, make_plan, prepare_dataset
     from ..engine.traces import Trace
 
-    ds = load_job_dataset(spec.dataset, rt.objects, rt.settings.data_roots, tenant)
+    ds = _job_dataset(rt, spec, tenant)
     ds, flipped = prepare_dataset(ds, spec)
     reducer = Reducer(ds, spec, make_plan(ds, spec), flipped)
     for s in spec.shards():
