@@ -842,6 +842,35 @@ def test_extend_job_answers_every_request_with_a_defined_status(deployment, req)
     check("ExtendJob", req, lambda: scoring.ExtendJob(req, timeout=TIMEOUT_S), bad, must_name="request_id" in bad)
 
 
+@fuzz(100)
+@given(
+    req=requests(
+        st.builds(
+            spb.ListModelsRequest,
+            feature_shape=st.lists(st.sampled_from([1, 3, 8, 16, 40, 512, 0, -1, 70_000]), max_size=5),
+            num_classes=st.sampled_from([0, 1, 2, 10, 100_001, -3]),
+        ),
+        spb.ListModelsRequest.DESCRIPTOR,
+    )
+)
+def test_list_models_answers_every_request_with_a_defined_status(deployment, req):
+    scoring, _, _ = deployment
+    shape = list(req.feature_shape)
+    bad = set()
+    if len(shape) > 4 or any(not 1 <= d <= 65_536 for d in shape) or math.prod(shape) > 1 << 26:
+        bad.add("feature_shape")
+    if req.num_classes == 1 or not 0 <= req.num_classes <= 100_000:
+        bad.add("num_classes")
+    code, answer = check(
+        "ListModels", req, lambda: scoring.ListModels(req, timeout=TIMEOUT_S), bad, must_name=bool(bad)
+    )
+    if code == grpc.StatusCode.OK:
+        names = [m.name for m in answer.models]
+        assert {"mlp", "cnn1d", "resnet", "linear", "torchvision/resnet18"} <= set(names)
+        for m in answer.models:
+            assert (m.params > 0) != bool(m.problem), m
+
+
 def test_the_servers_still_serve_after_the_fuzzing(deployment):
     _, _, channels = deployment
     for ch in channels:

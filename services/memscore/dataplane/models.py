@@ -2,9 +2,9 @@
 architectures, the plugins installed in this image), each with its parameter count for an
 example shape.
 
-Parameters are counted on torch's meta device (shapes without storage), so a request for a
-huge shape costs no memory (a builder that cannot build there is built for real, for small
-shapes only); whether a plugin takes the shape is its registry dry run (two
+Parameters are counted on torch's meta device (registry.model_params: shapes without
+storage), so a request for a huge shape costs no memory (a builder that cannot build there is
+built for real, for small shapes only); whether a plugin takes the shape is its registry dry run (two
 examples), run only for shapes of at most MAX_CHECKED_ELEMENTS. Answers are cached per shape:
 the installed models do not change while the server runs.
 """
@@ -53,8 +53,8 @@ def _listing(feature_shape: tuple[int, ...], num_classes: int) -> tuple[dict, ..
         info["feature_shape"], info["problem"] = _shape_for(entry, feature_shape, num_classes)
         if not info["problem"]:
             try:
-                info["params"] = _meta_params(
-                    entry.name, _counted_shape(entry.name, info["feature_shape"]), num_classes
+                info["params"] = registry.model_params(
+                    entry.name, _counted_shape(entry.name, info["feature_shape"]), num_classes, MAX_CHECKED_ELEMENTS
                 )
             except ValueError as e:
                 info["problem"] = str(e)
@@ -85,21 +85,3 @@ def _shape_for(entry: registry.ModelEntry, requested: tuple[int, ...], num_class
 def _counted_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     """A torchvision network's parameters depend on its channels, not its image size: counted at 32x32."""
     return (shape[0], 32, 32) if name.startswith(registry.TORCHVISION_PREFIX) and len(shape) == 3 else shape
-
-
-def _meta_params(name: str, feature_shape: tuple[int, ...], num_classes: int) -> int:
-    """Counted on the meta device; a builder that copies weights (torchvision's regnet does)
-    cannot build there and is built for real, for shapes small enough to dry-run."""
-    import torch
-
-    try:
-        with torch.device("meta"):
-            model = registry.builder(name)(feature_shape, num_classes)
-    except (NotImplementedError, RuntimeError):
-        if math.prod(feature_shape) > MAX_CHECKED_ELEMENTS:
-            raise ValueError(
-                f"not counted: it builds only with real weights, here for at most {MAX_CHECKED_ELEMENTS:,} values "
-                "per example"
-            ) from None
-        return registry.model_params(name, feature_shape, num_classes)
-    return sum(p.numel() for p in model.parameters())

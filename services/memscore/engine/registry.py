@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import math
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -211,11 +212,26 @@ def _checked(name: str, feature_shape: tuple[int, ...], num_classes: int) -> str
     return recipe_problem(getattr(build, "recipe", None)) or dry_run(build, feature_shape, num_classes)
 
 
-def model_params(name: str, feature_shape: tuple[int, ...], num_classes: int) -> int:
-    """Parameters of one model `name` on examples of `feature_shape` (builds it on the CPU)."""
+def model_params(name: str, feature_shape: tuple[int, ...], num_classes: int, max_real_elements: int = 0) -> int:
+    """Parameters of one model `name` on examples of `feature_shape`, counted on torch's meta
+    device (shapes without storage: a huge shape costs no memory). A builder that cannot build
+    there (one that copies weights, as torchvision's regnet does) is built on the CPU, when the
+    example has at most `max_real_elements` values (0: any); else ValueError."""
+    import torch
+
     from .models import count_params
 
-    return count_params(builder(name)(tuple(int(d) for d in feature_shape), int(num_classes)))
+    shape, build = tuple(int(d) for d in feature_shape), builder(name)
+    try:
+        with torch.device("meta"):
+            return count_params(build(shape, int(num_classes)))
+    except (NotImplementedError, RuntimeError):
+        if max_real_elements and math.prod(shape) > max_real_elements:
+            raise ValueError(
+                f"not counted: it builds only with real weights, here for at most {max_real_elements:,} values "
+                "per example"
+            ) from None
+    return count_params(build(shape, int(num_classes)))
 
 
 def measured_cost(name: str, feature_shape: tuple[int, ...], num_classes: int):
