@@ -42,7 +42,9 @@ from .subsets import subset_indices, subset_size
 WARMUP_STEPS = 3  # untimed: the allocator and the kernels' first calls
 TIMED_SECONDS = 0.5  # per group size: at least this long and MIN_TIMED_STEPS steps
 MIN_TIMED_STEPS = 5
-SLICE_TRAIN, SLICE_TEST = 2048, 512  # examples of the timed evaluation and reduce
+SLICE_TRAIN, SLICE_TEST = 2048, 512  # at most, examples of the timed evaluation and reduce
+MIN_SLICE = 256  # at least (one CPU evaluation batch)
+EVAL_SECONDS = 0.5  # the slice is sized to evaluate in about this long
 BLOCK = GroupBatches.block  # the batch streams draw this many steps at a time
 
 
@@ -110,9 +112,11 @@ def eval_batch_for(dev: torch.device) -> int:
     return 8192 if dev.type == "cuda" else 256  # as train_ensemble chooses
 
 
-def data_slice(ds: Dataset) -> Dataset:
-    """The first SLICE_TRAIN training and SLICE_TEST test examples."""
-    n, m = min(ds.n_train, SLICE_TRAIN), min(ds.n_test, SLICE_TEST)
+def data_slice(ds: Dataset, n_train: int, at_least: int = MIN_SLICE) -> Dataset:
+    """The first `n_train` training examples and a quarter as many test examples (at most
+    SLICE_TRAIN, SLICE_TEST; at least `at_least` training examples where the data have them)."""
+    n = min(ds.n_train, SLICE_TRAIN, max(at_least, n_train))
+    m = min(ds.n_test, SLICE_TEST, max(1, n // 4))
     return dataclasses.replace(
         ds, x_train=ds.x_train[:n], y_train=ds.y_train[:n], x_test=ds.x_test[:m], y_test=ds.y_test[:m], extras={}
     )
@@ -123,10 +127,11 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def time_group(ds: Dataset, part: Dataset, spec: ScoringSpec, arch: str, recipe: Recipe, g: int, dev: torch.device):
-    """(GroupTiming, the group's trace on `part`) of the job's first `g` models: the same
-    step as ensemble._train_group (stacked models, the group's batch streams, fused AdamW,
-    bf16 autocast on a GPU), then an evaluation pass over `part`."""
+def time_group(ds: Dataset, spec: ScoringSpec, arch: str, recipe: Recipe, g: int, dev: torch.device, evaluate: bool):
+    """(GroupTiming, the group's trace on a slice of `ds`) of the job's first
+    `g` models: the same step as ensemble._train_group (stacked models, the group's batch
+    streams, fused AdamW, bf16 autocast on a GPU), then, with `evaluate`, an evaluation pass
+    over a slice sized to take about EVAL_SECONDS (else no trace and no evaluation time)."""
     t0 = time.perf_counter()
     ids = list(range(g))
     s_size = subset_size(ds.n_train, spec.ratio)
@@ -151,30 +156,44 @@ def time_group(ds: Dataset, part: Dataset, spec: ScoringSpec, arch: str, recipe:
 
     _sync(dev)
     setup = time.perf_counter() - t0
-    warm = min(WARMUP_STEPS, max(0, steps - 1))
-    for i in range(warm):
-        step(i)
-    _sync(dev)
-    t1, i = time.perf_counter(), warm
-    while i < steps and (i - warm < MIN_TIMED_STEPS or time.perf_counter() - t1 < TIMED_SECONDS):
-        step(i)
-        i += 1
-        _sync(dev)
-    per_step = (time.perf_counter() - t1) / (i - warm)
-    per_step += _draw_seconds(ds, subsets, ids, batch, spec.seed, recipe, dev) / BLOCK if i - warm < BLOCK else 0.0
-    t2 = time.perf_counter()
+    per_step = _time_steps(step, steps, dev)  # the streams draw once a block: their share added
+    per_step += _draw_seconds(ds, subsets, ids, batch, spec.seed, recipe, dev) / BLOCK
+    if not evaluate:
+        return GroupTiming(g, setup, per_step, 0.0), None
+    part = data_slice(ds, int(EVAL_SECONDS * batch / per_step))  # an evaluated example ~ a trained one's cost
     masks = np.zeros((g, part.n_train), bool)
     for r, s in enumerate(subsets):
         masks[r, s[s < part.n_train]] = True
+    tiny = data_slice(ds, 0, 32)  # untimed: the evaluation's first call pays one-time costs
+    evaluated_trace(tiny, eval_fn, params, buffers, ids, masks[:, : tiny.n_train], dev, 32, {}, {}, amp)
+    t2 = time.perf_counter()
     trace = evaluated_trace(part, eval_fn, params, buffers, ids, masks, dev, eval_batch_for(dev), {}, {}, amp)
     _sync(dev)
     per_example = (time.perf_counter() - t2) / (part.n_train + part.n_test)
     return GroupTiming(g, setup, per_step, per_example), trace
 
 
+def _time_steps(step, steps: int, dev: torch.device) -> float:
+    """The median seconds of a step (robust to other processes' bursts on a shared machine)
+    after WARMUP_STEPS untimed ones: at least MIN_TIMED_STEPS steps and TIMED_SECONDS, at most
+    the job's steps."""
+    warm = min(WARMUP_STEPS, max(0, steps - 1))
+    for i in range(warm):
+        step(i)
+    _sync(dev)
+    times, start = [], time.perf_counter()
+    for i in range(warm, steps):
+        if len(times) >= MIN_TIMED_STEPS and time.perf_counter() - start >= TIMED_SECONDS:
+            break
+        t = time.perf_counter()
+        step(i)
+        _sync(dev)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def _draw_seconds(ds, subsets, ids, batch, seed, recipe, dev) -> float:
-    """A block's draw of the batch streams (once every BLOCK steps): what timed steps that did
-    not cross a block boundary left out."""
+    """A block's draw of the batch streams (once every BLOCK steps; a median step has none)."""
     inputs = GroupBatches(ds, subsets, ids, batch, seed, recipe, dev, BLOCK)
     t = time.perf_counter()
     inputs(0)
@@ -187,18 +206,29 @@ def _draw_seconds(ds, subsets, ids, batch, seed, recipe, dev) -> float:
     return max(0.0, both - 2 * (time.perf_counter() - t))
 
 
-def time_reduce(ds: Dataset, part: Dataset, spec: ScoringSpec, trace, models: int) -> float:
-    """The reduce of `models` models on `ds`, from a timed reduce on `part` of copies of the
-    group's trace: its per-example work scales with n, its influence step with n·m."""
+# Trace fields by the axis that runs over examples: (field, axis, train or test)
+_EXAMPLE_AXES = (
+    ("masks", 1, "train"), ("train_correct", 1, "train"), ("train_margin", 1, "train"), ("train_pred", 1, "train"),
+    ("test_correct", 1, "test"), ("test_margin", 1, "test"), ("test_pred", 1, "test"),
+    ("heldout_prob_sum", 0, "train"), ("group_prob_in", 1, "train"), ("group_prob_out", 1, "train"),
+    ("group_entropy", 1, "train"), ("group_maxprob", 1, "train"),
+)  # fmt: skip
+
+
+def time_reduce(ds: Dataset, spec: ScoringSpec, trace, models: int) -> float:
+    """The reduce of `models` models on `ds`, from a timed reduce on a slice of it (at most
+    SLICE_TRAIN × SLICE_TEST) of the group's trace, its examples repeated to the slice's size
+    and its members to `models`: per-example work scales with n, the influence step with n·m."""
     from .scoring import Reducer, make_plan
 
+    part = data_slice(ds, SLICE_TRAIN)
+    n, m = part.n_train, part.n_test
     sized = dataclasses.replace(spec, models=models, max_models=0, until_reliability=0.0, metrics=[])
     reducer = Reducer(part, sized, make_plan(part, sized))
-    g = len(trace.model_ids)
+    trace, g = _resized(trace, n, m), len(trace.model_ids)
     t0 = time.perf_counter()
     for first in range(0, models, g):
-        take = min(g, models - first)
-        reducer.add(_renumbered(trace, first, take))
+        reducer.add(_renumbered(trace, first, min(g, models - first)))
     reducer.result(with_influence=False)
     t1 = time.perf_counter()
     if sized.influence_top_k + sized.max_influence_pairs > 0:
@@ -206,22 +236,28 @@ def time_reduce(ds: Dataset, part: Dataset, spec: ScoringSpec, trace, models: in
             sized.influence_top_k, sized.influence_threshold, sized.max_influence_pairs, fdr=sized.influence_fdr
         )
     t2 = time.perf_counter()
-    per_example = ds.n_train / part.n_train
-    per_pair = (ds.n_train * ds.n_test) / (part.n_train * part.n_test)
-    return (t1 - t0) * per_example + (t2 - t1) * per_pair
+    return (t1 - t0) * ds.n_train / n + (t2 - t1) * (ds.n_train * ds.n_test) / (n * m)
+
+
+def _resized(trace, n: int, m: int):
+    """The trace with its examples repeated (or cut) to n training and m test examples."""
+    fields = {}
+    for name, axis, side in _EXAMPLE_AXES:
+        v = getattr(trace, name)
+        if v is not None:
+            idx = np.arange(n if side == "train" else m) % v.shape[axis]
+            fields[name] = np.take(v, idx, axis=axis)
+    return dataclasses.replace(trace, **fields)
+
+
+_MEMBER_FIELDS = ("masks", "train_correct", "train_margin", "train_pred", "test_correct", "test_margin", "test_pred")
 
 
 def _renumbered(trace, first: int, take: int):
-    """The trace's first `take` members as models first, first+1, ... (timing only)."""
-    fields = {}
-    for f in dataclasses.fields(trace):
-        v = getattr(trace, f.name)
-        if f.name == "model_ids":
-            v = np.arange(first, first + take, dtype=np.int64)
-        elif isinstance(v, np.ndarray) and v.ndim >= 2 and v.shape[0] == len(trace.model_ids):
-            v = v[:take]
-        fields[f.name] = v
-    return dataclasses.replace(trace, **fields)
+    """The trace's first `take` members as models first, first+1, ... (timing only: the
+    per-group sums stay the whole group's)."""
+    fields = {f: getattr(trace, f)[:take] for f in _MEMBER_FIELDS if getattr(trace, f) is not None}
+    return dataclasses.replace(trace, model_ids=np.arange(first, first + take, dtype=np.int64), **fields)
 
 
 def calibrate(ds: Dataset, spec: ScoringSpec, device: str = "auto") -> Calibration:
@@ -233,17 +269,19 @@ def calibrate(ds: Dataset, spec: ScoringSpec, device: str = "auto") -> Calibrati
     recipe = make_recipe(arch, spec.epochs, spec.batch_size, spec.lr)
     steps = total_steps(recipe, subset_size(ds.n_train, spec.ratio))
     sizes = group_sizes(ds, spec, arch, recipe, dev)
-    part = data_slice(ds)
-    timings, trace = {}, None
-    for g in sorted(set(sizes), reverse=True):  # the largest first: its trace times the reduce
-        timings[g], t = time_group(ds, part, spec, arch, recipe, g, dev)
-        trace = trace if trace is not None else t
+    largest = max(sizes)
+    timings = {}
+    timings[largest], trace = time_group(ds, spec, arch, recipe, largest, dev, evaluate=True)
+    for g in set(sizes) - {largest}:  # a partial group: its steps timed, its evaluation in proportion
+        t, _ = time_group(ds, spec, arch, recipe, g, dev, evaluate=False)
+        per_example = timings[largest].eval_seconds_per_example * g / largest
+        timings[g] = dataclasses.replace(t, eval_seconds_per_example=per_example)
     examples = ds.n_train + ds.n_test
     train = sum(timings[g].setup_seconds + steps * timings[g].step_seconds for g in sizes)
     evals = sum(examples * timings[g].eval_seconds_per_example for g in sizes)
-    cost, rate = _analytic(spec, ds, timings[max(sizes)])
+    cost, rate = _analytic(spec, ds, timings[largest])
     extra = _extra_seconds(spec, ds, cost, rate)
-    reduce = time_reduce(ds, part, spec, trace, job_models(spec))
+    reduce = time_reduce(ds, spec, trace, job_models(spec))
     return Calibration(
         arch=arch,
         device=str(dev),
