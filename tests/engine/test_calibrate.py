@@ -57,3 +57,25 @@ def test_groups_are_sized_as_the_trainer_sizes_them():
     run_scoring(ds, spec, device="cpu", traces_out=traces)
     assert [min(t.meta["group_size"], len(t.model_ids)) for t in traces] == sizes  # each shard one group
     assert group_sizes(ds, ScoringSpec(dataset="digits", models=20), "mlp", make_recipe("mlp", 1), cpu) == [16, 4]
+
+
+def test_opt_in_metrics_and_dp_levels_are_added_at_the_measured_flop_rate():
+    import dataclasses
+
+    from memscore.engine.cost import job_cost
+    from memscore.engine.privacy_level import DP_MODELS
+
+    ds = load_dataset("digits")
+    spec = ScoringSpec(dataset="digits", model="mlp", models=4, epochs=2, metrics=["adversarial", "dp"])
+    cal = calibrate(ds, spec, "cpu")
+    plain = job_cost(dataclasses.replace(spec, metrics=[]), _facts(ds))
+    extra_flops = 4 * (cal.cost.train_flops_per_model - plain.train_flops_per_model)
+    extra_flops += cal.cost.dp_shards * DP_MODELS * cal.cost.dp_flops_per_model
+    assert extra_flops > 0 and cal.extra_seconds == pytest.approx(extra_flops / cal.measured_flops_per_second)
+    assert cal.seconds == pytest.approx(cal.train_seconds + cal.eval_seconds + cal.extra_seconds + cal.reduce_seconds)
+
+
+def _facts(ds):
+    from memscore.engine.calibrate import facts_of
+
+    return facts_of(ds)

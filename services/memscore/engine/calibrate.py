@@ -1,15 +1,19 @@
 """How long a scoring job will take on this machine, from a short measured burst of the job
 itself (`memscore plan`): the job's model trained on the real dataset, in a group of the size
-this device would train at once, for a few warm-up steps and then timed steps; a timed
-evaluation pass and a timed reduce on a slice of the data. The whole job is extrapolated from
-these as `run_scoring` runs it:
+this device would train at once, for a few warm-up steps and then timed steps (their median);
+an evaluation pass timed on a slice sized to take about EVAL_SECONDS; a reduce timed on up to
+SLICE_TRAIN × SLICE_TEST examples (the group's trace, its examples repeated, its members to K).
+The whole job is extrapolated as `run_scoring` runs it:
 
     Σ over the groups of every shard:  setup(g) + steps · step(g) + (n + m) · eval(g)
     + the opt-in metrics' extra work and the DP levels at the measured FLOP/s (cost.job_cost)
     + reduce: the slice's time × n/n' (per-example work), its influence step × n·m/(n'·m')
 
-where g is each group's size (measured for every size that occurs). A few seconds in all.
-A self-stopping job is estimated at its largest size; `Recipe.stop_when_fit` only shortens it.
+where g is each group's size (steps timed for every size that occurs). A few seconds in all.
+Left out: the process's start-up and the dataset's loading (paid once, before the job), a
+group retried smaller after running out of memory, and what else runs on the machine. A
+self-stopping job is estimated at its largest size; `Recipe.stop_when_fit` only shortens it.
+bench/plan_accuracy.py compares the estimate with measured runs (docs/performance.md).
 """
 
 from __future__ import annotations
