@@ -147,15 +147,26 @@ class Client:
         self.close()
 
     # -- jobs ------------------------------------------------------------------------------
-    def submit(self, spec: job_pb2.JobSpec, request_id: str = "") -> job_pb2.Job:
-        return self.scoring.SubmitJob(spb.SubmitJobRequest(spec=spec, request_id=request_id), timeout=self.timeout).job
+    def submit(self, spec: job_pb2.JobSpec, request_id: str = "", dry_run: bool = False):
+        """The job (QUEUED, or the earlier one `request_id` made). With `dry_run`: the spec is
+        validated and sized exactly as for a real submit, and its `JobEstimate` is returned
+        instead; nothing is stored or queued. `submit_response` has both for a real submit."""
+        r = self.submit_response(spec, request_id, dry_run)
+        return r.estimate if dry_run else r.job
 
-    def submit_scoring(self, request_id: str = "", **fields) -> job_pb2.Job:
-        """Fields of `memscore.v1.ScoringSpec` (same names as `engine.spec.ScoringSpec`)."""
-        return self.submit(job_pb2.JobSpec(scoring=job_pb2.ScoringSpec(**fields)), request_id)
+    def submit_response(
+        self, spec: job_pb2.JobSpec, request_id: str = "", dry_run: bool = False
+    ) -> spb.SubmitJobResponse:
+        req = spb.SubmitJobRequest(spec=spec, request_id=request_id, dry_run=dry_run)
+        return self.scoring.SubmitJob(req, timeout=self.timeout)
 
-    def submit_exposure(self, request_id: str = "", **fields) -> job_pb2.Job:
-        return self.submit(job_pb2.JobSpec(exposure=job_pb2.ExposureSpec(**fields)), request_id)
+    def submit_scoring(self, request_id: str = "", dry_run: bool = False, **fields):
+        """Fields of `memscore.v1.ScoringSpec` (same names as `engine.spec.ScoringSpec`); with
+        `dry_run`, the JobEstimate (see `submit`)."""
+        return self.submit(job_pb2.JobSpec(scoring=job_pb2.ScoringSpec(**fields)), request_id, dry_run)
+
+    def submit_exposure(self, request_id: str = "", dry_run: bool = False, **fields):
+        return self.submit(job_pb2.JobSpec(exposure=job_pb2.ExposureSpec(**fields)), request_id, dry_run)
 
     def get(self, job_id: str) -> job_pb2.Job:
         return self.scoring.GetJob(spb.GetJobRequest(job_id=job_id), timeout=self.timeout).job

@@ -67,7 +67,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MEMSCORE_WORKER_FLOPS": (
         "2e12",
         "sustained training FLOP/s of one worker, for the gateway's time estimates (shards must fit "
-        "MEMSCORE_SHARD_TIMEOUT_S, jobs MEMSCORE_MAX_JOB_WORKER_HOURS); set it from bench/gpu_bench.py",
+        "MEMSCORE_SHARD_TIMEOUT_S, jobs MEMSCORE_MAX_JOB_WORKER_HOURS, and SubmitJob's estimate); set it from "
+        "bench/gpu_bench.py or the FLOP/s `memscore plan` measures on a worker",
     ),
     "MEMSCORE_MAX_JOB_WORKER_HOURS": (
         "24",

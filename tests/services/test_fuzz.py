@@ -804,9 +804,12 @@ def test_submit_job_answers_every_request_with_a_defined_status(deployment, req)
     if not req.HasField("spec") or req.spec.WhichOneof("kind") is None:
         bad.add("spec")
     code, answer = check("SubmitJob", req, lambda: scoring.SubmitJob(req, timeout=TIMEOUT_S), bad, must_name=True)
-    if code == grpc.StatusCode.OK:
+    if code == grpc.StatusCode.OK and req.dry_run:  # the estimate only: no job
+        assert not answer.HasField("job") and not answer.created and answer.estimate.shards >= 1
+    elif code == grpc.StatusCode.OK:
         assert answer.job.state == job_pb2.JOB_STATE_QUEUED or not answer.created
         assert answer.job.spec.WhichOneof("kind") == req.spec.WhichOneof("kind")
+        assert answer.estimate.shards == answer.job.progress.shards_total
 
 
 @fuzz(150)

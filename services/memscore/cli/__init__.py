@@ -1,23 +1,20 @@
 """The `memscore` command.
 
 One idea per file: `tables` prints every table and CSV, `spec_flags` holds the scoring-spec flags
-shared by `run` and `submit`, `local` has the commands that compute in this process (run,
-exposure), `report` those that read a run's result files (report, audit), `service` the client
-commands of a running service, `up` the embedded service itself, `models` the models a job may
-train. Each command is a registration function (flags only) and a command function; heavy
-imports (torch, grpc, tqdm) happen inside the command functions so `memscore --help` stays fast.
+from . import local, models, plan, report, service, up
 """
 
 from __future__ import annotations
 
 import argparse
 
-from . import local, models, report, service, up
+from . import local, models, plan, report, service, up
 
 # Order here is the order in `memscore --help`.
 COMMANDS = [
     local.add_run,
     local.add_exposure,
+    plan.add_plan,
     up.add_up,
     service.add_submit,
     service.add_watch,

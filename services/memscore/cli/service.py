@@ -126,6 +126,12 @@ def add_submit(sub: argparse._SubParsersAction) -> None:
     add_service_flags(p)
     p.add_argument("--request-id", default="", help="idempotency key: resubmitting with it returns the same job")
     p.add_argument("--wait", action="store_true", help="watch the job until it ends")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and size the job on the gateway and print its estimate; nothing is queued "
+        "(a local .npz is still uploaded, for the gateway to read its shape)",
+    )
     p.set_defaults(func=submit)
 
 
@@ -147,6 +153,11 @@ def submit(args: argparse.Namespace) -> int:
                 print(f"error: dataset {args.dataset!r}: {e}", file=sys.stderr)
                 return 2
             print(f"uploaded {args.dataset} (read here, as .npz) as {spec.dataset}", file=sys.stderr)
+        if args.dry_run:
+            from .plan import print_estimate
+
+            print_estimate(c.submit_scoring(request_id=args.request_id, dry_run=True, **spec.to_dict()))
+            return 0
         job = c.submit_scoring(request_id=args.request_id, **spec.to_dict())
         print(job.job_id)
         if args.wait:

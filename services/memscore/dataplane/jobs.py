@@ -20,6 +20,7 @@ from ..store import layout
 from ..store.jobs import DEFAULT_TENANT, JobNotFound, JobRecord, RequestIdReused
 from ..store.objects import ObjectNotFound, StoreUnavailable
 from .anytime import AnytimeEstimates
+from .estimates import JobEstimate, checked_estimate
 from .specs import admit_spec, check_exposure, check_scoring, dataset_meta, job_shards
 from .uploads import Upload, sweep_spool
 from .watch import ChangeFeed
@@ -44,6 +45,22 @@ def owned_job(rt: Runtime, job_id: str, tenant: str | None) -> JobRecord:
     if rec is None or (tenant is not None and rec.tenant != tenant):
         raise NotFound(f"no job {job_id[:200]!r}")
     return rec
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """What SubmitJob answers: the job (None for a dry run), whether this call created it, and
+    its cost estimate."""
+
+    job: JobRecord | None
+    created: bool
+    estimate: JobEstimate
+
+
+def _same_request(earlier: JobRecord, kind: str, spec: dict) -> None:
+    """A request_id names one job: reused with another spec, INVALID_ARGUMENT."""
+    if earlier.kind != kind or earlier.spec != spec:
+        raise InvalidArgument([("request_id", f"already used for job {earlier.job_id} with a different spec")])
 
 
 def check_request_id(request_id: str) -> None:
@@ -81,6 +98,16 @@ class ScoringPlane:
         """Validate everything, store the job QUEUED for `tenant`, enqueue its tasks. Returns
         (job, created); the same request_id from the same tenant returns the same job. A tenant
         at its MEMSCORE_TENANT_MAX_ACTIVE_JOBS gets RESOURCE_EXHAUSTED."""
+        done = self.submit_job(kind, spec, request_id, tenant)
+        return done.job, done.created
+
+    def submit_job(
+        self, kind: str, spec: dict, request_id: str = "", tenant: str = DEFAULT_TENANT, dry_run: bool = False
+    ) -> Submission:
+        """`submit`, with the job's cost estimate (estimates.py). With `dry_run` every check is
+        made and every error raised as for a real submit (the spec, admission, a request_id used
+        for another spec, the tenant's quota), then the estimate returned: nothing is stored or
+        queued, and neither the quota nor the request_id is used up."""
         if kind not in KINDS:
             raise InvalidArgument([("spec", f"must set one of: {', '.join(KINDS)}")])
         check_request_id(request_id)
@@ -88,6 +115,14 @@ class ScoringPlane:
             spec, shards, models = check_scoring(spec, self.rt.settings, self.rt.objects, tenant)
         else:
             spec, shards, models = check_exposure(spec, self.rt.settings, self.rt.objects, tenant)
+        estimate = checked_estimate(kind, spec, self.rt.settings, self.rt.objects, tenant)
+        earlier = self.rt.jobs.find_request(tenant, request_id) if request_id else None
+        if earlier is None:
+            self._check_quota(tenant)
+        if dry_run:
+            if earlier is not None:
+                _same_request(earlier, kind, spec)
+            return Submission(None, False, estimate)
         record = JobRecord(
             job_id=_new_job_id(),
             kind=kind,
@@ -97,25 +132,29 @@ class ScoringPlane:
             message="queued",
             tenant=tenant,
         )
+        record, created = self.rt.jobs.create(record, request_id or None)
+        if not created:
+            _same_request(record, kind, spec)
+            return Submission(record, False, estimate)
+        self._store_and_enqueue(record)
+        return Submission(record, True, estimate)
+
+    def _check_quota(self, tenant: str) -> None:
         limit = self.rt.settings.tenant_max_active_jobs
-        retry = bool(request_id) and self.rt.jobs.find_request(tenant, request_id) is not None
-        if not retry and self.rt.jobs.count_active(tenant) >= limit:
+        if self.rt.jobs.count_active(tenant) >= limit:
             raise ResourceExhausted(
                 f"tenant {tenant!r} already has {limit} jobs queued or running (MEMSCORE_TENANT_MAX_ACTIVE_JOBS); "
                 "wait for one to finish or cancel one"
             )
-        record, created = self.rt.jobs.create(record, request_id or None)
-        if not created:
-            if record.kind != kind or record.spec != spec:
-                raise InvalidArgument([("request_id", f"already used for job {record.job_id} with a different spec")])
-            return record, False
+
+    def _store_and_enqueue(self, record: JobRecord) -> None:
         try:
-            self.rt.objects.put_bytes(layout.spec_key(record.job_id), json.dumps({"kind": kind, "spec": spec}).encode())
+            spec = {"kind": record.kind, "spec": record.spec}
+            self.rt.objects.put_bytes(layout.spec_key(record.job_id), json.dumps(spec).encode())
             self._enqueue_work(record)
         except (StoreUnavailable, OSError, OperationalError) as e:  # broker or store down: leave nothing half-made
             self._forget(record.job_id)
             raise Unavailable(f"could not queue the job ({type(e).__name__}: {e}); nothing was stored, retry") from e
-        return record, True
 
     def _forget(self, job_id: str) -> None:
         self.rt.jobs.delete(job_id)

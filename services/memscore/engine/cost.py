@@ -173,6 +173,10 @@ class JobCost:
     def dp_shard_seconds(self, flops_per_s: float) -> float:
         return DP_MODELS * self.dp_flops_per_model / flops_per_s
 
+    def total_flops(self, models: int) -> float:
+        """Training and evaluation FLOPs of the whole job: `models` models and the DP levels."""
+        return models * self.train_flops_per_model + self.dp_shards * DP_MODELS * self.dp_flops_per_model
+
     def total_seconds(self, models: int, flops_per_s: float) -> float:
         """The whole job on one worker: `models` models and the DP levels."""
         return self.seconds(models, flops_per_s) + self.dp_shards * self.dp_shard_seconds(flops_per_s)

@@ -6,6 +6,7 @@ and UploadDataset are async, so a stream waiting on a job or on its client holds
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 
@@ -29,8 +30,11 @@ class ScoringServicer(pb_grpc.ScoringServiceServicer):
 
     def SubmitJob(self, request, context):
         kind, spec = spec_from_pb(request.spec)
-        rec, created = self.plane.submit(kind, spec, request.request_id, tenant=context.tenant)
-        return pb.SubmitJobResponse(job=job_to_pb(rec), created=created)
+        done = self.plane.submit_job(kind, spec, request.request_id, context.tenant, request.dry_run)
+        estimate = pb.JobEstimate(**dataclasses.asdict(done.estimate))
+        if done.job is None:  # a dry run: the estimate only
+            return pb.SubmitJobResponse(estimate=estimate)
+        return pb.SubmitJobResponse(job=job_to_pb(done.job), created=done.created, estimate=estimate)
 
     def GetJob(self, request, context):
         return pb.GetJobResponse(job=job_to_pb(self.plane.get(request.job_id, context.tenant)))
