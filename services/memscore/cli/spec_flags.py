@@ -16,7 +16,12 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         help=" | ".join(BUILTINS) + " | PATH.npz | ImageFolder DIR "
         "(submit: also datasets/<sha256>.npz from `memscore upload`)",
     )
-    p.add_argument("--model", default="auto", help="auto | mlp | cnn1d | resnet (auto: by data kind)")
+    p.add_argument(
+        "--model",
+        default="auto",
+        help="auto (by data kind) | mlp | linear | cnn1d | resnet | torchvision/resnet18 ... | an installed "
+        "plugin's name (`memscore models` lists them; docs/models.md)",
+    )
     p.add_argument("--models", type=int, default=64, help="K, number of subset models (default 64)")
     p.add_argument(
         "--ratio",
