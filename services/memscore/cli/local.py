@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..engine.datasets import DatasetError, load_dataset
+    from ..engine.registry import model_problem
     from ..engine.scoring import run_scoring
 
     spec = spec_from_args(args)
@@ -50,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
         ds = load_dataset(spec.dataset)
     except DatasetError as e:
         print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
+        return 2
+    why = model_problem(spec.model, ds.feature_shape, ds.num_classes)
+    if why:  # the model does not take this data (registry.model_problem), as the gateway would say
+        report_problems([("model", why)])
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
