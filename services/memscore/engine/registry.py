@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from .catalog import ARCH_FEATURE_NDIM, ARCH_INPUT_DESCRIPTION, TORCHVISION_MODELS, TORCHVISION_PREFIX
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "memscore.models"
 BUILTIN_BUILDERS = {name: f"memscore.engine.models:build_{name}" for name in ARCH_FEATURE_NDIM}
@@ -64,8 +67,9 @@ def register(name: str, build: Builder) -> None:
 
 
 def plugins() -> dict[str, str]:
-    """Installed plugins: name -> entry point value (package.module:build), first on sys.path
-    first; entry points naming a built-in or a torchvision name are not plugins."""
+    """Installed plugins: name -> entry point value (package.module:build), the first on sys.path
+    for a name; entry points under a built-in's or a torchvision name are not plugins (another
+    builder under such a name is ignored, with a warning)."""
     return dict(_plugins(tuple(sys.path)))
 
 
@@ -74,7 +78,10 @@ def _plugins(path: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     # cached per sys.path: a test (or a process) that adds a distribution to the path sees it
     found: dict[str, str] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in BUILTIN_BUILDERS or ep.name.startswith(TORCHVISION_PREFIX) or ep.name in found:
+        if BUILTIN_BUILDERS.get(ep.name) == ep.value or ep.name in found:
+            continue  # a built-in's own entry point (pyproject.toml), or shadowed by one earlier on the path
+        if ep.name in BUILTIN_BUILDERS or ep.name.startswith(TORCHVISION_PREFIX):
+            log.warning("model plugin %s = %s ignored: %r is a built-in model's name", ep.name, ep.value, ep.name)
             continue
         found[ep.name] = ep.value
     return tuple(sorted(found.items()))
