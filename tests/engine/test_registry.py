@@ -68,6 +68,9 @@ def test_an_unknown_model_is_a_problem_listing_what_exists(plugins):
         assert name in why
     [(_, why)] = ScoringSpec(dataset="digits", model="torchvision/vgg11").validate()
     assert "torchvision/resnet18" in why
+    assert ScoringSpec.from_dict({"dataset": "digits", "model": 3}).validate() == [
+        ("model", "must be a model's name, got 3")
+    ]
 
 
 def test_a_plugin_is_unknown_once_its_package_is_gone(tmp_path, monkeypatch):

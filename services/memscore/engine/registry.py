@@ -90,6 +90,8 @@ def _plugins(path: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 def name_problem(name: str) -> str | None:
     """None if a spec may name model `name` here, else why not (listing what exists). Loads
     nothing: a plugin's import errors are model_problem's."""
+    if not isinstance(name, str):
+        return f"must be a model's name, got {name!r}"
     if name in ("auto", *BUILTIN_BUILDERS) or name in _REGISTERED or name in plugins():
         return None
     if name.startswith(TORCHVISION_PREFIX):
