@@ -56,6 +56,8 @@ ENTRY_POINTS = {
     "test-dropout": "memscore_test_plugins:build_dropout",
     "test-bad-recipe": "memscore_test_plugins:build_bad_recipe",
     "test-broken": "memscore_test_broken_plugin:build",
+    "linear": "memscore.engine.models:build_linear",  # the built-in's own entry point: not a duplicate
+    "mlp": "memscore_test_plugins:build_tiny",  # a built-in's name taken by another builder: ignored
 }
 
 

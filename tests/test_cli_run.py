@@ -91,6 +91,8 @@ def test_run_writes_scores_influence_and_summary_identically_for_the_same_seed(t
         (["--dataset", "mnist1d", "--ratio", "1.2"], "--ratio"),
         (["--dataset", "mnist1d", "--models", "1"], "--models"),
         (["--dataset", "mnist1d", "--model", "vgg"], "--model"),
+        (["--dataset", "mnist1d", "--model", "resnet"], "--model: resnet takes (c, h, w) images"),
+        (["--dataset", "mnist1d", "--model", "torchvision/resnet18"], "--model: torchvision/resnet18 takes (c, h, w)"),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_problem(tmp_path, capsys, args, message):

@@ -127,3 +127,20 @@ def test_the_exposure_estimate_counts_the_corpus_the_model_trains_on():
         exposure_cost(ExposureSpec(epochs=4), len(corpus), 92).train_flops
         > 1.9 * exposure_cost(ExposureSpec(epochs=2), len(corpus), 92).train_flops
     )
+
+
+def test_a_model_without_a_table_is_costed_from_its_measurement():
+    """torchvision and plugin models: job_cost takes the measured ModelCost (registry.measured_cost)
+    and its evaluation pass is sized with EVAL_LIVE_DEFAULT layers alive."""
+    from memscore.engine.cost import EVAL_LIVE_DEFAULT, ModelCost
+
+    facts = DatasetFacts(n_train=1000, n_test=200, num_classes=10, kind="image", feature_shape=(3, 16, 16))
+    spec = ScoringSpec(dataset="x", model="torchvision/resnet18")
+    with pytest.raises(ValueError, match="measure it"):
+        job_cost(spec, facts)
+    measured = ModelCost(params=11_000_000, forward_flops=300_000_000, activations=500_000, widest=16_384)
+    cost = job_cost(spec, facts, measured)
+    assert cost.model == measured and cost.batch == 64  # the resnet recipe for images
+    eval_bytes = 1200 * EVAL_LIVE_DEFAULT * (16_384 + 10) * 4
+    train_bytes = 64 * 500_000 * 4 * 2
+    assert cost.per_model_bytes == 11_000_000 * 4 * 4 + max(eval_bytes, train_bytes)

@@ -41,8 +41,9 @@ def test_builtins_come_first_then_torchvision_sorted_by_name():
 
 
 def test_an_installed_plugin_is_listed_with_its_entry_point_and_validates(plugins):
-    by_name = {e.name: e for e in available_models()}
-    assert set(plugins) <= set(by_name)
+    entries = available_models()
+    by_name = {e.name: e for e in entries}
+    assert set(plugins) <= set(by_name) and len(by_name) == len(entries)
     tiny = by_name["test-tiny"]
     assert tiny.source == "plugin memscore_test_plugins:build_tiny" and tiny.input == "any shape (flattened)"
     assert tiny.load_error == ""
@@ -67,6 +68,9 @@ def test_an_unknown_model_is_a_problem_listing_what_exists(plugins):
         assert name in why
     [(_, why)] = ScoringSpec(dataset="digits", model="torchvision/vgg11").validate()
     assert "torchvision/resnet18" in why
+    assert ScoringSpec.from_dict({"dataset": "digits", "model": 3}).validate() == [
+        ("model", "must be a model's name, got 3")
+    ]
 
 
 def test_a_plugin_is_unknown_once_its_package_is_gone(tmp_path, monkeypatch):
@@ -139,3 +143,16 @@ def test_register_model_refuses_builtin_names_and_a_second_builder():
         registry.register("linear", lambda shape, classes: None)
     with pytest.raises(ValueError, match="built-in"):
         registry.register("torchvision/resnet18", lambda shape, classes: None)
+
+
+def test_a_builtins_own_entry_point_is_the_builtin_and_another_builder_cannot_take_its_name(plugins, caplog):
+    """The test package declares `linear` (memscore's own builder, as pyproject.toml does) and
+    `mlp` (its own builder): both stay the built-ins, the second with a warning."""
+    from memscore.engine.models import MLP, build_linear
+
+    registry._plugins.cache_clear()
+    with caplog.at_level("WARNING", logger="memscore.engine.registry"):
+        assert "linear" not in registry.plugins() and "mlp" not in registry.plugins()
+    assert "mlp = memscore_test_plugins:build_tiny ignored" in caplog.text and "linear" not in caplog.text
+    assert registry.builder("linear") is build_linear and registry.source("mlp") == "builtin"
+    assert isinstance(registry.builder("mlp")((16,), 3), MLP)

@@ -189,3 +189,23 @@ def test_a_dataset_under_the_data_roots_is_sized_like_an_upload(start, tmp_path)
         with pytest.raises(grpc.RpcError) as e:
             c.submit_scoring(dataset=str(root / "cut.npz"), models=4)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec.scoring.dataset" in e.value.details()
+
+
+def test_a_torchvision_model_is_sized_by_its_measured_cost(start):
+    """No table in engine/cost.py for torchvision/resnet18: the gateway measures the model it
+    dry-ran (registry.measured_cost: 11M parameters) and sizes the shard from that."""
+    from memscore.engine.registry import measured_cost
+
+    rt, target = start(worker_memory_bytes=2 * GIB)
+    model = measured_cost("torchvision/resnet18", BUILTIN_SHAPES["longtail"], 10)
+    assert model.params > 11_000_000
+    cost = job_cost(ScoringSpec(dataset="longtail", model="torchvision/resnet18", models=8), _facts("longtail"), model)
+    fit = largest_shard(cost, rt.settings)
+    assert 1 <= fit < 8
+    with Client(target, target, timeout=30) as c:
+        job = c.submit_scoring(dataset="longtail", model="torchvision/resnet18", models=8)
+        assert job.spec.scoring.shard_size == fit
+        why = _refused(
+            lambda: c.submit_scoring(dataset="longtail", model="torchvision/resnet18", models=8, shard_size=8)
+        )
+        assert f"shard_size <= {fit}" in why

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..engine.datasets import DatasetError
+    from ..engine.registry import model_problem
     from ..engine.scoring import run_scoring
 
     spec = spec_from_args(args)
@@ -74,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
         ds = _load_dataset(spec)
     except DatasetError as e:
         print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
+        return 2
+    why = model_problem(spec.model, ds.feature_shape, ds.num_classes)
+    if why:  # the model does not take this data (registry.model_problem), as the gateway would say
+        report_problems([("model", why)])
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,12 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         default="",
         help="Parquet: 'train' or 'test' per row; default split (not needed with train/ and test/ tables)",
     )
-    p.add_argument("--model", default="auto", help="auto | mlp | cnn1d | resnet (auto: by data kind)")
+    p.add_argument(
+        "--model",
+        default="auto",
+        help="auto (by data kind) | mlp | linear | cnn1d | resnet | torchvision/resnet18 ... | an installed "
+        "plugin's name (`memscore models` lists them; docs/models.md)",
+    )
     p.add_argument("--models", type=int, default=64, help="K, number of subset models (default 64)")
     p.add_argument(
         "--ratio",

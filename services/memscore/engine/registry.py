@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import math
 import sys
 from dataclasses import dataclass
 from typing import Callable
 
 from .catalog import ARCH_FEATURE_NDIM, ARCH_INPUT_DESCRIPTION, TORCHVISION_MODELS, TORCHVISION_PREFIX
+
+log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "memscore.models"
 BUILTIN_BUILDERS = {name: f"memscore.engine.models:build_{name}" for name in ARCH_FEATURE_NDIM}
@@ -65,8 +68,9 @@ def register(name: str, build: Builder) -> None:
 
 
 def plugins() -> dict[str, str]:
-    """Installed plugins: name -> entry point value (package.module:build), first on sys.path
-    first; entry points naming a built-in or a torchvision name are not plugins."""
+    """Installed plugins: name -> entry point value (package.module:build), the first on sys.path
+    for a name; entry points under a built-in's or a torchvision name are not plugins (another
+    builder under such a name is ignored, with a warning)."""
     return dict(_plugins(tuple(sys.path)))
 
 
@@ -75,7 +79,10 @@ def _plugins(path: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     # cached per sys.path: a test (or a process) that adds a distribution to the path sees it
     found: dict[str, str] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in BUILTIN_BUILDERS or ep.name.startswith(TORCHVISION_PREFIX) or ep.name in found:
+        if BUILTIN_BUILDERS.get(ep.name) == ep.value or ep.name in found:
+            continue  # a built-in's own entry point (pyproject.toml), or shadowed by one earlier on the path
+        if ep.name in BUILTIN_BUILDERS or ep.name.startswith(TORCHVISION_PREFIX):
+            log.warning("model plugin %s = %s ignored: %r is a built-in model's name", ep.name, ep.value, ep.name)
             continue
         found[ep.name] = ep.value
     return tuple(sorted(found.items()))
@@ -84,6 +91,8 @@ def _plugins(path: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 def name_problem(name: str) -> str | None:
     """None if a spec may name model `name` here, else why not (listing what exists). Loads
     nothing: a plugin's import errors are model_problem's."""
+    if not isinstance(name, str):
+        return f"must be a model's name, got {name!r}"
     if name in ("auto", *BUILTIN_BUILDERS) or name in _REGISTERED or name in plugins():
         return None
     if name.startswith(TORCHVISION_PREFIX):
