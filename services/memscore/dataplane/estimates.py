@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine.cost import DatasetFacts, exposure_cost, job_cost
+from ..engine.parquet import ParquetColumns
 from ..engine.recipes import LM_BATCH_SIZE, LM_SEQ_LEN
 from ..engine.spec import ExposureSpec, ScoringSpec
 from ..errors import Unavailable
 from ..settings import Settings
 from ..store.objects import ObjectStore, StoreUnavailable
-from .specs import corpus_facts, dataset_meta
+from .specs import corpus_facts, dataset_meta, model_cost_of
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def scoring_estimate(spec: ScoringSpec, facts: DatasetFacts | None, settings: Se
     shards = len(spec.shards())
     if facts is None:
         return JobEstimate(model=spec.model, shard_size=spec.effective_shard_size, shards=shards)
-    cost = job_cost(spec, facts)
+    cost = job_cost(spec, facts, model_cost_of(spec, facts))
     models, flops = max(spec.models, spec.max_models), settings.worker_flops
     peak = cost.shard_bytes(spec.effective_shard_size)
     if cost.dp_shards:
@@ -86,7 +87,7 @@ def checked_estimate(
     try:
         if kind == "scoring":
             s = ScoringSpec.from_dict(spec)
-            meta = dataset_meta(s.dataset, objects, settings, tenant) if s.dataset else None
+            meta = dataset_meta(s.dataset, objects, settings, tenant, ParquetColumns.of(s)) if s.dataset else None
             return scoring_estimate(s, DatasetFacts.from_meta(meta) if meta else None, settings)
         s = ExposureSpec.from_dict(spec)
         return exposure_estimate(s, *corpus_facts(s.corpus, objects, settings.data_roots, tenant), settings)

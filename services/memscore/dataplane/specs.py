@@ -79,8 +79,13 @@ def admit_spec(s: ScoringSpec, settings: Settings, meta: dict | None) -> int:
     facts = DatasetFacts.from_meta(meta) if meta else None
     if not facts:
         return s.effective_shard_size
-    model = None if is_builtin(s.model) else measured_cost(s.model, facts.feature_shape, facts.num_classes)
-    return admit(s, facts, settings, model)
+    return admit(s, facts, settings, model_cost_of(s, facts))
+
+
+def model_cost_of(s: ScoringSpec, facts: DatasetFacts):
+    """The measured cost.ModelCost of a model without an analytic one (torchvision/<name>,
+    plugins: registry.measured_cost loads torch), None for the zoo's."""
+    return None if is_builtin(s.model) else measured_cost(s.model, facts.feature_shape, facts.num_classes)
 
 
 def check_exposure(

@@ -31,6 +31,7 @@ from .datasets import Dataset
 from .ensemble import (
     CPU_GROUP_SIZE,
     GroupBatches,
+    SharedBatches,
     Speed,
     _stack_models,
     evaluated_trace,
@@ -40,6 +41,7 @@ from .ensemble import (
     resolve_device,
 )
 from .recipes import Recipe, make_recipe, total_steps
+from .shared_batches import masked_loss
 from .spec import ScoringSpec
 from .subsets import subset_indices, subset_size
 
@@ -101,7 +103,7 @@ def group_sizes(ds: Dataset, spec: ScoringSpec, arch: str, recipe: Recipe, dev: 
     out = []
     for first in range(0, models, g):
         shard = min(g, models - first)
-        cap = shard if dev.type == "cuda" else CPU_GROUP_SIZE
+        cap = shard if dev.type == "cuda" or recipe.shared_batches else CPU_GROUP_SIZE
         size = fitting_group_size(ds, arch, batch, eval_batch, tuple(spec.metrics), dev, cap)
         out += [min(size, shard - a) for a in range(0, shard, size)]
     return out
@@ -142,7 +144,13 @@ def time_group(ds: Dataset, spec: ScoringSpec, arch: str, recipe: Recipe, g: int
     batch, steps = min(recipe.batch_size, s_size), total_steps(recipe, s_size)
     subsets = [subset_indices(ds.n_train, spec.ratio, spec.seed, k, spec.plan) for k in ids]
     params, buffers, train_fn, eval_fn = _stack_models(arch, ds, spec.seed, ids, dev)
-    inputs = GroupBatches(ds, subsets, ids, batch, spec.seed, recipe, dev, steps)
+    masks = np.zeros((g, ds.n_train), bool)
+    for r, sub in enumerate(subsets):
+        masks[r, sub] = True
+    if recipe.shared_batches:
+        inputs = SharedBatches(ds, masks, batch, spec.ratio, spec.seed, dev, steps)
+    else:
+        inputs = GroupBatches(ds, subsets, ids, batch, spec.seed, recipe, dev, steps)
     fused = {"fused": True} if Speed().fused else {}
     opt = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
     amp = Speed().amp(dev)
@@ -150,10 +158,15 @@ def time_group(ds: Dataset, spec: ScoringSpec, arch: str, recipe: Recipe, g: int
     def step(i: int) -> None:
         for group in opt.param_groups:
             group["lr"] = recipe.lr * lr_factor(i, steps, recipe.warmup)
-        xb, yb = inputs(i)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits = train_fn(params, buffers, xb)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
+        if recipe.shared_batches:  # as ensemble._train_group: one batch, each model its own members
+            xb, yb, weights = inputs(i)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                loss = masked_loss(eval_fn(params, buffers, xb), yb, weights)
+        else:
+            xb, yb = inputs(i)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                logits = train_fn(params, buffers, xb)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -161,13 +174,12 @@ def time_group(ds: Dataset, spec: ScoringSpec, arch: str, recipe: Recipe, g: int
     _sync(dev)
     setup = time.perf_counter() - t0
     per_step = _time_steps(step, steps, dev)  # the streams draw once a block: their share added
-    per_step += _draw_seconds(ds, subsets, ids, batch, spec.seed, recipe, dev) / BLOCK
+    if not recipe.shared_batches:  # one shared stream's draw is negligible
+        per_step += _draw_seconds(ds, subsets, ids, batch, spec.seed, recipe, dev) / BLOCK
     if not evaluate:
         return GroupTiming(g, setup, per_step, 0.0), None
     part = data_slice(ds, int(EVAL_SECONDS * batch / per_step))  # an evaluated example ~ a trained one's cost
-    masks = np.zeros((g, part.n_train), bool)
-    for r, s in enumerate(subsets):
-        masks[r, s[s < part.n_train]] = True
+    masks = masks[:, : part.n_train]
     tiny = data_slice(ds, 0, 32)  # untimed: the evaluation's first call pays one-time costs
     evaluated_trace(tiny, eval_fn, params, buffers, ids, masks[:, : tiny.n_train], dev, 32, {}, {}, amp)
     t2 = time.perf_counter()

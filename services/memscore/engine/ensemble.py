@@ -32,6 +32,7 @@ from .datasets import Dataset
 from .models import build_model, default_arch
 from .prototypes import JACKKNIFE_GROUPS, group_of
 from .recipes import RECIPES, Recipe, make_recipe, total_steps  # noqa: F401  (re-exported: the trainer's API)
+from .shared_batches import SharedBatches, linear_heads, masked_loss
 from .subsets import AUGMENT, BATCHES, INIT, model_seed, subset_indices, subset_size
 from .traces import ADV_FIELDS, GROUP_FIELDS, SNAP_FIELDS, Trace
 
@@ -71,10 +72,10 @@ class BatchStream:
     subset, cut into batches of B (a batch may straddle two epochs, so every step has exactly
     B examples). Drawn in blocks so memory stays O(block·B) however long training is."""
 
-    def __init__(self, subset: np.ndarray, batch_size: int, seed: int, k: int):
+    def __init__(self, subset: np.ndarray, batch_size: int, seed: int, k: int, purpose: int = BATCHES):
         self.subset = torch.from_numpy(subset)
         self.batch_size = batch_size
-        self.gen = torch.Generator().manual_seed(model_seed(seed, k, BATCHES))
+        self.gen = torch.Generator().manual_seed(model_seed(seed, k, purpose))
         self.pending = self.subset[:0]
 
     def next(self, steps: int) -> torch.Tensor:
@@ -277,7 +278,7 @@ class TrainOutput:
 # Models trained at once on the CPU, whatever the model: measured on 2 cores (see
 # docs/performance.md), G=16 is fastest per model for both the cnn1d and the MLP (activations
 # stay in cache; a larger G only adds memory traffic). GPUs take the whole shard at once, as
-# far as its memory allows.
+# far as its memory allows, and so does the CPU with shared batches (shared_batches.py).
 CPU_GROUP_SIZE = 16
 # The share of the device's free memory a group is planned to use: cost.group_memory's estimate
 # is within ~2x of the measured peak (tests/engine/test_cost.py), and others may share the device.
@@ -350,7 +351,8 @@ def train_ensemble(
     if not eval_batch:  # examples per evaluation pass; on the CPU small passes stay in cache (256: 3x faster than 2048)
         eval_batch = 8192 if dev.type == "cuda" else 256
     if not group_size:
-        cap = len(model_ids) if dev.type == "cuda" else CPU_GROUP_SIZE
+        # shared batches gather nothing per model: on the CPU too the more models a step, the better
+        cap = len(model_ids) if dev.type == "cuda" or recipe.shared_batches else CPU_GROUP_SIZE
         batch = min(recipe.batch_size, subset_size(ds.n_train, ratio))
         group_size = fitting_group_size(ds, arch, batch, eval_batch, metrics, dev, cap)
 
@@ -454,7 +456,12 @@ def _train_group(
     steps = total_steps(recipe, s_size)
 
     params, buffers, train_fn, eval_fn = _stack_models(arch, ds, seed, model_ids, dev)
-    inputs = GroupBatches(ds, subsets, model_ids, batch, seed, recipe, dev, steps, speed.channels_last)
+    if recipe.shared_batches:  # one batch for all the models, each counting its own members
+        if augment_pad(ds, recipe):
+            raise ValueError("a recipe with shared_batches takes no augmentation")
+        inputs = SharedBatches(ds, masks, batch, ratio, seed, dev, steps)
+    else:
+        inputs = GroupBatches(ds, subsets, model_ids, batch, seed, recipe, dev, steps, speed.channels_last)
     opt = torch.optim.AdamW(
         params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay, **({"fused": True} if speed.fused else {})
     )
@@ -465,24 +472,31 @@ def _train_group(
     snaps = _snapshots(
         ds, metrics, steps, -(-s_size // batch), seed, train_fn, eval_fn, params, buffers, dev, eval_batch
     )
-    # per-model early stopping (not with snapshots, which follow the whole schedule)
+    # per-model early stopping (not with snapshots, which follow the whole schedule, nor shared batches)
     fit_stop = FitStop(params, -(-s_size // batch)) if recipe.stop_when_fit and snaps is None else None
+    fit_stop = None if recipe.shared_batches else fit_stop
     for step in range(steps):
         if should_stop is not None and step % check_every == 0 and should_stop():
             raise Cancelled(f"stopped at step {step} of {steps}")
         for group in opt.param_groups:
             group["lr"] = recipe.lr * lr_factor(step, steps, recipe.warmup)
-        xb, yb = inputs(step)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = step_fn(params, buffers, xb)  # (G, B, C)
-        if fit_stop is None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
+        if recipe.shared_batches:
+            xb, yb, weights = inputs(step)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = eval_step(params, buffers, xb)  # (G, Bs, C): one input, G weight sets
+            loss = masked_loss(logits, yb, weights)
         else:
-            each = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
-            fit_stop.see(each.view(yb.shape), step)
-            if fit_stop.all_stopped:
-                break
-            loss = each.sum() / batch
+            xb, yb = inputs(step)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = step_fn(params, buffers, xb)  # (G, B, C)
+            if fit_stop is None:
+                loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
+            else:
+                each = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
+                fit_stop.see(each.view(yb.shape), step)
+                if fit_stop.all_stopped:
+                    break
+                loss = each.sum() / batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -600,7 +614,8 @@ def _forward_fns(arch: str, feature_shape: tuple[int, ...], num_classes: int, mo
         def fmodel(p, b, x):
             return functional_call(base, (p, b), (x,))
 
-        _FORWARDS[key] = (torch.vmap(fmodel, in_dims=(0, 0, 0)), torch.vmap(fmodel, in_dims=(0, 0, None)))
+        shared = linear_heads if arch == "linear" else torch.vmap(fmodel, in_dims=(0, 0, None))
+        _FORWARDS[key] = (torch.vmap(fmodel, in_dims=(0, 0, 0)), shared)
     return _FORWARDS[key]
 
 

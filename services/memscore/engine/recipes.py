@@ -26,6 +26,10 @@ class Recipe:
     # batches has true-class probability above 1/2 (ensemble.FitStop). A group ends when all
     # its models have stopped.
     stop_when_fit: bool = False
+    # Every model of a group steps on one shared batch of round(batch_size / ratio) examples of the
+    # whole training set, each counting only its own subset's members (engine/shared_batches.py):
+    # no per-model gather, one matrix product for all the models of a linear head. Vectors only.
+    shared_batches: bool = False
 
 
 RECIPES = {
@@ -47,7 +51,15 @@ RECIPES = {
     # dimension, unit noise) 0.4863 after these 2740 steps, against 0.4870 after 30 epochs of
     # 512 and 0.4839 after 10 epochs of 64. lr 1e-2 stopped short (digits 0.985 at batch 64).
     "linear": Recipe(
-        epochs=20, min_steps=1000, batch_size=256, lr=3e-2, weight_decay=0.0, warmup=0.05, augment=False, flip=False
+        epochs=20,
+        min_steps=1000,
+        batch_size=256,
+        lr=3e-2,
+        weight_decay=0.0,
+        warmup=0.05,
+        augment=False,
+        flip=False,
+        shared_batches=True,
     ),
 }
 # A model the zoo does not have (torchvision/<name>, plugins) gets the recipe of the zoo's model

@@ -3,7 +3,9 @@
 It is the baseline the vectorised trainer is measured against (`bench/throughput.py`) and the
 definition it is checked against (`tests/engine/test_ensemble.py`): the same initial weights,
 batch order, augmentation (images: the model's own translations and flips), schedule and loss
-as `ensemble.train_ensemble` for a model id, written the ordinary way.
+as `ensemble.train_ensemble` for a model id, written the ordinary way. With shared batches
+(`Recipe.shared_batches`) a step takes the members of the model's subset in the job's shared
+batch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from .ensemble import (
     lr_factor,
     total_steps,
 )
-from .subsets import subset_indices, subset_size
+from .shared_batches import shared_batch_size
+from .subsets import SHARED, subset_indices, subset_size
+
+
+def mask_of(subset: np.ndarray, n: int) -> np.ndarray:
+    mask = np.zeros(n, dtype=bool)
+    mask[subset] = True
+    return mask
 
 
 def train_single(
@@ -39,6 +48,9 @@ def train_single(
     model = init_model(arch, ds, seed, k)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     stream = BatchStream(subset, batch, seed, k)
+    if recipe.shared_batches:  # the job's one stream over all the examples; the model keeps its own members
+        stream = BatchStream(np.arange(ds.n_train), shared_batch_size(batch, ratio, ds.n_train), seed, 0, SHARED)
+    member = torch.from_numpy(mask_of(subset, ds.n_train))
     pad = augment_pad(ds, recipe)
     aug = AugmentStream(batch, pad, recipe.flip, seed, k)
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
@@ -47,19 +59,20 @@ def train_single(
         for group in opt.param_groups:
             group["lr"] = recipe.lr * lr_factor(step, steps, recipe.warmup)
         idx = stream.next(1)[0]
+        if recipe.shared_batches:
+            idx = idx[member[idx]]
         xb = augment_images(x[idx], aug.next(1)[0], pad) if pad else x[idx]
         each = F.cross_entropy(model(xb), y[idx], reduction="none")
-        if recipe.stop_when_fit:
+        if recipe.stop_when_fit and not recipe.shared_batches:  # the trainer does not stop shared batches
             streak = streak + 1 if bool((each < FIT_LOSS).all()) else 0
             if streak >= patience:
                 trained = step
                 break
-        loss = each.mean()
+        loss = each.mean() if len(each) else each.sum()  # a shared batch without members: no gradient
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    mask = np.zeros(ds.n_train, dtype=bool)
-    mask[subset] = True
+    mask = mask_of(subset, ds.n_train)
     with torch.no_grad():
         out = {"mask": mask, "steps": trained}
         for split, xs, ys in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):

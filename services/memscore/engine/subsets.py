@@ -18,8 +18,9 @@ import numpy as np
 
 from .catalog import PLANS
 
-# purposes: independent streams for one model's subset, weight init and batch order; a pair's permutation
-SUBSET, INIT, BATCHES, AUGMENT, PAIR = 0, 1, 2, 3, 4
+# purposes: independent streams for one model's subset, weight init and batch order; a pair's
+# permutation; the batch order every model of a job shares (shared-batch recipes: k is 0)
+SUBSET, INIT, BATCHES, AUGMENT, PAIR, SHARED = 0, 1, 2, 3, 4, 5
 
 
 def model_seed(seed: int, k: int, purpose: int) -> int:
