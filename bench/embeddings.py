@@ -27,7 +27,9 @@ import time
 import numpy as np
 
 DIM, CLASSES, CLUSTERS = 512, 10, 4
-NOISE = 8.0  # within-cluster spread against cluster means of unit variance per dimension
+# Within-cluster spread against cluster means of unit variance per dimension: a linear head
+# reaches ~85% test accuracy (0.845 with 8 heads), about a linear probe's on CIFAR-10 embeddings.
+NOISE = 4.0
 
 
 def synthetic_embeddings(n_train: int, n_test: int, seed: int = 0):

@@ -50,3 +50,27 @@ def test_a_measured_cost_is_the_analytic_one_where_both_exist():
         # the measure counts Flatten's output (a view of the input: the table does not): the upper side
         assert measured.activations == table.activations + math.prod(shape)
         assert measured.widest == max(table.widest, math.prod(shape))
+
+
+def test_a_check_too_large_for_the_gateway_is_refused_before_anything_is_allocated():
+    """resnet34 on 1024 px images: ~7 GiB for 2 members on 2 examples, sized on the meta device."""
+    import resource
+    import time
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    why = model_problem("torchvision/resnet34", (3, 1024, 1024), 10)
+    assert why is not None and "GiB, over the 2 GiB" in why, why
+    assert time.perf_counter() - t < 30
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20  # KiB: under 1 GiB more
+
+
+def test_a_model_the_meta_device_cannot_size_is_checked_for_real_only_on_small_examples():
+    from memscore.engine.model_check import MAX_UNSIZED_ELEMENTS, dry_run_bytes
+    from memscore.engine.registry import builder
+
+    build = builder("torchvision/regnet_y_400mf")
+    assert dry_run_bytes(build, (3, 32, 32), 10) is None  # it copies weights at construction
+    assert model_problem("torchvision/regnet_y_400mf", (3, 32, 32), 10) is None
+    why = model_problem("torchvision/regnet_y_400mf", (3, 512, 512), 10)
+    assert 3 * 512 * 512 > MAX_UNSIZED_ELEMENTS and "too large to check" in why

@@ -65,3 +65,14 @@ def test_resnet18_trains_vectorised_on_tiny_images():
     # every model's true-class margin on its own training examples grew: the models learn
     for g in range(2):
         assert after.train_margin[g][after.masks[g]].mean() > before.train_margin[g][before.masks[g]].mean() + 0.1
+
+
+def test_resnets_keep_the_standard_stem_for_large_images():
+    """The CIFAR stem up to 64 px a side; ImageNet-sized images keep the 7x7 stride-2 stem and
+    its max-pool (a stride-1 stem at 224 px would cost 16x the first stage)."""
+    from memscore.engine.vision import build_torchvision
+
+    small, large = (build_torchvision("resnet18", shape, 10) for shape in ((3, 64, 64), (3, 224, 224)))
+    assert small.conv1.stride == (1, 1) and isinstance(small.maxpool, nn.Identity)
+    assert large.conv1.stride == (2, 2) and large.conv1.kernel_size == (7, 7)
+    assert isinstance(large.maxpool, nn.MaxPool2d)

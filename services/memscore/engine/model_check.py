@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,8 @@ from .models import forward_flops
 from .recipes import Recipe
 
 MEMBERS = 2  # stacked members, and examples per member, of the dry run
+MAX_DRY_RUN_BYTES = 2 << 30  # what one check may hold on the gateway: a hostile shape cannot exhaust it
+MAX_UNSIZED_ELEMENTS = 3 * 256 * 256  # a model the meta device cannot size is checked for real up to this
 
 
 def recipe_problem(recipe) -> str | None:
@@ -57,9 +60,41 @@ def _build(build, feature_shape: tuple[int, ...], num_classes: int) -> list[nn.M
     return members
 
 
+def dry_run_bytes(build, feature_shape: tuple[int, ...], num_classes: int) -> int | None:
+    """Bytes the dry run would hold at least: every leaf module's output for MEMBERS × MEMBERS examples
+    with its gradient, and MEMBERS models' weights, stacked copies and gradients; from a forward
+    pass on torch's meta device (shapes, no storage). None when the model cannot run there."""
+    outputs = []
+    try:
+        with torch.device("meta"):
+            model = build(feature_shape, num_classes)
+            leaves = [m for m in model.modules() if not list(m.children())]
+            hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel())) for m in leaves]
+            model(torch.empty(MEMBERS, *feature_shape))
+        for h in hooks:
+            h.remove()
+        params = sum(p.numel() for p in model.parameters())
+    except Exception:  # noqa: BLE001 - a model that needs real tensors is simply run for real
+        return None
+    return 4 * (2 * MEMBERS * sum(outputs) + 3 * MEMBERS * params)
+
+
 def dry_run(build, feature_shape: tuple[int, ...], num_classes: int) -> str | None:
     """None if the trainer can train models of `build` on examples of `feature_shape` with
-    `num_classes` classes, else why not."""
+    `num_classes` classes, else why not. A dry run that would hold more than MAX_DRY_RUN_BYTES
+    (the gateway checks every submitted model this way) is refused before anything is allocated."""
+    need = dry_run_bytes(build, feature_shape, num_classes)
+    if need is None and math.prod(feature_shape) > MAX_UNSIZED_ELEMENTS:
+        return (
+            f"it cannot be sized on the meta device, and examples of shape {feature_shape} are too large to check "
+            f"it for real on the gateway (at most {MAX_UNSIZED_ELEMENTS:,} values each)"
+        )
+    if need is not None and need > MAX_DRY_RUN_BYTES:
+        return (
+            f"checking it on examples of shape {feature_shape} ({MEMBERS} members on {MEMBERS} examples) would take "
+            f"~{need / 2**30:.1f} GiB, over the {MAX_DRY_RUN_BYTES / 2**30:.0f} GiB a gateway spends on a check; "
+            "use smaller examples (e.g. resize images) or a smaller model"
+        )
     members = _build(build, feature_shape, num_classes)
     if isinstance(members, str):
         return members

@@ -8,9 +8,11 @@ images:
   show GroupNorm trains ResNets about as well at small batches);
 - every Dropout becomes the identity: a random draw in forward is refused under vmap's default
   randomness mode, and the paper's models train without it;
-- the first convolution takes the data's channel count; in the resnets it becomes a 3x3
-  stride-1 convolution and the max-pool goes (the usual CIFAR stem, He et al. 2016 §4.2), so
-  a 32x32 image is not cut to 8x8 before the first block.
+- the first convolution takes the data's channel count; in the resnets, for images of at most
+  SMALL_IMAGE pixels a side, it becomes a 3x3 stride-1 convolution and the max-pool goes (the
+  usual CIFAR stem, He et al. 2016 §4.2), so a 32x32 image is not cut to 8x8 before the first
+  block; larger images (ImageNet's 224) keep the standard stem, which they need (a stride-1
+  stem at 224 px costs 16x the compute and memory of the first stage).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from .catalog import TORCHVISION_MODELS, TORCHVISION_PREFIX
 
+SMALL_IMAGE = 64  # pixels a side up to which the resnets get the CIFAR stem
 GROUPS = 32  # GroupNorm's default group count (Wu & He 2018); fewer where the channels do not divide
 
 
@@ -41,7 +44,7 @@ def build_torchvision(name: str, feature_shape: tuple[int, ...], num_classes: in
         )
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     _replace_layers(model)
-    if name.startswith("resnet"):
+    if name.startswith("resnet") and max(feature_shape[1:]) <= SMALL_IMAGE:
         model.conv1 = nn.Conv2d(feature_shape[0], model.conv1.out_channels, 3, stride=1, padding=1, bias=False)
         model.maxpool = nn.Identity()
     else:
