@@ -147,3 +147,20 @@ def test_an_entry_that_only_looks_like_a_tenants_is_a_plain_directory(tmp_path):
     assert roots_for([str(odd), "bad name=/srv", "team-a=relative"], "team-a") == [
         str(odd), "bad name=/srv", "team-a=relative"
     ]  # fmt: skip
+
+
+def test_a_datasets_identity_is_its_content_address_or_its_files_state(roots):
+    import os
+
+    from memscore.datarefs import dataset_identity
+
+    root, outside, objects = roots
+    assert dataset_identity("mnist1d", objects) == "mnist1d"
+    assert dataset_identity("datasets/" + "ab" * 32 + ".npz", objects) == "datasets/" + "ab" * 32 + ".npz"
+    path = write_blobs_npz(root / "b.npz")
+    first = dataset_identity(str(path), objects, (str(root),))
+    assert first is not None and str(path.resolve()) in first
+    os.utime(path, ns=(1, 1))  # rewritten: another modification time
+    assert dataset_identity(str(path), objects, (str(root),)) not in (None, first)
+    assert dataset_identity(str(path), objects) is None  # no data roots: not readable, no identity
+    assert dataset_identity(str(root), objects, (str(root),)) is None  # a directory: read afresh

@@ -161,3 +161,17 @@ def test_the_gateway_reads_facts_by_ranges_without_the_features(data, monkeypatc
     assert (shards["n_train"], shards["n_test"]) == (16, 8)
     with pytest.raises(DatasetError, match="MEMSCORE_DATA_URIS"):
         uri_dataset_facts(f"s3://{bucket}/team-a/t.parquet", objects, uris, None)
+
+
+def test_a_tables_identity_changes_with_its_content_and_is_none_where_it_may_not_be_read(data):
+    from memscore.datarefs import dataset_identity
+
+    objects, bucket = data
+    uris = (f"s3://{bucket}/shared",)
+    ref = f"s3://{bucket}/shared/shards/"
+    first = dataset_identity(ref, objects, uris=uris)
+    assert first is not None and first == dataset_identity(ref, objects, uris=uris)
+    objects.bucket_reader(bucket).put_bytes("shared/shards/part-1.parquet", parquet_bytes(table(seed=1).slice(10, 14)))
+    assert dataset_identity(ref, objects, uris=uris) not in (None, first)
+    assert dataset_identity(f"s3://{bucket}/team-a/t.parquet", objects, uris=uris) is None  # not allowed
+    assert dataset_identity(f"s3://{bucket}/shared/none.parquet", objects, uris=uris) is None  # absent

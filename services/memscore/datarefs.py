@@ -138,6 +138,28 @@ def load_job_dataset(
     return load_dataset(path, columns=columns, max_decoded_bytes=max_bytes)
 
 
+def dataset_identity(
+    ref: str, objects: ObjectStore, roots: Iterable[str] = (), tenant: str | None = None, *, uris: Iterable[str] = ()
+) -> str | None:
+    """What a loaded copy of `ref` may be reused under (a worker keeps the last one it loaded):
+    a built-in's name, an upload's content address, an s3:// table's objects with their ETags,
+    a file's resolved path with its size and modification time. None when `tenant` may not read
+    `ref`, or it has no cheap identity (a directory under the data roots): it is then read afresh."""
+    if ref in BUILTINS or layout.is_dataset_key(ref):
+        return ref
+    if datauris.is_uri(ref):
+        found = _table_objects(ref, objects, uris, tenant)
+        if isinstance(found, str):
+            return None
+        store, names = found
+        return "|".join([ref, *(f"{k}@{store.etag(k)}" for k in sorted(names.values()))])
+    path = allowed_path(ref, roots_for(roots, tenant), directory_ok=False)
+    if path is None:
+        return None
+    st = os.stat(path)
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
 def _table_objects(ref: str, objects: ObjectStore, uris: Iterable[str], tenant: str | None):
     """(bucket reader, {name: key}) of the s3:// table `ref`, or the reason it cannot be read:
     one not allowed and one that does not exist get the same reason."""

@@ -97,3 +97,26 @@ def test_a_self_stopping_job_stops_at_max_models(service):
     rec = rt.jobs.get(rec.job_id)
     assert (rec.state, rec.models_done) == ("SUCCEEDED", 8)
     assert rec.message.startswith("done: reliability") and rec.message.endswith("< 0.99 at max_models 8")
+
+
+def test_a_worker_loads_a_dataset_once_while_its_identity_holds(make_settings, monkeypatch, tmp_path):
+    """A job's shards and reduce on one worker process read its data once; a changed file, or
+    another tenant (whose right to read it is checked anew), reads it again."""
+    import os
+
+    from tests.services.conftest import write_blobs_npz
+
+    root = tmp_path / "root"
+    root.mkdir()
+    path = write_blobs_npz(root / "b.npz")
+    rt = Runtime.from_settings(make_settings(data_roots=(str(root),)))
+    loads, load = [], tasks.load_job_dataset
+    monkeypatch.setattr(tasks, "load_job_dataset", lambda *a, **k: loads.append(a[0]) or load(*a, **k))
+    monkeypatch.setattr(tasks, "_LAST_DATASET", {})
+    spec = ScoringSpec(dataset=str(path))
+    first = tasks._job_dataset(rt, spec, "team-a")
+    assert tasks._job_dataset(rt, spec, "team-a") is first and len(loads) == 1
+    assert tasks._job_dataset(rt, spec, "team-b") is not first and len(loads) == 2
+    os.utime(path, ns=(1, 1))
+    assert tasks._job_dataset(rt, spec, "team-b") is not first and len(loads) == 3
+    rt.jobs.close()

@@ -502,6 +502,10 @@ class S3ObjectStore(ObjectStore):
     def size(self, key: str) -> int:
         return int(self._stat(key).size)
 
+    def etag(self, key: str) -> str:
+        """The object's ETag: changes whenever its content does (what a cached copy is keyed by)."""
+        return str(self._stat(key).etag)
+
     def list(self, prefix: str = "") -> list[str]:
         _check_prefix(prefix)
 

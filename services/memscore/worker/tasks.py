@@ -26,7 +26,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from ..broker import TASK_EXPOSURE, TASK_REDUCE, TASK_TRAIN_SHARD, send
-from ..datarefs import load_job_dataset
+from ..datarefs import dataset_identity, load_job_dataset
 from ..engine.catalog import MEMORIZED_AT
 from ..engine.datasets import Dataset, DatasetError
 from ..engine.parquet import ParquetColumns
@@ -111,19 +111,34 @@ def _run_shard(run: JobRun, rec: JobRecord) -> str:
         raise
 
 
+# The last dataset this worker process loaded, by (identity, tenant, columns): a job's shards and
+# reduce, and repeated jobs on the same data, download and decode it once per process.
+_LAST_DATASET: dict[tuple, Dataset] = {}
+
+
 def _job_dataset(rt: Runtime, spec: ScoringSpec, tenant: str | None) -> Dataset:
-    """The job's dataset, read afresh for each task (no per-worker cache): an s3:// table is
-    downloaded each time, within MEMSCORE_MAX_DECOMPRESSED_BYTES."""
-    settings = rt.settings
-    return load_job_dataset(
+    """The job's dataset: the copy this process loaded last while its identity holds
+    (datarefs.dataset_identity: content address, ETags, size and mtime; the tenant's right to
+    read it checked again), else read afresh (an s3:// table downloaded within
+    MEMSCORE_MAX_DECOMPRESSED_BYTES)."""
+    settings, columns = rt.settings, ParquetColumns.of(spec)
+    identity = dataset_identity(spec.dataset, rt.objects, settings.data_roots, tenant, uris=settings.data_uris)
+    key = (identity, tenant, columns)
+    if identity is not None and key in _LAST_DATASET:
+        return _LAST_DATASET[key]
+    ds = load_job_dataset(
         spec.dataset,
         rt.objects,
         settings.data_roots,
         tenant,
         uris=settings.data_uris,
-        columns=ParquetColumns.of(spec),
+        columns=columns,
         max_bytes=settings.max_decompressed_bytes,
     )
+    _LAST_DATASET.clear()
+    if identity is not None:
+        _LAST_DATASET[key] = ds
+    return ds
 
 
 def _forgive_attempt(rt: Runtime, job_id: str, shard: int) -> None:
