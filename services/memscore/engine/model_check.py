@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state
 
 from .cost import ModelCost
-from .models import forward_flops
+from .models import forward_flops, hooked_forward
 from .recipes import Recipe
 
 MEMBERS = 2  # stacked members, and examples per member, of the dry run
@@ -60,6 +60,10 @@ def _build(build, feature_shape: tuple[int, ...], num_classes: int) -> list[nn.M
     return members
 
 
+def _leaves(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if not list(m.children())]
+
+
 def dry_run_bytes(build, feature_shape: tuple[int, ...], num_classes: int) -> int | None:
     """Bytes the dry run would hold at least: every leaf module's output for MEMBERS × MEMBERS examples
     with its gradient, and MEMBERS models' weights, stacked copies and gradients; from a forward
@@ -68,11 +72,8 @@ def dry_run_bytes(build, feature_shape: tuple[int, ...], num_classes: int) -> in
     try:
         with torch.device("meta"):
             model = build(feature_shape, num_classes)
-            leaves = [m for m in model.modules() if not list(m.children())]
-            hooks = [m.register_forward_hook(lambda m, i, o: outputs.append(o.numel())) for m in leaves]
-            model(torch.empty(MEMBERS, *feature_shape))
-        for h in hooks:
-            h.remove()
+            x = torch.empty(MEMBERS, *feature_shape)
+        hooked_forward(model, _leaves(model), lambda m, i, o: outputs.append(o.numel()), x)
         params = sum(p.numel() for p in model.parameters())
     except Exception:  # noqa: BLE001 - a model that needs real tensors is simply run for real
         return None
@@ -139,14 +140,7 @@ def measure(model: nn.Module, feature_shape: tuple[int, ...], num_classes: int) 
         if isinstance(out, torch.Tensor):
             outputs.append(out[0].numel())
 
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *feature_shape))
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_forward(model, _leaves(model), hook, torch.zeros(1, *feature_shape))
     params = sum(p.numel() for p in model.parameters())
     inputs = 1
     for d in feature_shape:

@@ -181,13 +181,18 @@ def forward_flops(model: nn.Module, feature_shape: tuple[int, ...]) -> int:
             k = math.prod(mod.kernel_size) * mod.in_channels // mod.groups
             total += 2 * k * out[0].numel()
 
-    handles = [
-        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))
-    ]
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    hooked_forward(model, layers, hook, torch.zeros(1, *feature_shape))
+    return total
+
+
+def hooked_forward(model: nn.Module, modules, hook, x: torch.Tensor) -> None:
+    """Run `model` on `x` without gradients, `hook(module, input, output)` called after each of
+    `modules` (the hooks are removed afterwards, also on an error)."""
+    handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *feature_shape))
+            model(x)
     finally:
         for h in handles:
             h.remove()
-    return total
