@@ -175,3 +175,19 @@ def test_a_tables_identity_changes_with_its_content_and_is_none_where_it_may_not
     assert dataset_identity(ref, objects, uris=uris) not in (None, first)
     assert dataset_identity(f"s3://{bucket}/team-a/t.parquet", objects, uris=uris) is None  # not allowed
     assert dataset_identity(f"s3://{bucket}/shared/none.parquet", objects, uris=uris) is None  # absent
+
+
+def test_an_image_table_in_the_object_store_loads_as_the_same_images_as_locally(data, tmp_path):
+    from memscore.engine.parquet import load_parquet
+    from tests.engine.test_parquet import image_table
+
+    objects, bucket = data
+    t, pixels = image_table(n=12, size=6, colour=True)
+    objects.bucket_reader(bucket).put_bytes("shared/img/t.parquet", parquet_bytes(t))
+    pq.write_table(t, tmp_path / "t.parquet")
+    remote = load_job_dataset(f"s3://{bucket}/shared/img/", objects, uris=[f"s3://{bucket}/shared"])
+    local = load_parquet(tmp_path / "t.parquet")
+    assert remote.kind == "image" and remote.feature_shape == (3, 6, 6)
+    assert remote.fingerprint() == local.fingerprint()
+    first_train = int(np.flatnonzero(np.asarray(t.column("split").to_pylist()) == "train")[0])
+    np.testing.assert_allclose(remote.x_train[0], pixels[first_train].transpose(2, 0, 1) / 255.0, atol=1e-6)
