@@ -8,7 +8,7 @@ is what matters. Usage:
     .venv/bin/python bench/throughput.py --variants eager,fused,compile,bf16   # execution options
 
 Prints one line per trainer and the ratio; with `--variants`, one line per execution option of
-the vectorised trainer (engine/ensemble.Speed): seconds per model, speedup over the plain loop,
+the vectorised trainer (engine/step_options.Speed): seconds per model, speedup over the plain loop,
 compile time (separately: paid once per process and input shape), and the largest difference
 of a true-class probability from the first variant's and from the plain loop's models (float
 rounding alone moves a model that far: tests/engine/test_ensemble.py checks 2e-3 after 40

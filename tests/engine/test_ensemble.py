@@ -348,7 +348,7 @@ def test_snapshots_do_not_depend_on_the_group_and_survive_the_trace_format(small
 
 
 def test_fused_adamw_and_channels_last_train_the_same_models(request):
-    """Execution options (ensemble.Speed) change how a step runs, not what a model is: the
+    """Execution options (step_options.Speed) change how a step runs, not what a model is: the
     default fused AdamW, the unfused one, channels-last images."""
     from memscore.engine.ensemble import Speed
 

@@ -23,7 +23,7 @@ class Recipe:
     augment: bool  # images of 16 px and more: random translation by size/8 px (reflect pad), optional flip
     flip: bool  # horizontal flips (off for digits, where a flip changes meaning)
     # Stop a model once it fits its subset: every example of one epoch's worth of consecutive
-    # batches has true-class probability above 1/2 (ensemble.FitStop). A group ends when all
+    # batches has true-class probability above 1/2 (step_options.FitStop). A group ends when all
     # its models have stopped.
     stop_when_fit: bool = False
     # Every model of a group steps on one shared batch of round(batch_size / ratio) examples of the

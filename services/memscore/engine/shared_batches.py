@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batches import BatchStream
 from .datasets import Dataset
 from .subsets import SHARED
 
@@ -40,8 +41,6 @@ class SharedBatches:
     block = 64
 
     def __init__(self, ds: Dataset, masks: np.ndarray, batch: int, ratio: float, seed: int, dev, steps: int):
-        from .ensemble import BatchStream
-
         self.x = torch.from_numpy(ds.x_train).to(dev)
         self.y = torch.from_numpy(ds.y_train).to(dev)
         self.masks = torch.from_numpy(masks).to(dev)  # (G, n) bool
