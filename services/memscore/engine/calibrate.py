@@ -24,26 +24,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .cost import DatasetFacts, JobCost, job_cost
 from .datasets import Dataset
 from .ensemble import (
-    CPU_GROUP_SIZE,
     GroupBatches,
-    SharedBatches,
+    GroupStep,
     Speed,
     _stack_models,
     evaluated_trace,
     fitting_group_size,
-    lr_factor,
+    group_cap,
     resolve_arch,
     resolve_device,
 )
 from .recipes import Recipe, make_recipe, total_steps
-from .shared_batches import masked_loss
 from .spec import ScoringSpec
-from .subsets import subset_indices, subset_size
+from .subsets import masks_of, subset_indices, subset_size
 
 WARMUP_STEPS = 3  # untimed: the allocator and the kernels' first calls
 TIMED_SECONDS = 0.5  # per group size: at least this long and MIN_TIMED_STEPS steps
@@ -103,8 +100,7 @@ def group_sizes(ds: Dataset, spec: ScoringSpec, arch: str, recipe: Recipe, dev: 
     out = []
     for first in range(0, models, g):
         shard = min(g, models - first)
-        cap = shard if dev.type == "cuda" or recipe.shared_batches else CPU_GROUP_SIZE
-        size = fitting_group_size(ds, arch, batch, eval_batch, tuple(spec.metrics), dev, cap)
+        size = fitting_group_size(ds, arch, batch, eval_batch, tuple(spec.metrics), dev, group_cap(dev, recipe, shard))
         out += [min(size, shard - a) for a in range(0, shard, size)]
     return out
 
@@ -135,45 +131,21 @@ def _sync(dev: torch.device) -> None:
 
 def time_group(ds: Dataset, spec: ScoringSpec, arch: str, recipe: Recipe, g: int, dev: torch.device, evaluate: bool):
     """(GroupTiming, the group's trace on a slice of `ds`) of the job's first
-    `g` models: the same step as ensemble._train_group (stacked models, the group's batch
+    `g` models: the trainer's own step (ensemble.GroupStep: stacked models, the group's batch
     streams, fused AdamW, bf16 autocast on a GPU), then, with `evaluate`, an evaluation pass
     over a slice sized to take about EVAL_SECONDS (else no trace and no evaluation time)."""
     t0 = time.perf_counter()
     ids = list(range(g))
-    s_size = subset_size(ds.n_train, spec.ratio)
-    batch, steps = min(recipe.batch_size, s_size), total_steps(recipe, s_size)
     subsets = [subset_indices(ds.n_train, spec.ratio, spec.seed, k, spec.plan) for k in ids]
+    masks = masks_of(subsets, ds.n_train)
     params, buffers, train_fn, eval_fn = _stack_models(arch, ds, spec.seed, ids, dev)
-    masks = np.zeros((g, ds.n_train), bool)
-    for r, sub in enumerate(subsets):
-        masks[r, sub] = True
-    if recipe.shared_batches:
-        inputs = SharedBatches(ds, masks, batch, spec.ratio, spec.seed, dev, steps)
-    else:
-        inputs = GroupBatches(ds, subsets, ids, batch, spec.seed, recipe, dev, steps)
-    fused = {"fused": True} if Speed().fused else {}
-    opt = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
-    amp = Speed().amp(dev)
-
-    def step(i: int) -> None:
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr * lr_factor(i, steps, recipe.warmup)
-        if recipe.shared_batches:  # as ensemble._train_group: one batch, each model its own members
-            xb, yb, weights = inputs(i)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                loss = masked_loss(eval_fn(params, buffers, xb), yb, weights)
-        else:
-            xb, yb = inputs(i)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                logits = train_fn(params, buffers, xb)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    take = GroupStep.build(
+        ds, subsets, masks, ids, spec.ratio, spec.seed, recipe, dev, params, buffers, train_fn, eval_fn, Speed()
+    )
+    batch, steps, amp = take.batch, take.steps, take.amp
     _sync(dev)
     setup = time.perf_counter() - t0
-    per_step = _time_steps(step, steps, dev)  # the streams draw once a block: their share added
+    per_step = _time_steps(take, steps, dev)  # the streams draw once a block: their share added
     if not recipe.shared_batches:  # one shared stream's draw is negligible
         per_step += _draw_seconds(ds, subsets, ids, batch, spec.seed, recipe, dev) / BLOCK
     if not evaluate:

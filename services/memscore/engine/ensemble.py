@@ -38,7 +38,7 @@ from .prototypes import JACKKNIFE_GROUPS, group_of
 from .recipes import RECIPES, Recipe, make_recipe, total_steps  # noqa: F401  (re-exported: the trainer's API)
 from .shared_batches import SharedBatches, linear_heads, masked_loss
 from .step_options import FIT_LOSS, Compiled, FitStop, Speed  # noqa: F401  (re-exported: the trainer's API)
-from .subsets import INIT, model_seed, subset_indices, subset_size
+from .subsets import INIT, masks_of, model_seed, subset_indices, subset_size
 from .traces import ADV_FIELDS, GROUP_FIELDS, SNAP_FIELDS, Trace
 
 
@@ -102,6 +102,13 @@ def free_memory(dev: torch.device) -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def group_cap(dev: torch.device, recipe: Recipe, shard_models: int) -> int:
+    """The most of a shard's models trained at once, before memory is considered: all of them
+    on a GPU, and on the CPU with shared batches (which gather nothing per model: the more
+    models a step, the better); CPU_GROUP_SIZE otherwise."""
+    return shard_models if dev.type == "cuda" or recipe.shared_batches else CPU_GROUP_SIZE
+
+
 def fitting_group_size(
     ds: Dataset, arch: str, batch: int, eval_batch: int, metrics, dev: torch.device, cap: int, free: int | None = None
 ) -> int:
@@ -154,8 +161,7 @@ def train_ensemble(
     if not eval_batch:  # examples per evaluation pass; on the CPU small passes stay in cache (256: 3x faster than 2048)
         eval_batch = 8192 if dev.type == "cuda" else 256
     if not group_size:
-        # shared batches gather nothing per model: on the CPU too the more models a step, the better
-        cap = len(model_ids) if dev.type == "cuda" or recipe.shared_batches else CPU_GROUP_SIZE
+        cap = group_cap(dev, recipe, len(model_ids))
         batch = min(recipe.batch_size, subset_size(ds.n_train, ratio))
         group_size = fitting_group_size(ds, arch, batch, eval_batch, metrics, dev, cap)
 
@@ -231,6 +237,70 @@ def _concat(outs: list[TrainOutput]) -> TrainOutput:
     return TrainOutput(trace=trace, weights=weights)
 
 
+@dataclass
+class GroupStep:
+    """One optimisation step of a group's G models, as the trainer takes it (and
+    calibrate.py times it): the step's inputs (each model's own batch, or one shared batch
+    with each model's membership weights: Recipe.shared_batches), the stacked forward pass
+    under bf16 autocast where enabled, the sum of the G models' own mean losses, and AdamW
+    over the stacked parameters at the schedule's learning rate."""
+
+    inputs: GroupBatches | SharedBatches
+    opt: torch.optim.Optimizer
+    recipe: Recipe
+    steps: int
+    batch: int  # examples per model per step
+    forward: Callable  # (params, buffers, (G, B, ...)) -> (G, B, C)
+    shared_forward: Callable  # (params, buffers, (B, ...)) -> (G, B, C)
+    params: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    dev: torch.device
+    amp: bool
+
+    @classmethod
+    def build(cls, ds, subsets, masks, model_ids, ratio, seed, recipe, dev, params, buffers, forward, shared, speed):
+        s_size = subset_size(ds.n_train, ratio)  # not len(subsets[0]): a balanced pair's odd member may have one less
+        batch, steps = min(recipe.batch_size, s_size), total_steps(recipe, s_size)
+        if recipe.shared_batches:  # one batch for all the models, each counting its own members
+            if augment_pad(ds, recipe):
+                raise ValueError("a recipe with shared_batches takes no augmentation")
+            inputs = SharedBatches(ds, masks, batch, ratio, seed, dev, steps)
+        else:
+            inputs = GroupBatches(ds, subsets, model_ids, batch, seed, recipe, dev, steps, speed.channels_last)
+        fused = {"fused": True} if speed.fused else {}
+        opt = torch.optim.AdamW(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay, **fused)
+        return cls(inputs, opt, recipe, steps, batch, forward, shared, params, buffers, dev, speed.amp(dev))
+
+    def __call__(self, step: int, fit_stop: FitStop | None = None) -> bool:
+        """Take step `step`; False, with nothing done, once every model has stopped (FitStop)."""
+        for group in self.opt.param_groups:
+            group["lr"] = self.recipe.lr * lr_factor(step, self.steps, self.recipe.warmup)
+        loss = self._loss(step, fit_stop)
+        if loss is None:
+            return False
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if fit_stop is not None:
+            fit_stop.hold()
+        return True
+
+    def _loss(self, step: int, fit_stop: FitStop | None) -> torch.Tensor | None:
+        if self.recipe.shared_batches:
+            xb, yb, weights = self.inputs(step)
+            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = self.shared_forward(self.params, self.buffers, xb)  # (G, Bs, C): one input, G weight sets
+            return masked_loss(logits, yb, weights)
+        xb, yb = self.inputs(step)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.forward(self.params, self.buffers, xb)  # (G, B, C)
+        if fit_stop is None:
+            return F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / self.batch
+        each = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
+        fit_stop.see(each.view(yb.shape), step)
+        return None if fit_stop.all_stopped else each.sum() / self.batch
+
+
 def _train_group(
     ds: Dataset,
     arch: str,
@@ -249,62 +319,26 @@ def _train_group(
 ) -> TrainOutput:
     """Train models `model_ids` at once."""
     t0 = time.perf_counter()
-    G, n = len(model_ids), ds.n_train
+    n = ds.n_train
     subsets = [subset_indices(n, ratio, seed, k, plan) for k in model_ids]
-    masks = np.zeros((G, n), dtype=bool)
-    for g, s in enumerate(subsets):
-        masks[g, s] = True
-    s_size = subset_size(n, ratio)  # not len(subsets[0]): a balanced pair's odd member may have one less
-    batch = min(recipe.batch_size, s_size)
-    steps = total_steps(recipe, s_size)
-
+    masks = masks_of(subsets, n)
     params, buffers, train_fn, eval_fn = _stack_models(arch, ds, seed, model_ids, dev)
-    if recipe.shared_batches:  # one batch for all the models, each counting its own members
-        if augment_pad(ds, recipe):
-            raise ValueError("a recipe with shared_batches takes no augmentation")
-        inputs = SharedBatches(ds, masks, batch, ratio, seed, dev, steps)
-    else:
-        inputs = GroupBatches(ds, subsets, model_ids, batch, seed, recipe, dev, steps, speed.channels_last)
-    opt = torch.optim.AdamW(
-        params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay, **({"fused": True} if speed.fused else {})
-    )
-    use_amp = speed.amp(dev)
     step_fn, eval_step = _compiled_fns(train_fn, eval_fn) if speed.compile else (train_fn, eval_fn)
     compile_before = step_fn.seconds + eval_step.seconds if speed.compile else 0.0
-    check_every = max(1, steps // 100)
-    snaps = _snapshots(
-        ds, metrics, steps, -(-s_size // batch), seed, train_fn, eval_fn, params, buffers, dev, eval_batch
+    take = GroupStep.build(
+        ds, subsets, masks, model_ids, ratio, seed, recipe, dev, params, buffers, step_fn, eval_step, speed
     )
+    steps, epoch = take.steps, -(-subset_size(n, ratio) // take.batch)  # an epoch's steps of its own subset
+    check_every = max(1, steps // 100)
+    snaps = _snapshots(ds, metrics, steps, epoch, seed, train_fn, eval_fn, params, buffers, dev, eval_batch)
     # per-model early stopping (not with snapshots, which follow the whole schedule, nor shared batches)
-    fit_stop = FitStop(params, -(-s_size // batch)) if recipe.stop_when_fit and snaps is None else None
-    fit_stop = None if recipe.shared_batches else fit_stop
+    stoppable = recipe.stop_when_fit and snaps is None and not recipe.shared_batches
+    fit_stop = FitStop(params, epoch) if stoppable else None
     for step in range(steps):
         if should_stop is not None and step % check_every == 0 and should_stop():
             raise Cancelled(f"stopped at step {step} of {steps}")
-        for group in opt.param_groups:
-            group["lr"] = recipe.lr * lr_factor(step, steps, recipe.warmup)
-        if recipe.shared_batches:
-            xb, yb, weights = inputs(step)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = eval_step(params, buffers, xb)  # (G, Bs, C): one input, G weight sets
-            loss = masked_loss(logits, yb, weights)
-        else:
-            xb, yb = inputs(step)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = step_fn(params, buffers, xb)  # (G, B, C)
-            if fit_stop is None:
-                loss = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="sum") / batch
-            else:
-                each = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
-                fit_stop.see(each.view(yb.shape), step)
-                if fit_stop.all_stopped:
-                    break
-                loss = each.sum() / batch
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if fit_stop is not None:
-            fit_stop.hold()
+        if not take(step, fit_stop):
+            break
         if snaps is not None and snaps.due(step + 1):
             snaps.take()
         if progress is not None and (step % check_every == 0 or step == steps - 1):
@@ -324,7 +358,7 @@ def _train_group(
     meta.update(arch=arch, recipe=asdict(recipe), ratio=ratio, plan=plan, seed=seed, steps=steps, device=str(dev))
     if speed.compile:
         meta["compile_error"] = step_fn.error or eval_step.error
-    trace = evaluated_trace(ds, eval_step, params, buffers, model_ids, masks, dev, eval_batch, extra, meta, use_amp)
+    trace = evaluated_trace(ds, eval_step, params, buffers, model_ids, masks, dev, eval_batch, extra, meta, take.amp)
     trace.meta.update(train_seconds=t_train, total_seconds=time.perf_counter() - t0)
     if speed.compile:  # this group's share: compiling happens in the first group of each input shape
         trace.meta["compile_seconds"] = step_fn.seconds + eval_step.seconds - compile_before

@@ -27,13 +27,7 @@ from .ensemble import (
     total_steps,
 )
 from .shared_batches import shared_batch_size
-from .subsets import SHARED, subset_indices, subset_size
-
-
-def mask_of(subset: np.ndarray, n: int) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[subset] = True
-    return mask
+from .subsets import SHARED, masks_of, subset_indices, subset_size
 
 
 def train_single(
@@ -50,7 +44,7 @@ def train_single(
     stream = BatchStream(subset, batch, seed, k)
     if recipe.shared_batches:  # the job's one stream over all the examples; the model keeps its own members
         stream = BatchStream(np.arange(ds.n_train), shared_batch_size(batch, ratio, ds.n_train), seed, 0, SHARED)
-    member = torch.from_numpy(mask_of(subset, ds.n_train))
+    member = torch.from_numpy(masks_of([subset], ds.n_train)[0])
     pad = augment_pad(ds, recipe)
     aug = AugmentStream(batch, pad, recipe.flip, seed, k)
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
@@ -72,7 +66,7 @@ def train_single(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    mask = mask_of(subset, ds.n_train)
+    mask = masks_of([subset], ds.n_train)[0]
     with torch.no_grad():
         out = {"mask": mask, "steps": trained}
         for split, xs, ys in (("train", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):

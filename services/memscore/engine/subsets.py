@@ -48,12 +48,17 @@ def subset_indices(n: int, ratio: float, seed: int, k: int, plan: str = "random"
     return np.sort(rng.choice(n, size=subset_size(n, ratio), replace=False))
 
 
+def masks_of(subsets, n: int) -> np.ndarray:
+    """bool (len(subsets), n): row g is True at the indices of subsets[g]."""
+    masks = np.zeros((len(subsets), n), dtype=bool)
+    for g, s in enumerate(subsets):
+        masks[g, s] = True
+    return masks
+
+
 def subset_masks(n: int, ratio: float, seed: int, model_ids, plan: str = "random") -> np.ndarray:
     """bool (len(model_ids), n): row g is the membership mask of model model_ids[g]."""
-    masks = np.zeros((len(model_ids), n), dtype=bool)
-    for g, k in enumerate(model_ids):
-        masks[g, subset_indices(n, ratio, seed, k, plan)] = True
-    return masks
+    return masks_of([subset_indices(n, ratio, seed, k, plan) for k in model_ids], n)
 
 
 def shard_model_ids(total_models: int, shard_size: int, shard: int) -> list[int]:
