@@ -62,3 +62,18 @@ def test_plan_reports_a_bad_flag_without_calibrating(tmp_path, capsys):
     data = write_blobs_npz(tmp_path / "blobs.npz")
     assert main(["plan", "--dataset", str(data), "--ratio", "1.5"]) == 2
     assert "--ratio" in capsys.readouterr().err
+
+
+def test_plan_reads_a_dataset_and_checks_its_model_as_run_does(tmp_path, capsys):
+    """A Parquet table through its column flags; a model that does not take the data is
+    refused as `run` refuses it, before any calibration."""
+    from tests.engine.test_parquet import vector_table, write
+
+    table = write(vector_table(n=60, d=8).rename_columns(["vec", "target", "split"]), tmp_path / "t.parquet")
+    flags = ["--dataset", str(table), "--feature-column", "vec", "--label-column", "target", "--device", "cpu"]
+    assert main(["plan", *flags, "--model", "linear", "--models", "4", "--epochs", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["dataset"]["n_train"], r["dataset"]["n_test"], r["dataset"]["num_classes"]) == (45, 15, 3)
+    assert r["params"] == 8 * 3 + 3
+    assert main(["plan", "--dataset", "digits", "--model", "cnn1d", "--models", "4", "--device", "cpu"]) == 2
+    assert "cnn1d takes" in capsys.readouterr().err

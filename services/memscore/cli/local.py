@@ -47,6 +47,26 @@ def _load_dataset(spec):
     return load_uri_dataset(spec.dataset, store.bucket_reader(bucket), [f"s3://{bucket}"], None, columns)
 
 
+def checked_dataset(spec):
+    """The dataset of a valid `spec` that its model takes (as the gateway would check), or None
+    after printing why not: `run` and `plan` start here."""
+    from ..engine.datasets import DatasetError
+    from ..engine.registry import model_problem
+
+    if report_problems(spec.validate()):
+        return None
+    try:
+        ds = _load_dataset(spec)
+    except DatasetError as e:
+        print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
+        return None
+    why = model_problem(spec.model, ds.feature_shape, ds.num_classes)
+    if why:  # the model does not take this data (registry.model_problem), as the gateway would say
+        report_problems([("model", why)])
+        return None
+    return ds
+
+
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="score a dataset in this process (embedded: no Redis, no S3)")
     add_spec_flags(p)
@@ -64,21 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from ..engine.datasets import DatasetError
-    from ..engine.registry import model_problem
     from ..engine.scoring import run_scoring
 
     spec = spec_from_args(args)
-    if report_problems(spec.validate()):
-        return 2
-    try:
-        ds = _load_dataset(spec)
-    except DatasetError as e:
-        print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
-        return 2
-    why = model_problem(spec.model, ds.feature_shape, ds.num_classes)
-    if why:  # the model does not take this data (registry.model_problem), as the gateway would say
-        report_problems([("model", why)])
+    ds = checked_dataset(spec)
+    if ds is None:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

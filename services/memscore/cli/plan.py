@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from .spec_flags import add_spec_flags, report_problems, spec_from_args
+from .spec_flags import add_spec_flags, spec_from_args
 
 GIB = 1 << 30
 
@@ -27,15 +26,11 @@ def add_plan(sub: argparse._SubParsersAction) -> None:
 
 def plan(args: argparse.Namespace) -> int:
     from ..engine.calibrate import calibrate
-    from ..engine.datasets import DatasetError, load_dataset
+    from .local import checked_dataset
 
     spec = spec_from_args(args)
-    if report_problems(spec.validate()):
-        return 2
-    try:
-        ds = load_dataset(spec.dataset)
-    except DatasetError as e:
-        print(f"error: dataset {spec.dataset!r}: {e}", file=sys.stderr)
+    ds = checked_dataset(spec)  # as `run` reads it: Parquet columns, s3:// tables, the model's check
+    if ds is None:
         return 2
     report = plan_report(ds, spec, calibrate(ds, spec, args.device))
     if args.json:
@@ -71,21 +66,20 @@ def plan_report(ds, spec, cal) -> dict:
                           "reduce": cal.reduce_seconds},
         "flop_seconds": cal.flop_seconds(),
     }  # fmt: skip
-    if cost is not None:
-        report.update(
-            params=cost.model.params,
-            forward_flops=cost.model.forward_flops,
-            batch=cost.batch,
-            flops_per_model=cost.train_flops_per_model,
-            total_flops=cost.total_flops(cal.models),
-            group_peak_bytes=cost.shard_bytes(max(cal.group_sizes)),
-            reduce_peak_bytes=cost.reduce_bytes,
-        )
-        report["service"] = service_plan(spec, facts_of(ds))
+    report.update(
+        params=cost.model.params,
+        forward_flops=cost.model.forward_flops,
+        batch=cost.batch,
+        flops_per_model=cost.train_flops_per_model,
+        total_flops=cost.total_flops(cal.models),
+        group_peak_bytes=cost.shard_bytes(max(cal.group_sizes)),
+        reduce_peak_bytes=cost.reduce_bytes,
+        service=service_plan(spec, facts_of(ds), cost.model),
+    )
     return report
 
 
-def service_plan(spec, facts) -> dict:
+def service_plan(spec, facts, model=None) -> dict:
     """The gateway's admission and estimate for this job at this environment's MEMSCORE_*
     settings: {"refused": why} when it would be RESOURCE_EXHAUSTED."""
     import dataclasses
@@ -97,7 +91,7 @@ def service_plan(spec, facts) -> dict:
 
     settings = Settings()
     try:
-        shard_size = admit(spec, facts, settings)
+        shard_size = admit(spec, facts, settings, model)
     except ResourceExhausted as e:
         return {"refused": str(e)}
     est = scoring_estimate(dataclasses.replace(spec, shard_size=shard_size), facts, settings)
@@ -121,30 +115,21 @@ def plan_lines(r: dict) -> list[str]:
     shape = "×".join(str(v) for v in d["feature_shape"])
     lines = [
         f"{d['name']}: {d['n_train']} train / {d['n_test']} test, {d['num_classes']} classes, {d['kind']} {shape}",
-        f"model: {r['model']}, {r['models']} models × {r['steps']} steps"
-        + (f" of {r['batch']} examples" if "batch" in r else ""),
-    ]
-    if "params" in r:
-        lines += [
-            f"parameters: {r['params']:,} per model; forward FLOPs per example: {_si(r['forward_flops'])}",
-            f"FLOPs: {_si(r['flops_per_model'])} per model (training and one evaluation pass), "
-            f"{_si(r['total_flops'])} total",
-        ]
-    peak = f", peak memory per group ~{r['group_peak_bytes'] / GIB:.2f} GiB" if "group_peak_bytes" in r else ""
-    lines.append(
+        f"model: {r['model']}, {r['models']} models × {r['steps']} steps of {r['batch']} examples",
+        f"parameters: {r['params']:,} per model; forward FLOPs per example: {_si(r['forward_flops'])}",
+        f"FLOPs: {_si(r['flops_per_model'])} per model (training and one evaluation pass), "
+        f"{_si(r['total_flops'])} total",
         f"this machine ({r['device']}): {r['shards']} shard(s) of {r['shard_size']}, trained in {r['groups']} "
-        f"group(s) of up to {r['group_size']} models at once (ensemble.fitting_group_size){peak}"
-    )
-    if "reduce_peak_bytes" in r:
-        lines.append(f"reduce: peak memory ~{r['reduce_peak_bytes'] / GIB:.2f} GiB")
-    lines += _service_lines(r.get("service"))
+        f"group(s) of up to {r['group_size']} models at once (ensemble.fitting_group_size), peak memory per group "
+        f"~{r['group_peak_bytes'] / GIB:.2f} GiB",
+        f"reduce: peak memory ~{r['reduce_peak_bytes'] / GIB:.2f} GiB",
+    ]
+    lines += _service_lines(r["service"])
     lines += _time_lines(r)
     return lines
 
 
-def _service_lines(svc: dict | None) -> list[str]:
-    if svc is None:
-        return []
+def _service_lines(svc: dict) -> list[str]:
     if "refused" in svc:
         return [f"service: would refuse this job (RESOURCE_EXHAUSTED): {svc['refused']}"]
     return [

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from ..engine.cost import DatasetFacts, exposure_cost, job_cost
 from ..engine.parquet import ParquetColumns
 from ..engine.recipes import LM_BATCH_SIZE, LM_SEQ_LEN
+from ..engine.registry import measured_cost
 from ..engine.spec import ExposureSpec, ScoringSpec
 from ..errors import Unavailable
 from ..settings import Settings
 from ..store.objects import ObjectStore, StoreUnavailable
-from .specs import corpus_facts, dataset_meta, model_cost_of
+from .specs import corpus_facts, dataset_meta
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ def scoring_estimate(spec: ScoringSpec, facts: DatasetFacts | None, settings: Se
     shards = len(spec.shards())
     if facts is None:
         return JobEstimate(model=spec.model, shard_size=spec.effective_shard_size, shards=shards)
-    cost = job_cost(spec, facts, model_cost_of(spec, facts))
+    cost = job_cost(spec, facts, measured_cost(spec.model, facts.feature_shape, facts.num_classes))
     models, flops = max(spec.models, spec.max_models), settings.worker_flops
     peak = cost.shard_bytes(spec.effective_shard_size)
     if cost.dp_shards:

@@ -22,7 +22,7 @@ from ..engine.cost import DatasetFacts
 from ..engine.datasets import DatasetError, image_folder_facts, npz_facts
 from ..engine.parquet import ParquetColumns, is_parquet, parquet_facts
 from ..engine.privacy_level import dp_shards
-from ..engine.registry import is_builtin, measured_cost, model_problem, name_problem
+from ..engine.registry import measured_cost, model_problem, name_problem
 from ..engine.spec import ExposureSpec, ScoringSpec
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..settings import Settings
@@ -79,13 +79,7 @@ def admit_spec(s: ScoringSpec, settings: Settings, meta: dict | None) -> int:
     facts = DatasetFacts.from_meta(meta) if meta else None
     if not facts:
         return s.effective_shard_size
-    return admit(s, facts, settings, model_cost_of(s, facts))
-
-
-def model_cost_of(s: ScoringSpec, facts: DatasetFacts):
-    """The measured cost.ModelCost of a model without an analytic one (torchvision/<name>,
-    plugins: registry.measured_cost loads torch), None for the zoo's."""
-    return None if is_builtin(s.model) else measured_cost(s.model, facts.feature_shape, facts.num_classes)
+    return admit(s, facts, settings, measured_cost(s.model, facts.feature_shape, facts.num_classes))
 
 
 def check_exposure(

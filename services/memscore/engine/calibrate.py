@@ -39,6 +39,7 @@ from .ensemble import (
     resolve_device,
 )
 from .recipes import Recipe, make_recipe, total_steps
+from .registry import measured_cost
 from .spec import ScoringSpec
 from .subsets import masks_of, subset_indices, subset_size
 
@@ -77,8 +78,8 @@ class Calibration:
     extra_seconds: float  # opt-in metrics and DP levels, at the measured FLOP/s
     reduce_seconds: float
     calibration_seconds: float  # what measuring took
-    measured_flops_per_second: float | None  # training FLOP/s of the largest group (None: model unknown to cost)
-    cost: JobCost | None  # the analytic estimate (None: a model cost.py does not know)
+    measured_flops_per_second: float  # training FLOP/s of the largest group
+    cost: JobCost  # the analytic estimate (a model outside the zoo: from its measured ModelCost)
 
     @property
     def seconds(self) -> float:
@@ -86,7 +87,7 @@ class Calibration:
 
     def flop_seconds(self) -> float | None:
         """The analytic estimate's time at the measured FLOP/s (training and evaluation; no reduce)."""
-        if self.cost is None or not self.measured_flops_per_second:
+        if not self.measured_flops_per_second:
             return None
         return self.cost.total_seconds(self.models, self.measured_flops_per_second)
 
@@ -299,22 +300,20 @@ def facts_of(ds: Dataset) -> DatasetFacts:
     return DatasetFacts(ds.n_train, ds.n_test, ds.num_classes, ds.kind, tuple(ds.feature_shape))
 
 
-def _analytic(spec: ScoringSpec, ds: Dataset, timing: GroupTiming) -> tuple[JobCost | None, float | None]:
-    """(cost.job_cost of the job, the training FLOP/s the timed group reached); (None, None)
-    for a model the cost model does not know."""
-    try:
-        cost = job_cost(spec, facts_of(ds))
-    except (ValueError, KeyError):
-        return None, None
+def _analytic(spec: ScoringSpec, ds: Dataset, timing: GroupTiming) -> tuple[JobCost, float]:
+    """(cost.job_cost of the job, the training FLOP/s the timed group reached); a model outside
+    the zoo is costed by its measured ModelCost (registry.measured_cost)."""
+    facts = facts_of(ds)
+    cost = job_cost(spec, facts, measured_cost(spec.model, facts.feature_shape, facts.num_classes))
     step_flops = 3.0 * cost.model.forward_flops * cost.batch * timing.size  # forward and backward
     return cost, step_flops / timing.step_seconds
 
 
-def _extra_seconds(spec: ScoringSpec, ds: Dataset, cost: JobCost | None, rate: float | None) -> float:
+def _extra_seconds(spec: ScoringSpec, ds: Dataset, cost: JobCost, rate: float) -> float:
     """The opt-in metrics' searches and snapshots and the DP levels, which the burst does not
     run: their FLOPs (cost.job_cost over the same job without them) at the measured rate."""
-    if cost is None or not rate or not spec.metrics:
+    if not rate or not spec.metrics:
         return 0.0
-    plain = job_cost(dataclasses.replace(spec, metrics=[]), facts_of(ds))
+    plain = job_cost(dataclasses.replace(spec, metrics=[]), facts_of(ds), cost.model)
     per_model = max(0.0, cost.train_flops_per_model - plain.train_flops_per_model)
     return (job_models(spec) * per_model + cost.dp_shards * cost.dp_shard_seconds(1.0)) / rate

@@ -116,10 +116,10 @@ def fitting_group_size(
     MEMORY_SAFETY of the `free` bytes (default: what `dev` has free now); at least 1. Models
     without an analytic cost (torchvision/<name>, plugins) are measured on one built model."""
     from .cost import DatasetFacts, group_memory
-    from .registry import is_builtin, measured_cost
+    from .registry import measured_cost
 
     facts = DatasetFacts(ds.n_train, ds.n_test, ds.num_classes, ds.kind, tuple(ds.feature_shape))
-    model = None if is_builtin(arch) else measured_cost(arch, facts.feature_shape, facts.num_classes)
+    model = measured_cost(arch, facts.feature_shape, facts.num_classes)
     fixed, per_model = group_memory(arch, facts, batch, eval_batch, metrics, model)
     free = free_memory(dev) if free is None else free
     return max(1, min(cap, int((free * MEMORY_SAFETY - fixed) // per_model)))

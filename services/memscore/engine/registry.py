@@ -245,7 +245,10 @@ def model_params(name: str, feature_shape: tuple[int, ...], num_classes: int, ma
 
 def measured_cost(name: str, feature_shape: tuple[int, ...], num_classes: int):
     """cost.ModelCost of model `name`, measured on one built model (model_check.measure): the
-    sizing of models without an analytic cost in cost.py (admission, the trainer's groups)."""
+    sizing of models without an analytic cost in cost.py (admission, the trainer's groups, the
+    calibration); None for the zoo's models ("auto" included), which cost.py's tables size."""
+    if is_builtin(name):
+        return None
     return _measured(name, tuple(int(d) for d in feature_shape), int(num_classes))
 
 
