@@ -38,7 +38,7 @@ def test_the_gateway_sizes_a_parquet_table_with_the_specs_columns(table, make_se
     meta = dataset_meta(str(path), objects, settings, columns=columns)
     assert meta == {"n_train": 32, "n_test": 8, "num_classes": 2, "kind": "vector", "feature_shape": [6]}
     spec = dict(dataset=str(path), models=4, feature_column="vec", label_column="kind", split_column="part")
-    checked, shards, models = check_scoring(spec, settings, objects)
+    checked, shards, models, _ = check_scoring(spec, settings, objects)
     assert checked["label_column"] == "kind" and (shards, models) == (1, 4)
 
 

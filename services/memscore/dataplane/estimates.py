@@ -12,14 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..engine.cost import DatasetFacts, exposure_cost, job_cost
-from ..engine.parquet import ParquetColumns
 from ..engine.recipes import LM_BATCH_SIZE, LM_SEQ_LEN
 from ..engine.registry import measured_cost
 from ..engine.spec import ExposureSpec, ScoringSpec
-from ..errors import Unavailable
 from ..settings import Settings
-from ..store.objects import ObjectStore, StoreUnavailable
-from .specs import corpus_facts, dataset_meta
 
 
 @dataclass(frozen=True)
@@ -79,18 +75,3 @@ def exposure_estimate(spec: ExposureSpec, corpus_chars: int, corpus_vocab: int, 
         seconds=cost.seconds(settings.worker_flops),
         flops_per_second=settings.worker_flops,
     )
-
-
-def checked_estimate(
-    kind: str, spec: dict, settings: Settings, objects: ObjectStore, tenant: str | None = None
-) -> JobEstimate:
-    """The estimate of a spec as `specs.check_scoring` / `check_exposure` returned it."""
-    try:
-        if kind == "scoring":
-            s = ScoringSpec.from_dict(spec)
-            meta = dataset_meta(s.dataset, objects, settings, tenant, ParquetColumns.of(s)) if s.dataset else None
-            return scoring_estimate(s, DatasetFacts.from_meta(meta) if meta else None, settings)
-        s = ExposureSpec.from_dict(spec)
-        return exposure_estimate(s, *corpus_facts(s.corpus, objects, settings.data_roots, tenant), settings)
-    except StoreUnavailable as e:
-        raise Unavailable(f"object store unavailable: {e}") from e

@@ -20,7 +20,7 @@ from ..store import layout
 from ..store.jobs import DEFAULT_TENANT, JobNotFound, JobRecord, RequestIdReused
 from ..store.objects import ObjectNotFound, StoreUnavailable
 from .anytime import AnytimeEstimates
-from .estimates import JobEstimate, checked_estimate
+from .estimates import JobEstimate
 from .specs import admit_spec, check_exposure, check_scoring, dataset_meta, job_shards
 from .uploads import Upload, sweep_spool
 from .watch import ChangeFeed
@@ -111,11 +111,8 @@ class ScoringPlane:
         if kind not in KINDS:
             raise InvalidArgument([("spec", f"must set one of: {', '.join(KINDS)}")])
         check_request_id(request_id)
-        if kind == "scoring":
-            spec, shards, models = check_scoring(spec, self.rt.settings, self.rt.objects, tenant)
-        else:
-            spec, shards, models = check_exposure(spec, self.rt.settings, self.rt.objects, tenant)
-        estimate = checked_estimate(kind, spec, self.rt.settings, self.rt.objects, tenant)
+        check = check_scoring if kind == "scoring" else check_exposure
+        spec, shards, models, estimate = check(spec, self.rt.settings, self.rt.objects, tenant)
         earlier = self.rt.jobs.find_request(tenant, request_id) if request_id else None
         if earlier is None:
             self._check_quota(tenant)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from typing import NamedTuple
 
 from ..datarefs import (
     BUILTIN_CORPUS,
@@ -29,15 +30,21 @@ from ..settings import Settings
 from ..store import layout
 from ..store.objects import ObjectNotFound, ObjectStore, StoreUnavailable
 from .admission import admit, admit_exposure
+from .estimates import JobEstimate, exposure_estimate, scoring_estimate
 
 UNKNOWN_VOCAB = 512  # distinct characters assumed of a corpus whose count was never recorded
 
 
-def check_scoring(
-    spec: dict, settings: Settings, objects: ObjectStore, tenant: str | None = None
-) -> tuple[dict, int, int]:
-    """(spec as it will run, shards, models) of a valid scoring spec that the workers can hold
-    (admission.py: its shard size is fixed here); raises otherwise."""
+class Checked(NamedTuple):
+    spec: dict  # as it will run (its shard size fixed by admission)
+    shards: int
+    models: int
+    estimate: JobEstimate  # from the facts the check read (estimates.py)
+
+
+def check_scoring(spec: dict, settings: Settings, objects: ObjectStore, tenant: str | None = None) -> Checked:
+    """A valid scoring spec that the workers can hold (admission.py: its shard size is fixed
+    here), with its estimate from the dataset facts read for the check; raises otherwise."""
     try:
         s = ScoringSpec.from_dict(spec)
     except (TypeError, ValueError) as e:
@@ -62,7 +69,8 @@ def check_scoring(
     if problems:
         raise InvalidArgument(problems)
     s.shard_size = admit_spec(s, settings, meta)  # fixed at submit: model k's shard never changes
-    return s.to_dict(), len(s.shards()), s.models
+    estimate = scoring_estimate(s, DatasetFacts.from_meta(meta) if meta else None, settings)
+    return Checked(s.to_dict(), len(s.shards()), s.models, estimate)
 
 
 def job_shards(rec) -> list[int]:
@@ -82,9 +90,7 @@ def admit_spec(s: ScoringSpec, settings: Settings, meta: dict | None) -> int:
     return admit(s, facts, settings, measured_cost(s.model, facts.feature_shape, facts.num_classes))
 
 
-def check_exposure(
-    spec: dict, settings: Settings, objects: ObjectStore, tenant: str | None = None
-) -> tuple[dict, int, int]:
+def check_exposure(spec: dict, settings: Settings, objects: ObjectStore, tenant: str | None = None) -> Checked:
     """As `check_scoring`, for an exposure job (one task: one shard of one model), sized by
     admission control (`admission.admit_exposure`)."""
     try:
@@ -102,7 +108,7 @@ def check_exposure(
     except StoreUnavailable as e:
         raise Unavailable(f"object store unavailable: {e}") from e
     admit_exposure(s, chars, vocab, settings)
-    return s.to_dict(), 1, 1
+    return Checked(s.to_dict(), 1, 1, exposure_estimate(s, chars, vocab, settings))
 
 
 def dataset_meta(
