@@ -152,7 +152,10 @@ def dataset_identity(
         if isinstance(found, str):
             return None
         store, names = found
-        return "|".join([ref, *(f"{k}@{store.etag(k)}" for k in sorted(names.values()))])
+        etags = store.etags(names.values())
+        if len(etags) < len(names):  # removed since it was listed: read afresh (and fail clearly)
+            return None
+        return "|".join([ref, *(f"{k}@{etags[k]}" for k in sorted(etags))])
     path = allowed_path(ref, roots_for(roots, tenant), directory_ok=False)
     if path is None:
         return None

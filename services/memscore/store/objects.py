@@ -502,9 +502,19 @@ class S3ObjectStore(ObjectStore):
     def size(self, key: str) -> int:
         return int(self._stat(key).size)
 
-    def etag(self, key: str) -> str:
-        """The object's ETag: changes whenever its content does (what a cached copy is keyed by)."""
-        return str(self._stat(key).etag)
+    def etags(self, keys) -> dict[str, str]:
+        """{key: ETag} of those of `keys` that exist, from one listing of their common prefix
+        (not a request per object). An ETag changes whenever its object's content does."""
+        keys = list(keys)
+        prefix = os.path.commonprefix(keys)
+        _check_prefix(prefix)
+
+        def collect() -> dict[str, str]:
+            objs = self._client.list_objects(self.bucket, prefix=prefix or None, recursive=True)
+            return {o.object_name: str(o.etag) for o in objs if not o.is_dir}
+
+        listed = self._call(collect)
+        return {k: listed[k] for k in keys if k in listed}
 
     def list(self, prefix: str = "") -> list[str]:
         _check_prefix(prefix)
