@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from .catalog import DEFAULT_ARCH
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -64,18 +66,17 @@ RECIPES = {
         shared_batches=True,
     ),
 }
-# A model the zoo does not have (torchvision/<name>, plugins) gets the recipe of the zoo's model
-# for the data's kind (images: the resnet's), with its builder's `recipe` attribute on top.
-KIND_RECIPE = {"vector": "mlp", "sequence": "cnn1d", "image": "resnet"}
 
 
 def base_recipe(arch: str, kind: str = "") -> Recipe:
-    """The default recipe of `arch` on data of `kind` (vector, sequence, image)."""
+    """The default recipe of `arch` on data of `kind` (vector, sequence, image). A model the zoo
+    does not have (torchvision/<name>, plugins) gets the recipe of the zoo's model for the data's
+    kind (catalog.DEFAULT_ARCH: images get the resnet's), its builder's `recipe` attribute on top."""
     if arch in RECIPES:
         return RECIPES[arch]
     from .registry import recipe_overrides  # loads a plugin's builder: its `recipe` attribute
 
-    return replace(RECIPES[KIND_RECIPE.get(kind, "mlp")], **recipe_overrides(arch))
+    return replace(RECIPES[DEFAULT_ARCH.get(kind, "mlp")], **recipe_overrides(arch))
 
 
 def make_recipe(arch: str, epochs: int = 0, batch_size: int = 0, lr: float = 0.0, kind: str = "") -> Recipe:
