@@ -73,7 +73,10 @@ class SubmitJobResponse(_message.Message):
 
     @_builtins.property
     def estimate(self) -> Global___JobEstimate:
-        """The cost estimate of the spec (always set for a scoring job; for dry_run the only field)."""
+        """The cost estimate of the spec (every job; for dry_run the only field). A scoring job on a
+        dataset the gateway has no facts for carries only model, shard_size and shards; an
+        exposure job's forward_flops are per character and its memory is not sized.
+        """
 
     def __init__(
         self,
@@ -545,7 +548,9 @@ class ModelInfo(_message.Message):
     name: _builtins.str
     """The name ScoringSpec.model takes."""
     source: _builtins.str
-    """"builtin", "torchvision" or "plugin" (with the entry point, e.g. "plugin pkg.mod:build")."""
+    """"builtin", "torchvision", "plugin" (with the entry point, e.g. "plugin pkg.mod:build") or
+    "registered" (a builder registered in the server's own process).
+    """
     input: _builtins.str
     """The example shapes it takes, in words."""
     params: _builtins.int
