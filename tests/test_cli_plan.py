@@ -33,6 +33,7 @@ def test_plan_prints_flops_memory_shards_and_the_calibrated_time(tmp_path, capsy
     assert "2 shard(s) of 10, trained in 2 group(s) of up to 10 models" in out  # shards of 10 fit one group each
     assert "peak memory per group" in out and "reduce: peak memory" in out
     assert "service: shard size 10" in out and "estimated wall time:" in out and "FLOP-based:" in out
+    assert "likely " in out and "0.73-1.23x the measured time" in out  # the estimate with its measured error
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs.npz"]  # nothing trained, nothing written
 
 

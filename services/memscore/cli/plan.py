@@ -62,6 +62,7 @@ def plan_report(ds, spec, cal) -> dict:
             "measured_flops_per_second": cal.measured_flops_per_second,
         },
         "seconds": cal.seconds,
+        "seconds_range": list(cal.seconds_range),
         "seconds_parts": {"train": cal.train_seconds, "eval": cal.eval_seconds, "extra_metrics": cal.extra_seconds,
                           "reduce": cal.reduce_seconds},
         "flop_seconds": cal.flop_seconds(),
@@ -141,6 +142,9 @@ def _service_lines(svc: dict) -> list[str]:
 
 
 def _time_lines(r: dict) -> list[str]:
+    from ..engine.calibrate import ESTIMATE_OVER_MEASURED
+
+    low, high = ESTIMATE_OVER_MEASURED
     cal, parts = r["calibration"], r["seconds_parts"]
     steps = ", ".join(
         f"{t['size']} models: {t['step_seconds'] * 1e3:.1f} ms a step, "
@@ -153,6 +157,8 @@ def _time_lines(r: dict) -> list[str]:
         + (f"; {_si(rate)} FLOP/s measured" if rate else ""),
         f"estimated wall time: {_secs(r['seconds'])} (training {_secs(parts['train'])}, evaluation "
         f"{_secs(parts['eval'])}, opt-in metrics {_secs(parts['extra_metrics'])}, reduce {_secs(parts['reduce'])})",
+        f"  likely {_secs(r['seconds_range'][0])} to {_secs(r['seconds_range'][1])}: the estimate was {low}-{high}x "
+        "the measured time in 9 of 10 test runs (docs/performance.md); other load on this machine makes it longer",
     ]
     if r["flop_seconds"] is not None:
         lines.append(
@@ -167,4 +173,8 @@ def print_estimate(est) -> None:
     print(f"FLOPs: {_si(est.forward_flops)} forward per example, {_si(est.total_flops)} for the whole job")
     print(f"shards: {est.shards} of {est.shard_size} models, peak memory ~{est.shard_peak_bytes / GIB:.2f} GiB each")
     print(f"reduce: peak memory ~{est.reduce_peak_bytes / GIB:.2f} GiB")
-    print(f"time: {_secs(est.seconds)} of one worker at {_si(est.flops_per_second)} FLOP/s (MEMSCORE_WORKER_FLOPS)")
+    print(
+        f"time: {_secs(est.seconds)} of one worker at {_si(est.flops_per_second)} FLOP/s (MEMSCORE_WORKER_FLOPS): the "
+        "FLOP count at the configured rate, not measured (training and evaluation only; at a measured rate it was "
+        "0.45-1.03x the measured time, docs/performance.md; `memscore plan` calibrates on a machine)"
+    )
